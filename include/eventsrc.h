@@ -1,0 +1,619 @@
+/*
+ * eventsrc.h — the public API of libeventsrc, an event-sourcing library and
+ * event store.
+ *
+ * Every change is an immutable event appended to a stream (a stream key and
+ * seqs 1, 2, 3 … with no gaps).  Every table, index or replica is a fold over
+ * those events.  This header is the reference documentation: if it is not
+ * declared here, it is not API.
+ *
+ * Conventions
+ *  - Functions return int: 0 (ES_OK) on success, a negative ES_E* code on
+ *    failure.  es_strerror() names a code; es_error_last() gives the detail
+ *    of the last failure on the calling thread.
+ *  - Out-parameters come first and are named `out`; callbacks take their
+ *    `payload` last.  A non-zero return from a callback stops the operation:
+ *    a negative ES_E* code is handed back as is, any other value becomes
+ *    ES_EUSER.
+ *  - Handles: open → use → free.  Every free/close function accepts NULL.
+ *  - Memory is borrowed unless a call says otherwise; each call says how
+ *    long borrowed memory stays valid.
+ *  - A store handle (es_store) may be used from many threads at once.  A
+ *    cursor belongs to one thread at a time.  A view handle is read-only
+ *    after creation and may be shared.
+ */
+#ifndef EVENTSRC_H
+#define EVENTSRC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(ES_STATIC)
+#define ES_EXTERN
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define ES_EXTERN __attribute__((visibility("default")))
+#else
+#define ES_EXTERN
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Version                                                              */
+/* ------------------------------------------------------------------ */
+
+#define ES_VERSION_MAJOR 0
+#define ES_VERSION_MINOR 1
+#define ES_VERSION_PATCH 0
+#define ES_VERSION_STRING "0.1.0"
+/** ES_VERSION_NUMBER is (major * 10000 + minor * 100 + patch). */
+#define ES_VERSION_NUMBER (ES_VERSION_MAJOR * 10000 + ES_VERSION_MINOR * 100 + ES_VERSION_PATCH)
+
+/** @return the version of the library linked at run time, e.g. "0.1.0". */
+ES_EXTERN const char *es_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                               */
+/* ------------------------------------------------------------------ */
+
+/* One table makes both the codes and their messages (see es_strerror). */
+#define ES_ERRNO_MAP(X)                                                        \
+    X(OK, 0, "success")                                                        \
+    X(EINVAL, -1, "invalid argument")                                          \
+    X(ECONFLICT, -2, "stream is not at the expected seq")                      \
+    X(ENOTFOUND, -3, "not found")                                              \
+    X(ETOOBIG, -4, "too big")                                                  \
+    X(ENOMEM, -5, "out of memory")                                             \
+    X(EIO, -6, "I/O error")                                                    \
+    X(EUNAVAILABLE, -7, "store unavailable")                                   \
+    X(ECORRUPT, -8, "data is corrupt")                                         \
+    X(ITEROVER, -9, "end of iteration")                                        \
+    X(EUSER, -10, "stopped by a callback")                                     \
+    X(EDUPLICATE, -11, "event id already used elsewhere")                      \
+    X(ENOTSUP, -12, "not supported by this store")                             \
+    X(EFULL, -13, "store or disk is full")                                     \
+    X(ERROR, -14, "error")
+
+typedef enum es_errno {
+#define ES__ERRNO_ENUM(name, code, msg) ES_##name = code,
+    ES_ERRNO_MAP(ES__ERRNO_ENUM)
+#undef ES__ERRNO_ENUM
+    ES__ERRNO_LAST = -15
+} es_errno;
+
+/** @return a static, human-readable name for an ES_* code ("unknown error"
+ *  for codes this version does not know). Never NULL. */
+ES_EXTERN const char *es_strerror(int code);
+
+/** @return the message of the last failure on the calling thread, with
+ *  detail (e.g. "stream key is 300 bytes; the limit is 255"), or "" when no
+ *  call failed yet.  Valid until the next eventsrc call on this thread. */
+ES_EXTERN const char *es_error_last(void);
+
+/** @return the code of the last failure on the calling thread (0 if none). */
+ES_EXTERN int es_error_last_code(void);
+
+/** Clear the calling thread's last error. */
+ES_EXTERN void es_error_clear(void);
+
+/* ------------------------------------------------------------------ */
+/* Limits (checked by every call; exceeding one returns ES_ETOOBIG)     */
+/* ------------------------------------------------------------------ */
+
+#define ES_MAX_KEY 255                 /* stream key: 1..255 bytes (any bytes) */
+#define ES_MAX_TYPE 255                /* type name: 1..255 bytes, no NUL */
+#define ES_MAX_DATA (16u << 20)        /* event data: 0..16 MiB */
+#define ES_MAX_META (64u << 10)        /* event metadata: 0..64 KiB */
+#define ES_MAX_BATCH 10000             /* events in one append */
+#define ES_MAX_BATCH_BYTES (64u << 20) /* data + metadata of one append */
+#define ES_MAX_VIEW_NAME 64            /* view name: 1..64 bytes, no NUL */
+#define ES_MAX_VIEW_KEY 255            /* view key and shard key */
+#define ES_ID_SIZE 16
+#define ES_HASH_SIZE 32
+
+/* ------------------------------------------------------------------ */
+/* Growable byte buffer (used by view encoders and a few results)      */
+/* ------------------------------------------------------------------ */
+
+typedef struct es_buf {
+    uint8_t *data; /* owned; free with es_buf_free */
+    size_t len;
+    size_t cap;
+} es_buf;
+
+#define ES_BUF_INIT {NULL, 0, 0}
+
+/** Append n bytes.  @return 0, ES_ENOMEM, ES_ETOOBIG (over 1 GiB). */
+ES_EXTERN int es_buf_put(es_buf *buf, const void *data, size_t n);
+/** Empty the buffer but keep its memory. */
+ES_EXTERN void es_buf_reset(es_buf *buf);
+/** Release the memory; the buffer is then empty and reusable. NULL ok. */
+ES_EXTERN void es_buf_free(es_buf *buf);
+
+/* ------------------------------------------------------------------ */
+/* Events                                                               */
+/* ------------------------------------------------------------------ */
+
+/**
+ * An event as stored.  Returned by cursors; every pointer is borrowed from
+ * the cursor (see es_cursor_next for how long it stays valid).
+ *
+ * The chain hash is BLAKE2b-256 (libsodium crypto_generichash, 32 bytes) of
+ * the previous event's hash in the same stream (32 zero bytes before seq 1)
+ * followed by the event's canonical bytes:
+ *
+ *   "es1" | u8 key_len | key | u64be seq | i64be time_us | id[16]
+ *         | u8 type_len | type | u32be data_len | data | u32be meta_len | meta
+ *
+ * The global position is not hashed, so a stream copied into another store
+ * (export/import, replica) keeps its hashes.
+ */
+typedef struct es_event {
+    const uint8_t *stream; /* stream key */
+    size_t stream_len;
+    uint64_t seq;      /* 1, 2, 3 … within the stream */
+    uint64_t position; /* global position: increases in commit order, from 1 */
+    int64_t time_us;   /* commit time, µs since the Unix epoch (store's clock) */
+    uint8_t id[ES_ID_SIZE];
+    const char *type; /* NUL-terminated; type_len excludes the NUL */
+    size_t type_len;
+    const uint8_t *data;
+    size_t data_len;
+    const uint8_t *meta;
+    size_t meta_len;
+    uint8_t hash[ES_HASH_SIZE]; /* chain hash, see above */
+} es_event;
+
+/**
+ * An event to append.  `id` may be NULL: the library then draws a random
+ * one.  Give ids yourself to make appends safely retryable (see es_append).
+ * `time_us` is used only by es_append_ex with ES_APPEND_KEEP_TIME (imports);
+ * otherwise the store's clock decides and the field is ignored.
+ */
+typedef struct es_event_new {
+    const char *type; /* NUL-terminated, 1..ES_MAX_TYPE bytes */
+    const void *data; /* may be NULL when data_len is 0 */
+    size_t data_len;
+    const void *meta; /* may be NULL when meta_len is 0 */
+    size_t meta_len;
+    const uint8_t *id; /* ES_ID_SIZE bytes, or NULL */
+    int64_t time_us;
+} es_event_new;
+
+/* ------------------------------------------------------------------ */
+/* Store                                                                */
+/* ------------------------------------------------------------------ */
+
+typedef struct es_store es_store;
+
+/** A clock: µs since the Unix epoch.  Called with the store's write lock
+ *  held, so it must be quick and must not call back into the store. */
+typedef int64_t (*es_clock_fn)(void *payload);
+
+#define ES_OPEN_OPTIONS_VERSION 1
+
+/* Flags for es_open_options.flags. */
+#define ES_OPEN_NOSYNC 0x1u   /* lmdb: do not fsync commits (a crash of the
+                                 machine may lose acknowledged appends) */
+#define ES_OPEN_READONLY 0x2u /* open for reading only */
+#define ES_OPEN_NOCREATE 0x4u /* fail with ES_ENOTFOUND if the store is missing */
+
+typedef struct es_open_options {
+    unsigned version;   /* ES_OPEN_OPTIONS_VERSION */
+    unsigned flags;     /* ES_OPEN_* */
+    es_clock_fn clock;  /* NULL: the system's real-time clock */
+    void *clock_payload;
+    uint64_t map_size;  /* lmdb: initial map size in bytes (0: 64 MiB); grows by itself */
+    int timeout_ms;     /* postgres: connect/statement timeout (0: 10000) */
+} es_open_options;
+
+#define ES_OPEN_OPTIONS_INIT {ES_OPEN_OPTIONS_VERSION, 0, NULL, NULL, 0, 0}
+
+/**
+ * Open a store.
+ *
+ * URIs: "mem:" (in memory, gone at es_store_close; "mem:NAME" is the same),
+ * "lmdb:PATH" (PATH a directory, created if missing),
+ * "postgres://…" / "postgresql://…" (libpq connection URI).
+ *
+ * @param[out] out   the store, to be closed with es_store_close
+ * @param uri        NUL-terminated URI
+ * @param opts       options or NULL for the defaults
+ * @return 0, ES_EINVAL (bad URI or options), ES_ENOTSUP (scheme not built
+ *         in), ES_ENOTFOUND (NOCREATE and missing), ES_EIO, ES_EUNAVAILABLE,
+ *         ES_ECORRUPT, ES_ENOMEM.
+ */
+ES_EXTERN int es_store_open(es_store **out, const char *uri, const es_open_options *opts);
+
+/** Close a store; NULL is ignored.  Cursors must be freed first. */
+ES_EXTERN void es_store_close(es_store *store);
+
+/** @return the scheme of an open store: "mem", "lmdb" or "postgres". */
+ES_EXTERN const char *es_store_kind(const es_store *store);
+
+/* Expected state of a stream for es_append.  Any other value N means
+ * "the stream's head is exactly N" (N = 0 is the same as NO_STREAM). */
+#define ES_EXPECT_ANY UINT64_MAX            /* no check */
+#define ES_EXPECT_EXISTS (UINT64_MAX - 1)   /* head >= 1 */
+#define ES_EXPECT_NO_STREAM ((uint64_t)0)   /* head == 0 */
+#define ES_SEQ_MAX ((uint64_t)1 << 62)      /* seqs and positions stay below */
+
+typedef struct es_append_result {
+    uint64_t first_seq; /* seq of the first event appended */
+    uint64_t last_seq;  /* seq of the last one = the stream's new head */
+    uint64_t first_position;
+    uint64_t last_position;
+    int64_t time_us; /* commit time of the batch */
+    uint64_t head;   /* the stream's head: after the append, or the actual
+                        head when the call returned ES_ECONFLICT */
+    int replayed;    /* 1 when this was a retry answered from the original */
+} es_append_result;
+
+/**
+ * Append events to one stream, atomically: all of them or none.
+ *
+ * If every event id of the batch already landed, consecutively and in
+ * order, in this stream, nothing is written and `out` holds the original
+ * result with out->replayed = 1 (an idempotent retry) — provided the
+ * expectation held at the original position, else ES_ECONFLICT.  If only
+ * some ids landed, or landed elsewhere, the call fails with ES_EDUPLICATE.
+ *
+ * @param[out] out  result; may be NULL.  On ES_ECONFLICT, out->head is the
+ *                  stream's current head and the other fields are 0.
+ * @param store     the store
+ * @param stream    stream key, 1..ES_MAX_KEY bytes
+ * @param expected  ES_EXPECT_ANY, ES_EXPECT_EXISTS, ES_EXPECT_NO_STREAM or a seq
+ * @param events    n events; each checked against the limits
+ * @return 0, ES_EINVAL, ES_ETOOBIG, ES_ECONFLICT, ES_EDUPLICATE, ES_ENOMEM,
+ *         ES_EIO, ES_EFULL, ES_EUNAVAILABLE.  On any error nothing is written.
+ */
+ES_EXTERN int es_append(es_append_result *out, es_store *store, const void *stream,
+                        size_t stream_len, uint64_t expected, const es_event_new *events,
+                        size_t n);
+
+/* Flags for es_append_ex. */
+#define ES_APPEND_KEEP_TIME 0x1u /* use events[0].time_us as the commit time
+                                    (imports); it must be >= the store's latest
+                                    commit time, else ES_EINVAL */
+
+/** es_append with flags (ES_APPEND_*). */
+ES_EXTERN int es_append_ex(es_append_result *out, es_store *store, const void *stream,
+                           size_t stream_len, uint64_t expected, const es_event_new *events,
+                           size_t n, unsigned flags);
+
+/**
+ * The head of a stream: its last seq, 0 when the stream has no events.
+ * @return 0, ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_stream_head(uint64_t *out, es_store *store, const void *stream,
+                             size_t stream_len);
+
+/** The store's last global position (0 when empty). */
+ES_EXTERN int es_store_last_position(uint64_t *out, es_store *store);
+
+/* ------------------------------------------------------------------ */
+/* Cursors                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct es_cursor es_cursor;
+
+#define ES_READ_OPTIONS_VERSION 1
+
+typedef struct es_read_options {
+    unsigned version;
+    int backward;      /* 0: ascending seq; 1: descending */
+    uint64_t from_seq; /* first seq to return (inclusive); 0: the start
+                          (forward) or the head (backward) */
+    uint64_t to_seq;   /* last seq to return (inclusive); 0: no bound */
+    uint64_t limit;    /* at most this many events; 0: no limit */
+} es_read_options;
+
+#define ES_READ_OPTIONS_INIT {ES_READ_OPTIONS_VERSION, 0, 0, 0, 0}
+
+/**
+ * Open a cursor over one stream.  A cursor reads a consistent state of the
+ * stream as of some moment at or after this call.
+ * @param[out] out  the cursor; free with es_cursor_free
+ * @return 0, ES_EINVAL, ES_ENOMEM, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_stream_cursor(es_cursor **out, es_store *store, const void *stream,
+                               size_t stream_len, const es_read_options *opts);
+
+#define ES_LOG_OPTIONS_VERSION 1
+
+typedef struct es_log_options {
+    unsigned version;
+    uint64_t from_position; /* first position to return (inclusive); 0 = 1 */
+    const void *prefix;     /* only streams whose key starts with it; NULL: all */
+    size_t prefix_len;
+    const char *type; /* only events of this type; NULL: all */
+    uint64_t limit;   /* 0: no limit */
+} es_log_options;
+
+#define ES_LOG_OPTIONS_INIT {ES_LOG_OPTIONS_VERSION, 0, NULL, 0, NULL, 0}
+
+/**
+ * Open a cursor over the global log, in position order.  The log never
+ * skips an event: a position is returned only when every event before it
+ * is committed and visible.
+ * @return 0, ES_EINVAL, ES_ENOMEM, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_log_cursor(es_cursor **out, es_store *store, const es_log_options *opts);
+
+/**
+ * Next event.  The event and every pointer in it are borrowed from the
+ * cursor: valid until the next es_cursor_next or es_cursor_free on it.
+ * Do not modify or free them.
+ * @return 0 (an event), ES_ITEROVER (no more: the normal end), or an error
+ *         (ES_EIO, ES_ECORRUPT, ES_EUNAVAILABLE, ES_ENOMEM, ES_EINVAL).
+ */
+ES_EXTERN int es_cursor_next(const es_event **out, es_cursor *cursor);
+
+/** Free a cursor; NULL is ignored. */
+ES_EXTERN void es_cursor_free(es_cursor *cursor);
+
+/** Call `fn` for each stream whose key starts with `prefix` (NULL: all), in
+ *  key order, with its head.  fn returns 0 to go on.
+ *  @return 0, ES_EINVAL, ES_EUSER or fn's negative code, ES_EIO, ... */
+typedef int (*es_stream_fn)(const uint8_t *stream, size_t stream_len, uint64_t head,
+                            void *payload);
+ES_EXTERN int es_streams(es_store *store, const void *prefix, size_t prefix_len,
+                         es_stream_fn fn, void *payload);
+
+typedef struct es_store_stats {
+    uint64_t events;        /* number of events */
+    uint64_t streams;       /* number of streams */
+    uint64_t last_position; /* last global position */
+    uint64_t snapshots;     /* persisted snapshots */
+    uint64_t bytes;         /* bytes used on disk or in memory (approximate) */
+} es_store_stats;
+
+ES_EXTERN int es_store_stats_get(es_store_stats *out, es_store *store);
+
+/* ------------------------------------------------------------------ */
+/* Chain verification                                                   */
+/* ------------------------------------------------------------------ */
+
+typedef struct es_verify_result {
+    uint64_t events_checked;
+    uint64_t streams_checked;
+    int ok; /* 1: every event matched */
+    /* the first event that did not match (when ok == 0): */
+    uint8_t bad_stream[ES_MAX_KEY];
+    size_t bad_stream_len;
+    uint64_t bad_seq;
+    uint64_t bad_position;
+    char reason[128];
+} es_verify_result;
+
+/**
+ * Recompute chain hashes and check seqs: of one stream (stream != NULL) or
+ * of the whole store (stream == NULL, walking the global log).
+ * @return 0 when the walk finished (check out->ok), ES_EINVAL, ES_EIO, ...
+ */
+ES_EXTERN int es_verify(es_verify_result *out, es_store *store, const void *stream,
+                        size_t stream_len);
+
+/** Compute the chain hash of an event given the previous hash (NULL for the
+ *  first event of a stream).  Reads every field of `ev` except position and
+ *  hash. @return 0 or ES_EINVAL. */
+ES_EXTERN int es_event_hash(uint8_t out[ES_HASH_SIZE], const uint8_t *prev,
+                            const es_event *ev);
+
+/* ------------------------------------------------------------------ */
+/* Views: folds over a stream (the seed's QueryAPI)                     */
+/* ------------------------------------------------------------------ */
+
+typedef enum es_snap_state {
+    ES_SNAP_NONE = 0,    /* no value yet */
+    ES_SNAP_VALUE = 1,   /* a value */
+    ES_SNAP_DELETED = 2, /* the value was deleted */
+} es_snap_state;
+
+/* What an apply callback did with an event. */
+typedef enum es_fold {
+    ES_FOLD_UNCHANGED = 0, /* event does not concern this key; seq still advances */
+    ES_FOLD_CHANGED = 1,   /* the accumulator now holds a value */
+    ES_FOLD_DELETED = 2,   /* the value is gone; the library resets the accumulator */
+} es_fold;
+
+#define ES_VIEW_DEF_VERSION 1
+
+/**
+ * A view.  A view key (bytes) maps to the stream holding its events
+ * (`stream_key`) and, optionally, to a coarser shard key (`shard_key`): the
+ * fold then runs once per shard, its snapshots are stored per shard, and
+ * `select` picks one view key's value out of the shard's accumulator.
+ * Without shard_key the fold key is the view key itself.
+ *
+ * The accumulator is a `void *` the callbacks own the shape of:
+ *  - init:   make an empty accumulator for a fold key.
+ *  - apply:  fold one event into it (mutate in place) and say what changed.
+ *  - encode / decode: persist snapshots (encode appends to `out`).
+ *  - free_value: free an accumulator (and, when select is NULL, a value).
+ *  - select (sharded views): make a new value for `vkey` from the shard's
+ *    accumulator; return 1 when found, 0 when absent, or a negative code.
+ *  - free_selected: free a value made by select (NULL: free_value).
+ *
+ * Callbacks return 0 (or an es_fold for apply) on success; a negative code
+ * aborts the call that ran them and is returned as is.
+ */
+typedef struct es_view_def {
+    unsigned version; /* ES_VIEW_DEF_VERSION */
+    const char *name; /* 1..ES_MAX_VIEW_NAME bytes */
+    uint32_t view_version; /* change it when the fold changes: old snapshots are then ignored */
+    int (*stream_key)(uint8_t out[ES_MAX_KEY], size_t *out_len, const uint8_t *vkey,
+                      size_t vkey_len, void *payload);
+    int (*shard_key)(uint8_t out[ES_MAX_VIEW_KEY], size_t *out_len, const uint8_t *vkey,
+                     size_t vkey_len, void *payload); /* NULL: not sharded */
+    int (*init)(void **out, const uint8_t *fkey, size_t fkey_len, void *payload);
+    int (*apply)(void *acc, const es_event *ev, const uint8_t *fkey, size_t fkey_len,
+                 void *payload);
+    int (*encode)(es_buf *out, const void *acc, void *payload);
+    int (*decode)(void **out, const uint8_t *data, size_t len, void *payload);
+    void (*free_value)(void *acc, void *payload);
+    int (*select)(void **out, const void *acc, const uint8_t *vkey, size_t vkey_len,
+                  void *payload);
+    void (*free_selected)(void *value, void *payload);
+    void *payload;
+} es_view_def;
+
+typedef struct es_view es_view;
+
+#define ES_VIEW_OPTIONS_VERSION 1
+
+typedef struct es_view_options {
+    unsigned version;
+    uint32_t snapshot_every; /* persist when the snapshot is this many events
+                                behind (0: 100; UINT32_MAX: never persist) */
+    uint32_t keep;           /* snapshots retained per key (0: 4; 1..64) */
+} es_view_options;
+
+#define ES_VIEW_OPTIONS_INIT {ES_VIEW_OPTIONS_VERSION, 0, 0}
+
+/** Make a view over a store.  `def` is copied (its strings too); the store
+ *  must outlive the view.  @return 0, ES_EINVAL, ES_ENOMEM. */
+ES_EXTERN int es_view_new(es_view **out, es_store *store, const es_view_def *def,
+                          const es_view_options *opts);
+ES_EXTERN void es_view_free(es_view *view);
+
+/**
+ * A snapshot of a view key: a state, the value (owned by the snapshot when
+ * state is ES_SNAP_VALUE), and the seq and time of the last event folded
+ * (an unchanged event still advances them).  Clear with es_snapshot_clear.
+ */
+typedef struct es_snapshot {
+    es_snap_state state;
+    uint64_t seq;
+    int64_t time_us;
+    void *value;
+} es_snapshot;
+
+#define ES_SNAPSHOT_INIT {ES_SNAP_NONE, 0, 0, NULL}
+
+/** Free the snapshot's value (through the view's callbacks) and reset it. */
+ES_EXTERN void es_snapshot_clear(es_snapshot *snap, const es_view *view);
+
+/* Consistency of es_view_get. */
+typedef enum es_consistency {
+    ES_LATEST_EVENT = 0,    /* fold up to the stream's latest event (default) */
+    ES_LATEST_SNAPSHOT = 1, /* the latest persisted snapshot only, no reads of events */
+} es_consistency;
+
+/**
+ * The value of a view key.  Starts from the latest persisted snapshot, folds
+ * the events after it, and persists a new snapshot when the old one was
+ * `snapshot_every` or more events behind.
+ * @param[out] out  must be cleared with es_snapshot_clear
+ * @return 0, ES_EINVAL, ES_ENOMEM, ES_EIO, ES_ECORRUPT, a callback's code.
+ */
+ES_EXTERN int es_view_get(es_snapshot *out, es_view *view, const void *vkey, size_t vkey_len,
+                          es_consistency consistency);
+
+/** The value after the event with seq `seq` (seq 0: before any event; a seq
+ *  past the head gives the latest). Starts from the nearest retained
+ *  snapshot at or before it. */
+ES_EXTERN int es_view_get_at(es_snapshot *out, es_view *view, const void *vkey,
+                             size_t vkey_len, uint64_t seq);
+
+/** The value as of time `time_us`: after every event committed at or before it. */
+ES_EXTERN int es_view_get_as_of(es_snapshot *out, es_view *view, const void *vkey,
+                                size_t vkey_len, int64_t time_us);
+
+/** History: called after each event from seq `from_seq` (1 = all) on, with
+ *  the snapshot after that event (borrowed, valid during the call) and the
+ *  event.  Return 0 to go on. */
+typedef int (*es_history_fn)(const es_snapshot *snap, const es_event *ev, void *payload);
+ES_EXTERN int es_view_history(es_view *view, const void *vkey, size_t vkey_len,
+                              uint64_t from_seq, es_history_fn fn, void *payload);
+
+/* ------------------------------------------------------------------ */
+/* Save: operations appended atomically (the seed's SaveAPI)            */
+/* ------------------------------------------------------------------ */
+
+typedef struct es_op_ctx es_op_ctx;
+typedef struct es_op es_op;
+
+/**
+ * An operation sees the current snapshot of the key (as updated by the
+ * events of the operations before it in the same save) and either emits
+ * events (es_op_emit) or rejects (es_op_reject).  It may run several times
+ * when a save retries after a conflict, so it must not have side effects
+ * beyond emitting or rejecting.
+ */
+struct es_op {
+    int (*run)(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op);
+    void *payload;
+    /* used by the built-in operations; free for custom ones */
+    const es_event_new *events;
+    size_t n_events;
+    uint64_t seq;
+};
+
+/** Emit an event (copied).  @return 0, ES_EINVAL, ES_ETOOBIG, ES_ENOMEM. */
+ES_EXTERN int es_op_emit(es_op_ctx *ctx, const es_event_new *ev);
+/** Reject with a reason (copied). @return 0, ES_EINVAL, ES_ENOMEM. */
+ES_EXTERN int es_op_reject(es_op_ctx *ctx, const char *reason);
+
+/** Emits `events` when the key has no value (state NONE or DELETED), else
+ *  rejects with "duplicate value".  The events array must outlive the save. */
+ES_EXTERN es_op es_op_if_new(const es_event_new *events, size_t n);
+/** Emits `events` when the snapshot's seq equals `seq`, else rejects with
+ *  "sequence mismatch". */
+ES_EXTERN es_op es_op_if_seq(uint64_t seq, const es_event_new *events, size_t n);
+
+typedef enum es_save_status {
+    ES_SAVED = 0,
+    ES_REJECTED = 1,
+    ES_GAVE_UP = 2,
+} es_save_status;
+
+typedef struct es_save_result {
+    es_save_status status;
+    es_snapshot snapshot; /* SAVED: the new value; else the last one seen */
+    uint64_t last_seq;    /* SAVED: seq of the last event appended */
+    unsigned retries;     /* conflicts retried */
+    char **reasons;       /* REJECTED: n_reasons strings (owned) */
+    size_t n_reasons;
+} es_save_result;
+
+#define ES_SAVE_RESULT_INIT {ES_SAVED, ES_SNAPSHOT_INIT, 0, 0, NULL, 0}
+
+/** Free what a save result owns. */
+ES_EXTERN void es_save_result_clear(es_save_result *res, const es_view *view);
+
+#define ES_SAVE_OPTIONS_VERSION 1
+
+typedef struct es_save_options {
+    unsigned version;
+    unsigned max_attempts;   /* 0: 16 */
+    uint32_t max_total_ms;   /* 0: 10000 */
+    uint32_t backoff_base_us; /* 0: 200 */
+    uint32_t backoff_cap_us;  /* 0: 100000 */
+} es_save_options;
+
+#define ES_SAVE_OPTIONS_INIT {ES_SAVE_OPTIONS_VERSION, 0, 0, 0, 0}
+
+/**
+ * Save: read the latest snapshot of `vkey`, run the operations in order, and
+ * append all their events as one atomic append at exactly snapshot.seq + 1
+ * to the key's stream.  On a conflict the snapshot is caught up (only the
+ * new events are read) and the operations run again, after a full-jitter
+ * exponential backoff, until max_attempts or max_total_ms.
+ *
+ * A save whose operations emit nothing is SAVED with no append.
+ *
+ * @param[out] out  result, cleared with es_save_result_clear
+ * @return 0 when out->status says what happened; ES_EINVAL, ES_ENOMEM,
+ *         ES_EIO, ES_EUNAVAILABLE, or an operation's negative code.
+ */
+ES_EXTERN int es_save(es_save_result *out, es_view *view, const void *vkey, size_t vkey_len,
+                      const es_op *ops, size_t n_ops, const es_save_options *opts);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EVENTSRC_H */

@@ -1,0 +1,124 @@
+/*
+ * backend.h — the storage vtable.  A backend stores events, the stream and
+ * id indexes, and snapshot records; it knows nothing of views or operations.
+ * Each backend is one file in src/backend/ that fills an es__backend.
+ *
+ * The library checks every argument before calling a backend, so backends
+ * may assume valid, in-limit input.  Backends report failures with es__err().
+ */
+#ifndef ES_BACKEND_H
+#define ES_BACKEND_H
+
+#include "eventsrc.h"
+
+#include <stdbool.h>
+
+typedef struct es__append_req {
+    const uint8_t *stream;
+    size_t stream_len;
+    uint64_t expected;
+    const es_event_new *events;
+    size_t n;
+    const uint8_t (*ids)[ES_ID_SIZE]; /* resolved ids, n of them */
+    bool keep_time;                   /* use events[0].time_us */
+    size_t payload_bytes;             /* sum of type, data and meta lengths */
+} es__append_req;
+
+/* A persisted snapshot record (opaque value bytes). */
+typedef struct es__snap {
+    uint8_t state; /* es_snap_state */
+    uint64_t seq;
+    int64_t time_us;
+    const uint8_t *data;
+    size_t len;
+} es__snap;
+
+/* Every cursor starts with this header; backends embed it first. */
+typedef struct es__cursor_ops {
+    int (*next)(const es_event **out, es_cursor *cur);
+    void (*free)(es_cursor *cur);
+} es__cursor_ops;
+
+struct es_cursor {
+    const es__cursor_ops *ops;
+    /* filters and limits applied by the generic layer */
+    uint64_t limit;
+    uint64_t returned;
+    uint8_t *prefix;
+    size_t prefix_len;
+    char *type;
+    size_t type_len;
+};
+
+/* Fields for the tamper hook (tests of es_verify). */
+enum {
+    ES__F_KEY,
+    ES__F_SEQ,
+    ES__F_POSITION,
+    ES__F_TIME,
+    ES__F_ID,
+    ES__F_TYPE,
+    ES__F_DATA,
+    ES__F_META,
+    ES__F_HASH,
+    ES__F_COUNT
+};
+
+typedef struct es__backend {
+    const char *name;
+    int (*open)(void **out, const char *path, const es_open_options *opts, es_store *st);
+    void (*close)(void *be);
+    int (*append)(void *be, const es__append_req *req, es_append_result *out);
+    int (*head)(void *be, const uint8_t *stream, size_t len, uint64_t *out);
+    int (*last_position)(void *be, uint64_t *out);
+    /* opts are normalised: from_seq >= 1 forward; to_seq = UINT64_MAX when unbounded. */
+    int (*stream_cursor)(es_cursor **out, void *be, const uint8_t *stream, size_t len,
+                         const es_read_options *opts);
+    /* The backend may use the prefix/type filters to skip work; the generic
+     * layer re-checks them. */
+    int (*log_cursor)(es_cursor **out, void *be, const es_log_options *opts);
+    int (*streams)(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn,
+                   void *payload);
+    int (*stats)(void *be, es_store_stats *out);
+    /* Snapshots: stored per (skey, seq). */
+    int (*snap_put)(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap);
+    /* The snapshot with the greatest seq such that seq <= max_seq and
+     * time_us <= max_time; its bytes are copied into buf.  ES_ENOTFOUND if none. */
+    int (*snap_get)(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
+                    int64_t max_time, es__snap *out, es_buf *buf);
+    /* Seqs of the retained snapshots, ascending (at most cap). */
+    int (*snap_list)(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
+                     size_t *n);
+    int (*snap_del)(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);
+    /* Test hook: flip byte `offset` (mod the field's size) of one field of the
+     * event at `position`, below the API, as a disk fault or an attacker would. */
+    int (*tamper)(void *be, uint64_t position, int field, size_t offset);
+} es__backend;
+
+/*
+ * Idempotent-retry check, shared by backends.  `lookup` finds an event by id
+ * (returns 1 and fills ev's stream/seq/position/time, 0 when absent, or a
+ * negative code).  Returns 0 when no id of the batch is stored (go on and
+ * append), 1 when the whole batch is stored as a retry (out filled), or
+ * ES_EDUPLICATE / ES_ECONFLICT.
+ */
+typedef int (*es__id_lookup_fn)(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev);
+int es__idempotency_check(const es__append_req *req, es__id_lookup_fn lookup, void *ctx,
+                          uint64_t head, es_append_result *out);
+
+/* Does `head` satisfy `expected`? */
+bool es__expect_ok(uint64_t expected, uint64_t head);
+
+/* Commit time for an append: the clock (or the kept time), never below the
+ * store's latest commit time.  Returns ES_EINVAL for a kept time that goes back. */
+int es__commit_time(es_store *st, const es__append_req *req, int64_t last_time, int64_t *out);
+
+extern const es__backend es__backend_mem;
+#ifdef ES_HAVE_LMDB
+extern const es__backend es__backend_lmdb;
+#endif
+#ifdef ES_HAVE_PG
+extern const es__backend es__backend_pg;
+#endif
+
+#endif

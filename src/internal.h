@@ -1,0 +1,89 @@
+/*
+ * internal.h — what the library's own files share and the public header does
+ * not promise: error helpers, the store handle, and small byte utilities.
+ * Internal names carry a double-underscore prefix (es__…).
+ */
+#ifndef ES_INTERNAL_H
+#define ES_INTERNAL_H
+
+#include "eventsrc.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "backend.h"
+
+#if defined(__GNUC__)
+#define ES__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define ES__PRINTF(a, b)
+#endif
+
+/* Set the calling thread's last error and return `code`. */
+int es__err(int code, const char *fmt, ...) ES__PRINTF(2, 3);
+
+struct es_store {
+    const es__backend *ops;
+    void *be;
+    es_clock_fn clock;
+    void *clock_payload;
+    unsigned flags;
+};
+
+/* The store's clock, in µs since the epoch. */
+int64_t es__now(es_store *st);
+/* The system's real-time clock. */
+int64_t es__realtime_us(void);
+
+/* Chain hash of one event given the previous hash (NULL: zeros). */
+void es__chain_hash(uint8_t out[ES_HASH_SIZE], const uint8_t *prev, const uint8_t *stream,
+                    size_t stream_len, uint64_t seq, int64_t time_us, const uint8_t id[ES_ID_SIZE],
+                    const char *type, size_t type_len, const void *data, size_t data_len,
+                    const void *meta, size_t meta_len);
+
+/* Big-endian integer helpers. */
+static inline void es__put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+static inline uint64_t es__get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline void es__put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline uint32_t es__get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* Does [key, key+len) start with prefix? */
+static inline bool es__has_prefix(const uint8_t *key, size_t len, const void *prefix,
+                                  size_t prefix_len)
+{
+    return prefix_len <= len && (prefix_len == 0 || memcmp(key, prefix, prefix_len) == 0);
+}
+
+
+/* Map a callback's non-zero return to what the API hands back: a known
+ * negative ES_E* code as is, anything else ES_EUSER. */
+static inline int es__cb_rc(int r)
+{
+    if (r < 0 && r > ES__ERRNO_LAST)
+        return es__err(r, "stopped by a callback (%s)", es_strerror(r));
+    return es__err(ES_EUSER, "stopped by a callback that returned %d", r);
+}
+
+#endif

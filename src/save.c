@@ -1,0 +1,372 @@
+/*
+ * save.c — the seed's SaveAPI: run operations against the latest snapshot
+ * of a view key and append everything they emit as ONE conditional append
+ * at exactly snapshot.seq + 1.  On a conflict, catch the snapshot up with
+ * the new events only and run the operations again, after a full-jitter
+ * exponential backoff, within bounds on attempts and time.
+ *
+ * Unlike the Scala library this grew from, a batch is never half written
+ * (one append) and a retry never re-sends events that already landed.
+ */
+#include "view.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <time.h>
+
+typedef struct op_event {
+    es_event_new ev;
+    uint8_t id[ES_ID_SIZE];
+    char *type;
+    uint8_t *data;
+    uint8_t *meta;
+} op_event;
+
+struct es_op_ctx {
+    op_event *evs;
+    size_t n, cap;
+    size_t first_of_op; /* index of the first event of the running op */
+    size_t bytes;
+    char **reasons;
+    size_t n_reasons, cap_reasons;
+};
+
+static void ctx_reset(es_op_ctx *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->evs[i].type);
+        free(c->evs[i].data);
+        free(c->evs[i].meta);
+    }
+    c->n = 0;
+    c->bytes = 0;
+    for (size_t i = 0; i < c->n_reasons; i++)
+        free(c->reasons[i]);
+    c->n_reasons = 0;
+}
+
+static void ctx_free(es_op_ctx *c)
+{
+    ctx_reset(c);
+    free(c->evs);
+    free(c->reasons);
+}
+
+static void *dup_bytes(const void *p, size_t n)
+{
+    void *q = malloc(n ? n : 1);
+    if (q && n)
+        memcpy(q, p, n);
+    return q;
+}
+
+int es_op_emit(es_op_ctx *c, const es_event_new *ev)
+{
+    size_t tl;
+    if (!c || !ev || !ev->type)
+        return es__err(ES_EINVAL, "es_op_emit: NULL argument or type");
+    tl = strnlen(ev->type, ES_MAX_TYPE + 1);
+    if (tl == 0)
+        return es__err(ES_EINVAL, "es_op_emit: empty type name");
+    if (tl > ES_MAX_TYPE)
+        return es__err(ES_ETOOBIG, "es_op_emit: type name over %d bytes", ES_MAX_TYPE);
+    if ((!ev->data && ev->data_len) || (!ev->meta && ev->meta_len))
+        return es__err(ES_EINVAL, "es_op_emit: a length with a NULL pointer");
+    if (ev->data_len > ES_MAX_DATA || ev->meta_len > ES_MAX_META)
+        return es__err(ES_ETOOBIG, "es_op_emit: event data or metadata over the limit");
+    if (c->n >= ES_MAX_BATCH || c->bytes + tl + ev->data_len + ev->meta_len > ES_MAX_BATCH_BYTES)
+        return es__err(ES_ETOOBIG, "es_op_emit: the save's events exceed one append's limits");
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 8;
+        op_event *p = realloc(c->evs, cap * sizeof *p);
+        if (!p)
+            return es__err(ES_ENOMEM, "out of memory emitting an event");
+        c->evs = p;
+        c->cap = cap;
+    }
+    op_event *e = &c->evs[c->n];
+    memset(e, 0, sizeof *e);
+    e->ev.data_len = ev->data_len;
+    e->ev.meta_len = ev->meta_len;
+    e->type = dup_bytes(ev->type, tl + 1);
+    e->data = dup_bytes(ev->data, ev->data_len);
+    e->meta = dup_bytes(ev->meta, ev->meta_len);
+    if (!e->type || !e->data || !e->meta) {
+        free(e->type);
+        free(e->data);
+        free(e->meta);
+        return es__err(ES_ENOMEM, "out of memory emitting an event");
+    }
+    if (ev->id)
+        memcpy(e->id, ev->id, ES_ID_SIZE);
+    else
+        randombytes_buf(e->id, ES_ID_SIZE);
+    c->n++;
+    c->bytes += tl + ev->data_len + ev->meta_len;
+    return 0;
+}
+
+int es_op_reject(es_op_ctx *c, const char *reason)
+{
+    if (!c || !reason)
+        return es__err(ES_EINVAL, "es_op_reject: NULL argument");
+    if (c->n_reasons == c->cap_reasons) {
+        size_t cap = c->cap_reasons ? c->cap_reasons * 2 : 4;
+        char **p = realloc(c->reasons, cap * sizeof *p);
+        if (!p)
+            return es__err(ES_ENOMEM, "out of memory rejecting");
+        c->reasons = p;
+        c->cap_reasons = cap;
+    }
+    size_t n = strnlen(reason, 4096);
+    char *r = malloc(n + 1);
+    if (!r)
+        return es__err(ES_ENOMEM, "out of memory rejecting");
+    memcpy(r, reason, n);
+    r[n] = 0;
+    c->reasons[c->n_reasons++] = r;
+    return 0;
+}
+
+static int emit_all(es_op_ctx *c, const es_op *op)
+{
+    int rc;
+    if (!op->events && op->n_events)
+        return es__err(ES_EINVAL, "built-in operation has n_events but no events");
+    for (size_t i = 0; i < op->n_events; i++)
+        if ((rc = es_op_emit(c, &op->events[i])) < 0)
+            return rc;
+    return 0;
+}
+
+static int run_if_new(es_op_ctx *c, const es_snapshot *snap, const es_op *op)
+{
+    if (snap->state == ES_SNAP_VALUE)
+        return es_op_reject(c, "duplicate value");
+    return emit_all(c, op);
+}
+
+static int run_if_seq(es_op_ctx *c, const es_snapshot *snap, const es_op *op)
+{
+    if (snap->seq != op->seq)
+        return es_op_reject(c, "sequence mismatch");
+    return emit_all(c, op);
+}
+
+es_op es_op_if_new(const es_event_new *events, size_t n)
+{
+    es_op op = {run_if_new, NULL, events, n, 0};
+    return op;
+}
+
+es_op es_op_if_seq(uint64_t seq, const es_event_new *events, size_t n)
+{
+    es_op op = {run_if_seq, NULL, events, n, seq};
+    return op;
+}
+
+void es_save_result_clear(es_save_result *res, const es_view *v)
+{
+    if (!res)
+        return;
+    es_snapshot_clear(&res->snapshot, v);
+    for (size_t i = 0; i < res->n_reasons; i++)
+        free(res->reasons[i]);
+    free(res->reasons);
+    memset(res, 0, sizeof *res);
+}
+
+/* A pretend event for folding an emitted event before it is stored. */
+static es_event pending_event(const es__vkeys *k, const op_event *e, uint64_t seq, int64_t t,
+                              uint64_t pos)
+{
+    es_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.stream = k->stream;
+    ev.stream_len = k->stream_len;
+    ev.seq = seq;
+    ev.position = pos;
+    ev.time_us = t;
+    memcpy(ev.id, e->id, ES_ID_SIZE);
+    ev.type = e->type;
+    ev.type_len = strlen(e->type);
+    ev.data = e->data;
+    ev.data_len = e->ev.data_len;
+    ev.meta = e->meta;
+    ev.meta_len = e->ev.meta_len;
+    return ev;
+}
+
+/* Run the operations on a copy of `base`.  Returns 0 with ctx holding the
+ * events (or the reasons), or an error. */
+static int run_ops(es_op_ctx *ctx, es_view *v, const es__vkeys *k, const es__fold *base,
+                   const es_op *ops, size_t n_ops, es__fold *work)
+{
+    int rc;
+    int64_t now = es__now(v->st);
+
+    ctx_reset(ctx);
+    if ((rc = es__fold_clone(work, v, k, base)) < 0)
+        return rc;
+    for (size_t i = 0; i < n_ops; i++) {
+        es_snapshot snap;
+        if ((rc = es__fold_view(&snap, v, k, work, false)) < 0)
+            return rc;
+        ctx->first_of_op = ctx->n;
+        int r = ops[i].run(ctx, &snap, &ops[i]);
+        if (v->def.shard_key)
+            es_snapshot_clear(&snap, v);
+        if (r)
+            return r < 0 ? r : es__cb_rc(r);
+        if (ctx->n_reasons)
+            return 0;
+        /* Later operations see the events of the earlier ones. */
+        for (size_t j = ctx->first_of_op; j < ctx->n; j++) {
+            es_event ev = pending_event(k, &ctx->evs[j], base->seq + 1 + j, now, 0);
+            if ((rc = es__fold_apply(work, v, k, &ev)) < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void sleep_us(uint64_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, const es_op *ops,
+            size_t n_ops, const es_save_options *opts)
+{
+    es_save_options o = ES_SAVE_OPTIONS_INIT;
+    es_op_ctx ctx;
+    es__vkeys k;
+    es__fold base, work;
+    es_event_new *batch = NULL;
+    int64_t start = mono_us();
+    int rc;
+
+    memset(&ctx, 0, sizeof ctx);
+    memset(&base, 0, sizeof base);
+    memset(&work, 0, sizeof work);
+    if (!out)
+        return es__err(ES_EINVAL, "es_save: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!v)
+        return es__err(ES_EINVAL, "es_save: view is NULL");
+    if (!ops || n_ops == 0)
+        return es__err(ES_EINVAL, "es_save: no operations");
+    for (size_t i = 0; i < n_ops; i++)
+        if (!ops[i].run)
+            return es__err(ES_EINVAL, "es_save: operation %zu has no run callback", i);
+    if (opts) {
+        if (opts->version != ES_SAVE_OPTIONS_VERSION)
+            return es__err(ES_EINVAL, "es_save_options.version is %u; this library knows %d",
+                           opts->version, ES_SAVE_OPTIONS_VERSION);
+        o = *opts;
+    }
+    if (!o.max_attempts)
+        o.max_attempts = 16;
+    if (!o.max_total_ms)
+        o.max_total_ms = 10000;
+    if (!o.backoff_base_us)
+        o.backoff_base_us = 200;
+    if (!o.backoff_cap_us)
+        o.backoff_cap_us = 100000;
+    if ((rc = es__view_keys(&k, v, vkey, vkey_len)) < 0)
+        return rc;
+    if ((rc = es__fold_load(&base, v, &k, UINT64_MAX, INT64_MAX)) < 0)
+        return rc;
+    if ((rc = es__fold_run(&base, v, &k, UINT64_MAX, INT64_MAX, NULL, NULL)) < 0)
+        goto done;
+
+    for (unsigned attempt = 1;; attempt++) {
+        es_append_result ar;
+        es__fold_clear(&work, v);
+        if ((rc = run_ops(&ctx, v, &k, &base, ops, n_ops, &work)) < 0)
+            goto done;
+        if (ctx.n_reasons) {
+            out->status = ES_REJECTED;
+            out->reasons = ctx.reasons;
+            out->n_reasons = ctx.n_reasons;
+            ctx.reasons = NULL;
+            ctx.n_reasons = ctx.cap_reasons = 0;
+            rc = es__fold_view(&out->snapshot, v, &k, &base, true);
+            goto done;
+        }
+        if (ctx.n == 0) { /* nothing to write: saved as is */
+            out->status = ES_SAVED;
+            out->last_seq = base.seq;
+            rc = es__fold_view(&out->snapshot, v, &k, &base, true);
+            goto done;
+        }
+        free(batch);
+        if (!(batch = malloc(ctx.n * sizeof *batch))) {
+            rc = es__err(ES_ENOMEM, "out of memory for a save's batch");
+            goto done;
+        }
+        for (size_t i = 0; i < ctx.n; i++) {
+            batch[i] = ctx.evs[i].ev;
+            batch[i].type = ctx.evs[i].type;
+            batch[i].data = ctx.evs[i].data;
+            batch[i].meta = ctx.evs[i].meta;
+            batch[i].id = ctx.evs[i].id;
+            batch[i].time_us = 0;
+        }
+        rc = es_append(&ar, v->st, k.stream, k.stream_len, base.seq, batch, ctx.n);
+        if (rc == 0) {
+            /* Fold the stored events (real seqs, time and positions) into a
+             * fresh copy of the base, so the result equals a later get. */
+            es__fold_clear(&work, v);
+            if ((rc = es__fold_clone(&work, v, &k, &base)) < 0)
+                goto done;
+            for (size_t i = 0; i < ctx.n; i++) {
+                es_event ev = pending_event(&k, &ctx.evs[i], ar.first_seq + i, ar.time_us,
+                                            ar.first_position + i);
+                if ((rc = es__fold_apply(&work, v, &k, &ev)) < 0)
+                    goto done;
+            }
+            out->status = ES_SAVED;
+            out->last_seq = ar.last_seq;
+            out->retries = attempt - 1;
+            if ((rc = es__fold_maybe_persist(&work, v, &k)) < 0)
+                goto done;
+            rc = es__fold_view(&out->snapshot, v, &k, &work, true);
+            goto done;
+        }
+        if (rc != ES_ECONFLICT)
+            goto done;
+        /* Conflict: catch the base up with the new events only. */
+        out->retries = attempt;
+        if ((rc = es__fold_run(&base, v, &k, UINT64_MAX, INT64_MAX, NULL, NULL)) < 0)
+            goto done;
+        uint64_t ceiling = (uint64_t)o.backoff_base_us << (attempt < 20 ? attempt : 20);
+        if (ceiling > o.backoff_cap_us)
+            ceiling = o.backoff_cap_us;
+        uint64_t pause = randombytes_uniform((uint32_t)ceiling + 1);
+        if (attempt >= o.max_attempts ||
+            (uint64_t)(mono_us() - start) + pause > (uint64_t)o.max_total_ms * 1000) {
+            out->status = ES_GAVE_UP;
+            rc = es__fold_view(&out->snapshot, v, &k, &base, true);
+            goto done;
+        }
+        sleep_us(pause);
+    }
+done:
+    free(batch);
+    es__fold_clear(&work, v);
+    es__fold_clear(&base, v);
+    ctx_free(&ctx);
+    if (rc < 0)
+        es_save_result_clear(out, v);
+    return rc;
+}

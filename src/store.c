@@ -1,0 +1,471 @@
+/*
+ * store.c — the store handle: opening by URI, argument checks at the API
+ * boundary, and dispatch to the backend vtable.  Everything a backend may
+ * assume about its input is checked here, once, for every backend.
+ */
+#include "internal.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <time.h>
+
+int64_t es__realtime_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t es__now(es_store *st)
+{
+    return st->clock ? st->clock(st->clock_payload) : es__realtime_us();
+}
+
+static const es__backend *find_backend(const char *uri, const char **path)
+{
+    if (strncmp(uri, "mem:", 4) == 0) {
+        *path = uri + 4;
+        return &es__backend_mem;
+    }
+#ifdef ES_HAVE_LMDB
+    if (strncmp(uri, "lmdb:", 5) == 0) {
+        *path = uri + 5;
+        return &es__backend_lmdb;
+    }
+#endif
+#ifdef ES_HAVE_PG
+    if (strncmp(uri, "postgres://", 11) == 0 || strncmp(uri, "postgresql://", 13) == 0) {
+        *path = uri;
+        return &es__backend_pg;
+    }
+#endif
+    return NULL;
+}
+
+int es_store_open(es_store **out, const char *uri, const es_open_options *opts)
+{
+    es_open_options defaults = ES_OPEN_OPTIONS_INIT;
+    const char *path = NULL;
+    const es__backend *ops;
+    es_store *st;
+    int rc;
+
+    if (!out)
+        return es__err(ES_EINVAL, "es_store_open: out is NULL");
+    *out = NULL;
+    if (!uri || !*uri)
+        return es__err(ES_EINVAL, "es_store_open: empty store URI");
+    if (!opts)
+        opts = &defaults;
+    if (opts->version != ES_OPEN_OPTIONS_VERSION)
+        return es__err(ES_EINVAL, "es_open_options.version is %u; this library knows %d",
+                       opts->version, ES_OPEN_OPTIONS_VERSION);
+    if (opts->flags & ~(unsigned)(ES_OPEN_NOSYNC | ES_OPEN_READONLY | ES_OPEN_NOCREATE))
+        return es__err(ES_EINVAL, "es_open_options.flags has unknown bits 0x%x", opts->flags);
+    if (opts->timeout_ms < 0)
+        return es__err(ES_EINVAL, "es_open_options.timeout_ms is negative");
+    if (!(ops = find_backend(uri, &path))) {
+        const char *colon = strchr(uri, ':');
+        if (!colon)
+            return es__err(ES_EINVAL,
+                           "store URI '%.200s' has no scheme (try mem:, lmdb:PATH or "
+                           "postgres://…)",
+                           uri);
+        return es__err(ES_ENOTSUP, "store scheme '%.*s' is not built into this library",
+                       (int)(colon - uri > 40 ? 40 : colon - uri), uri);
+    }
+    if (sodium_init() < 0)
+        return es__err(ES_ERROR, "libsodium failed to initialise");
+    if (!(st = calloc(1, sizeof *st)))
+        return es__err(ES_ENOMEM, "out of memory opening a store");
+    st->ops = ops;
+    st->clock = opts->clock;
+    st->clock_payload = opts->clock_payload;
+    st->flags = opts->flags;
+    if ((rc = ops->open(&st->be, path, opts, st)) < 0) {
+        free(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
+void es_store_close(es_store *st)
+{
+    if (!st)
+        return;
+    st->ops->close(st->be);
+    free(st);
+}
+
+const char *es_store_kind(const es_store *st)
+{
+    return st ? st->ops->name : "";
+}
+
+bool es__expect_ok(uint64_t expected, uint64_t head)
+{
+    if (expected == ES_EXPECT_ANY)
+        return true;
+    if (expected == ES_EXPECT_EXISTS)
+        return head > 0;
+    return head == expected;
+}
+
+int es__commit_time(es_store *st, const es__append_req *req, int64_t last_time, int64_t *out)
+{
+    int64_t t;
+    if (req->keep_time) {
+        t = req->events[0].time_us;
+        if (t < last_time)
+            return es__err(ES_EINVAL,
+                           "kept commit time %lld is before the store's latest commit time %lld",
+                           (long long)t, (long long)last_time);
+    } else {
+        t = es__now(st);
+        if (t < last_time)
+            t = last_time; /* commit times never go back, so "as of T" stays a prefix */
+    }
+    *out = t;
+    return 0;
+}
+
+int es__idempotency_check(const es__append_req *req, es__id_lookup_fn lookup, void *ctx,
+                          uint64_t head, es_append_result *out)
+{
+    es_event ev;
+    size_t found = 0;
+    uint64_t first_seq = 0;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < req->n; i++) {
+        memset(&ev, 0, sizeof ev);
+        if ((rc = lookup(ctx, req->ids[i], &ev)) < 0)
+            return rc;
+        if (rc == 0) {
+            if (found)
+                break;
+            continue;
+        }
+        if (found != i)
+            return es__err(ES_EDUPLICATE,
+                           "event %zu of the batch has an id already stored, but event %zu "
+                           "does not: a partial overlap with an earlier append",
+                           i, i - 1);
+        if (ev.stream_len != req->stream_len || memcmp(ev.stream, req->stream, ev.stream_len))
+            return es__err(ES_EDUPLICATE, "event %zu's id is already used in another stream", i);
+        if (i == 0) {
+            first_seq = ev.seq;
+            out->first_seq = ev.seq;
+            out->first_position = ev.position;
+            out->time_us = ev.time_us;
+        } else if (ev.seq != first_seq + i) {
+            return es__err(ES_EDUPLICATE,
+                           "event ids of the batch are stored, but not consecutively");
+        }
+        out->last_seq = ev.seq;
+        out->last_position = ev.position;
+        found++;
+    }
+    if (found == 0)
+        return 0;
+    if (found != req->n)
+        return es__err(ES_EDUPLICATE,
+                       "%zu of the batch's %zu event ids are already stored: a partial overlap "
+                       "with an earlier append",
+                       found, req->n);
+    if (!es__expect_ok(req->expected, first_seq - 1)) {
+        memset(out, 0, sizeof *out);
+        out->head = head;
+        return es__err(ES_ECONFLICT,
+                       "retried append landed at seq %llu, which its expectation does not allow",
+                       (unsigned long long)first_seq);
+    }
+    out->head = head;
+    out->replayed = 1;
+    return 1;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    return memcmp(a, b, ES_ID_SIZE);
+}
+
+static int check_stream(const void *stream, size_t len)
+{
+    if (!stream)
+        return es__err(ES_EINVAL, "stream key is NULL");
+    if (len == 0)
+        return es__err(ES_EINVAL, "stream key is empty");
+    if (len > ES_MAX_KEY)
+        return es__err(ES_ETOOBIG, "stream key is %zu bytes; the limit is %d", len, ES_MAX_KEY);
+    return 0;
+}
+
+static int check_type(const char *type, const char *what, size_t i, size_t *len)
+{
+    if (!type)
+        return es__err(ES_EINVAL, "%s %zu has no type name", what, i);
+    size_t n = strnlen(type, ES_MAX_TYPE + 1);
+    if (n == 0)
+        return es__err(ES_EINVAL, "%s %zu has an empty type name", what, i);
+    if (n > ES_MAX_TYPE)
+        return es__err(ES_ETOOBIG, "%s %zu's type name is over the limit of %d bytes", what, i,
+                       ES_MAX_TYPE);
+    *len = n;
+    return 0;
+}
+
+int es_append_ex(es_append_result *out, es_store *st, const void *stream, size_t stream_len,
+                 uint64_t expected, const es_event_new *events, size_t n, unsigned flags)
+{
+    es_append_result local;
+    uint8_t(*ids)[ES_ID_SIZE] = NULL;
+    uint8_t(*sorted)[ES_ID_SIZE] = NULL;
+    size_t bytes = 0, tl;
+    int rc;
+
+    if (!out)
+        out = &local;
+    memset(out, 0, sizeof *out);
+    if (!st)
+        return es__err(ES_EINVAL, "es_append: store is NULL");
+    if (st->flags & ES_OPEN_READONLY)
+        return es__err(ES_EINVAL, "es_append: the store was opened read-only");
+    if ((rc = check_stream(stream, stream_len)) < 0)
+        return rc;
+    if (!events || n == 0)
+        return es__err(ES_EINVAL, "es_append: no events");
+    if (n > ES_MAX_BATCH)
+        return es__err(ES_ETOOBIG, "es_append: %zu events; the limit is %d per append", n,
+                       ES_MAX_BATCH);
+    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
+        return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
+    if (expected != ES_EXPECT_ANY && expected != ES_EXPECT_EXISTS && expected >= ES_SEQ_MAX)
+        return es__err(ES_EINVAL, "es_append: expected seq %llu is out of range",
+                       (unsigned long long)expected);
+    if ((flags & ES_APPEND_KEEP_TIME) && events[0].time_us <= 0)
+        return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
+    for (size_t i = 0; i < n; i++) {
+        const es_event_new *e = &events[i];
+        if ((rc = check_type(e->type, "event", i, &tl)) < 0)
+            return rc;
+        if ((!e->data && e->data_len) || (!e->meta && e->meta_len))
+            return es__err(ES_EINVAL, "event %zu has a length but a NULL data or meta pointer", i);
+        if (e->data_len > ES_MAX_DATA)
+            return es__err(ES_ETOOBIG, "event %zu's data is %zu bytes; the limit is %u", i,
+                           e->data_len, ES_MAX_DATA);
+        if (e->meta_len > ES_MAX_META)
+            return es__err(ES_ETOOBIG, "event %zu's metadata is %zu bytes; the limit is %u", i,
+                           e->meta_len, ES_MAX_META);
+        bytes += tl + e->data_len + e->meta_len;
+        if (bytes > ES_MAX_BATCH_BYTES)
+            return es__err(ES_ETOOBIG, "the batch holds over %u bytes of data", ES_MAX_BATCH_BYTES);
+    }
+    if (!(ids = malloc(n * sizeof *ids)))
+        return es__err(ES_ENOMEM, "out of memory for %zu event ids", n);
+    for (size_t i = 0; i < n; i++) {
+        if (events[i].id)
+            memcpy(ids[i], events[i].id, ES_ID_SIZE);
+        else
+            randombytes_buf(ids[i], ES_ID_SIZE);
+    }
+    if (n > 1) {
+        if (!(sorted = malloc(n * sizeof *sorted))) {
+            rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", n);
+            goto done;
+        }
+        memcpy(sorted, ids, n * sizeof *ids);
+        qsort(sorted, n, ES_ID_SIZE, cmp_id);
+        for (size_t i = 1; i < n; i++) {
+            if (memcmp(sorted[i - 1], sorted[i], ES_ID_SIZE) == 0) {
+                rc = es__err(ES_EINVAL, "two events of the batch have the same id");
+                goto done;
+            }
+        }
+    }
+    es__append_req req = {
+        .stream = stream,
+        .stream_len = stream_len,
+        .expected = expected,
+        .events = events,
+        .n = n,
+        .ids = (const uint8_t(*)[ES_ID_SIZE])ids,
+        .keep_time = (flags & ES_APPEND_KEEP_TIME) != 0,
+        .payload_bytes = bytes,
+    };
+    rc = st->ops->append(st->be, &req, out);
+    if (rc > 0)
+        rc = 0;
+done:
+    free(sorted);
+    free(ids);
+    return rc;
+}
+
+int es_append(es_append_result *out, es_store *st, const void *stream, size_t stream_len,
+              uint64_t expected, const es_event_new *events, size_t n)
+{
+    return es_append_ex(out, st, stream, stream_len, expected, events, n, 0);
+}
+
+int es_stream_head(uint64_t *out, es_store *st, const void *stream, size_t stream_len)
+{
+    int rc;
+    if (!out || !st)
+        return es__err(ES_EINVAL, "es_stream_head: NULL argument");
+    *out = 0;
+    if ((rc = check_stream(stream, stream_len)) < 0)
+        return rc;
+    return st->ops->head(st->be, stream, stream_len, out);
+}
+
+int es_store_last_position(uint64_t *out, es_store *st)
+{
+    if (!out || !st)
+        return es__err(ES_EINVAL, "es_store_last_position: NULL argument");
+    *out = 0;
+    return st->ops->last_position(st->be, out);
+}
+
+/* ---- cursors ---- */
+
+int es_stream_cursor(es_cursor **out, es_store *st, const void *stream, size_t stream_len,
+                     const es_read_options *opts)
+{
+    es_read_options o = ES_READ_OPTIONS_INIT;
+    int rc;
+
+    if (!out)
+        return es__err(ES_EINVAL, "es_stream_cursor: out is NULL");
+    *out = NULL;
+    if (!st)
+        return es__err(ES_EINVAL, "es_stream_cursor: store is NULL");
+    if ((rc = check_stream(stream, stream_len)) < 0)
+        return rc;
+    if (opts) {
+        if (opts->version != ES_READ_OPTIONS_VERSION)
+            return es__err(ES_EINVAL, "es_read_options.version is %u; this library knows %d",
+                           opts->version, ES_READ_OPTIONS_VERSION);
+        o = *opts;
+    }
+    if (o.backward != 0 && o.backward != 1)
+        return es__err(ES_EINVAL, "es_read_options.backward must be 0 or 1");
+    if (!o.backward) {
+        if (o.from_seq == 0)
+            o.from_seq = 1;
+        if (o.to_seq == 0)
+            o.to_seq = UINT64_MAX;
+    } else {
+        if (o.from_seq == 0)
+            o.from_seq = UINT64_MAX;
+        if (o.to_seq == 0)
+            o.to_seq = 1;
+    }
+    if ((rc = st->ops->stream_cursor(out, st->be, stream, stream_len, &o)) < 0)
+        return rc;
+    (*out)->limit = o.limit;
+    return 0;
+}
+
+int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
+{
+    es_log_options o = ES_LOG_OPTIONS_INIT;
+    es_cursor *c;
+    int rc;
+    size_t tl = 0;
+
+    if (!out)
+        return es__err(ES_EINVAL, "es_log_cursor: out is NULL");
+    *out = NULL;
+    if (!st)
+        return es__err(ES_EINVAL, "es_log_cursor: store is NULL");
+    if (opts) {
+        if (opts->version != ES_LOG_OPTIONS_VERSION)
+            return es__err(ES_EINVAL, "es_log_options.version is %u; this library knows %d",
+                           opts->version, ES_LOG_OPTIONS_VERSION);
+        o = *opts;
+    }
+    if (!o.prefix && o.prefix_len)
+        return es__err(ES_EINVAL, "es_log_options: prefix_len without a prefix");
+    if (o.prefix_len > ES_MAX_KEY)
+        return es__err(ES_ETOOBIG, "prefix is %zu bytes; the limit is %d", o.prefix_len,
+                       ES_MAX_KEY);
+    if (o.type && (rc = check_type(o.type, "filter", 0, &tl)) < 0)
+        return rc;
+    if (o.from_position == 0)
+        o.from_position = 1;
+    if ((rc = st->ops->log_cursor(&c, st->be, &o)) < 0)
+        return rc;
+    c->limit = o.limit;
+    if (o.prefix_len) {
+        if (!(c->prefix = malloc(o.prefix_len)))
+            goto nomem;
+        memcpy(c->prefix, o.prefix, o.prefix_len);
+        c->prefix_len = o.prefix_len;
+    }
+    if (o.type) {
+        if (!(c->type = malloc(tl + 1)))
+            goto nomem;
+        memcpy(c->type, o.type, tl + 1);
+        c->type_len = tl;
+    }
+    *out = c;
+    return 0;
+nomem:
+    es_cursor_free(c);
+    return es__err(ES_ENOMEM, "out of memory opening a cursor");
+}
+
+int es_cursor_next(const es_event **out, es_cursor *c)
+{
+    const es_event *ev;
+    int rc;
+
+    if (!out || !c)
+        return es__err(ES_EINVAL, "es_cursor_next: NULL argument");
+    *out = NULL;
+    if (c->limit && c->returned >= c->limit)
+        return ES_ITEROVER;
+    for (;;) {
+        if ((rc = c->ops->next(&ev, c)) != 0)
+            return rc;
+        if (c->prefix_len && !es__has_prefix(ev->stream, ev->stream_len, c->prefix, c->prefix_len))
+            continue;
+        if (c->type && (ev->type_len != c->type_len || memcmp(ev->type, c->type, c->type_len)))
+            continue;
+        c->returned++;
+        *out = ev;
+        return 0;
+    }
+}
+
+void es_cursor_free(es_cursor *c)
+{
+    if (!c)
+        return;
+    free(c->prefix);
+    free(c->type);
+    c->ops->free(c);
+}
+
+int es_streams(es_store *st, const void *prefix, size_t prefix_len, es_stream_fn fn,
+               void *payload)
+{
+    if (!st || !fn)
+        return es__err(ES_EINVAL, "es_streams: NULL store or callback");
+    if (!prefix && prefix_len)
+        return es__err(ES_EINVAL, "es_streams: prefix_len without a prefix");
+    if (prefix_len > ES_MAX_KEY)
+        return es__err(ES_ETOOBIG, "prefix is %zu bytes; the limit is %d", prefix_len, ES_MAX_KEY);
+    return st->ops->streams(st->be, prefix, prefix_len, fn, payload);
+}
+
+int es_store_stats_get(es_store_stats *out, es_store *st)
+{
+    if (!out || !st)
+        return es__err(ES_EINVAL, "es_store_stats_get: NULL argument");
+    memset(out, 0, sizeof *out);
+    return st->ops->stats(st->be, out);
+}
