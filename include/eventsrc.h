@@ -167,8 +167,10 @@ typedef struct es_event {
 } es_event;
 
 /**
- * An event to append.  `id` may be NULL: the library then draws a random
- * one.  Give ids yourself to make appends safely retryable (see es_append).
+ * An event to append.  `id` may be NULL: the library then makes one,
+ * time-ordered (the UUIDv7 layout: 48 bits of ms time, 74 random bits),
+ * which keeps id indexes compact.  Give ids yourself to make appends safely
+ * retryable (see es_append); random ones work, time-ordered ones write less.
  * `time_us` is used only by es_append_ex with ES_APPEND_KEEP_TIME (imports);
  * otherwise the store's clock decides and the field is ignored.
  */

@@ -31,6 +31,10 @@ struct es_store {
     unsigned flags;
 };
 
+/* A new event id: time-ordered (the UUIDv7 layout: 48-bit ms time, then
+ * random bits), so id indexes grow at their right edge. */
+void es__new_id(uint8_t id[ES_ID_SIZE]);
+
 /* The store's clock, in µs since the epoch. */
 int64_t es__now(es_store *st);
 /* The system's real-time clock. */

@@ -100,7 +100,7 @@ int es_op_emit(es_op_ctx *c, const es_event_new *ev)
     if (ev->id)
         memcpy(e->id, ev->id, ES_ID_SIZE);
     else
-        randombytes_buf(e->id, ES_ID_SIZE);
+        es__new_id(e->id);
     c->n++;
     c->bytes += tl + ev->data_len + ev->meta_len;
     return 0;

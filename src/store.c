@@ -16,6 +16,18 @@ int64_t es__realtime_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+void es__new_id(uint8_t id[ES_ID_SIZE])
+{
+    uint64_t ms = (uint64_t)es__realtime_us() / 1000;
+    randombytes_buf(id + 6, ES_ID_SIZE - 6);
+    for (int i = 5; i >= 0; i--) {
+        id[i] = (uint8_t)ms;
+        ms >>= 8;
+    }
+    id[6] = (uint8_t)(0x70 | (id[6] & 0x0f)); /* version 7 */
+    id[8] = (uint8_t)(0x80 | (id[8] & 0x3f)); /* RFC 4122 variant */
+}
+
 int64_t es__now(es_store *st)
 {
     return st->clock ? st->clock(st->clock_payload) : es__realtime_us();
@@ -269,7 +281,7 @@ int es_append_ex(es_append_result *out, es_store *st, const void *stream, size_t
         if (events[i].id)
             memcpy(ids[i], events[i].id, ES_ID_SIZE);
         else
-            randombytes_buf(ids[i], ES_ID_SIZE);
+            es__new_id(ids[i]);
     }
     if (n > 1) {
         if (!(sorted = malloc(n * sizeof *sorted))) {

@@ -1,0 +1,1422 @@
+/*
+ * lmdb.c — the embedded, durable store ("lmdb:DIR"), the default of esrc.
+ *
+ * Layout (named databases in one LMDB environment):
+ *
+ *   log      u64be position → event record        append-only (MDB_APPEND)
+ *   streams  stream key     → head, last hash, tail of recent positions
+ *   index    stream key | u64be first seq → CHUNK positions
+ *   ids      event id       → u64be position      (idempotent retries)
+ *   snaps    u16be len | snapshot key | u64be seq → state, time, value
+ *   meta     "format" → "eventsrc-lmdb-1"; "last_time" → i64be
+ *
+ * Why the log is the primary: with many interleaved streams, keying events
+ * by (stream, seq) dirties one B-tree page per stream per commit (LMDB's
+ * write amplification, ≈36× on this machine's baseline).  Here a commit
+ * writes the log sequentially; each stream's row in the small `streams`
+ * table takes the new positions in its tail, and only every CHUNK events
+ * per stream does one index entry get written.  BENCHMARKS.md has the
+ * figures.
+ *
+ * Concurrency: LMDB serialises writers across processes.  Within a process,
+ * appends from many threads are grouped: one thread (the leader) commits
+ * the queued appends in one transaction — one fsync for all of them — each
+ * in a nested transaction so that a failing append does not fail the rest.
+ * Readers copy events out of short read transactions, so no transaction is
+ * ever held across calls and the map can grow at any moment.
+ *
+ * LMDB forbids opening one environment twice in a process, so stores
+ * opened on the same directory share one environment (reference counted).
+ */
+#define _GNU_SOURCE
+#include "../internal.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK 32
+#define REC_HDR 76
+#define FORMAT "eventsrc-lmdb-1"
+#define DEFAULT_MAP ((size_t)64 << 20)
+#define READ_BATCH_EVENTS 1024
+#define READ_BATCH_BYTES ((size_t)4 << 20)
+#define GROUP_MAX 512
+
+/* LMDB's own codes are below ES__ERRNO_LAST, errno values above 0. */
+#define IS_ES(rc) ((rc) <= 0 && (rc) > ES__ERRNO_LAST)
+
+typedef struct lm_req lm_req;
+
+typedef struct lm_env {
+    struct lm_env *next;
+    dev_t dev;
+    ino_t ino;
+    int refs;
+    MDB_env *env;
+    MDB_dbi log, streams, index, ids, snaps, meta;
+    bool readonly;
+    size_t mapsize;
+    size_t psize;
+    pthread_rwlock_t resize; /* shared: any transaction; exclusive: resizing the map */
+    pthread_mutex_t qlock;   /* group commit queue */
+    pthread_cond_t qcond;
+    lm_req *qhead, *qtail;
+    bool leader;
+    char path[];
+} lm_env;
+
+typedef struct lm_store {
+    lm_env *e;
+    es_store *st;
+} lm_store;
+
+struct lm_req {
+    lm_req *next;
+    lm_store *s;
+    const es__append_req *req;
+    es_append_result *out;
+    int rc;
+    bool done;
+    char err[300];
+};
+
+static pthread_mutex_t envs_lock = PTHREAD_MUTEX_INITIALIZER;
+static lm_env *envs;
+
+/* ---- errors ---- */
+
+static int lm_err(int rc, const char *what)
+{
+    switch (rc) {
+    case MDB_MAP_FULL:
+    case ENOSPC:
+    case EDQUOT:
+        return es__err(ES_EFULL, "%s: the disk or the store is full (%s)", what, mdb_strerror(rc));
+    case ENOMEM:
+        return es__err(ES_ENOMEM, "%s: out of memory", what);
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return es__err(ES_ECORRUPT, "%s: %s", what, mdb_strerror(rc));
+    case MDB_READERS_FULL:
+        return es__err(ES_EUNAVAILABLE, "%s: too many readers (%s)", what, mdb_strerror(rc));
+    default:
+        return es__err(ES_EIO, "%s: %s", what, mdb_strerror(rc));
+    }
+}
+
+/* ---- map size ---- */
+
+/* Adopt a size another process set (size 0), or grow to `size`.  Takes the
+ * resize lock exclusively: no transaction of this process is open. */
+static int set_mapsize(lm_env *e, size_t size)
+{
+    int rc;
+    pthread_rwlock_wrlock(&e->resize);
+    if (size == 0 || size > e->mapsize) {
+        rc = mdb_env_set_mapsize(e->env, size);
+        if (rc == 0) {
+            MDB_envinfo info;
+            mdb_env_info(e->env, &info);
+            e->mapsize = info.me_mapsize;
+        }
+    } else {
+        rc = 0;
+    }
+    pthread_rwlock_unlock(&e->resize);
+    return rc ? lm_err(rc, "growing the map") : 0;
+}
+
+/* Grow before a write when the used pages come near the end of the map. */
+static int maybe_grow(lm_env *e, size_t bytes_to_write)
+{
+    MDB_envinfo info;
+    mdb_env_info(e->env, &info);
+    size_t used = (info.me_last_pgno + 1) * e->psize;
+    size_t need = bytes_to_write * 4 + ((size_t)1 << 20);
+    if (used + need <= e->mapsize - e->mapsize / 8)
+        return 0;
+    size_t size = e->mapsize * 2;
+    while (size < used + need * 2)
+        size *= 2;
+    return set_mapsize(e, size);
+}
+
+/* Begin a read transaction with the resize lock held shared. */
+static int rtxn_begin(lm_env *e, MDB_txn **txn)
+{
+    for (;;) {
+        pthread_rwlock_rdlock(&e->resize);
+        int rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, txn);
+        if (rc == 0)
+            return 0;
+        pthread_rwlock_unlock(&e->resize);
+        if (rc != MDB_MAP_RESIZED)
+            return lm_err(rc, "beginning a read");
+        if ((rc = set_mapsize(e, 0)) < 0)
+            return rc;
+    }
+}
+
+static void rtxn_end(lm_env *e, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&e->resize);
+}
+
+/* ---- records ---- */
+
+static size_t rec_size(size_t sl, size_t tl, size_t dl, size_t ml)
+{
+    return REC_HDR + sl + tl + 1 + dl + ml;
+}
+
+/* Point ev's fields into a record; checks every length against the size. */
+static int rec_decode(es_event *ev, const uint8_t *r, size_t n, uint64_t position)
+{
+    if (n < REC_HDR || r[0] != 1)
+        return es__err(ES_ECORRUPT, "event record at position %llu is malformed",
+                       (unsigned long long)position);
+    size_t sl = r[1], tl = r[2];
+    size_t dl = es__get_u32(r + 4), ml = es__get_u32(r + 8);
+    if (sl == 0 || tl == 0 || rec_size(sl, tl, dl, ml) != n || r[REC_HDR + sl + tl] != 0)
+        return es__err(ES_ECORRUPT, "event record at position %llu has bad lengths",
+                       (unsigned long long)position);
+    ev->stream = r + REC_HDR;
+    ev->stream_len = sl;
+    ev->type = (const char *)r + REC_HDR + sl;
+    ev->type_len = tl;
+    ev->data = r + REC_HDR + sl + tl + 1;
+    ev->data_len = dl;
+    ev->meta = ev->data + dl;
+    ev->meta_len = ml;
+    ev->seq = es__get_u64(r + 12);
+    ev->time_us = (int64_t)es__get_u64(r + 20);
+    memcpy(ev->id, r + 28, ES_ID_SIZE);
+    memcpy(ev->hash, r + 44, ES_HASH_SIZE);
+    ev->position = position;
+    return 0;
+}
+
+/* ---- stream rows ---- */
+
+typedef struct srow {
+    uint64_t head;
+    uint8_t hash[ES_HASH_SIZE];
+    uint32_t n_tail;
+    uint64_t tail[CHUNK]; /* positions of seqs head - n_tail + 1 .. head */
+} srow;
+
+static int srow_decode(srow *s, const MDB_val *v)
+{
+    const uint8_t *p = v->mv_data;
+    if (v->mv_size < 44)
+        return es__err(ES_ECORRUPT, "stream row is too short");
+    s->head = es__get_u64(p);
+    memcpy(s->hash, p + 8, ES_HASH_SIZE);
+    s->n_tail = es__get_u32(p + 40);
+    if (s->n_tail > CHUNK || v->mv_size != 44 + 8 * (size_t)s->n_tail || s->n_tail > s->head)
+        return es__err(ES_ECORRUPT, "stream row has a bad tail");
+    for (uint32_t i = 0; i < s->n_tail; i++)
+        s->tail[i] = es__get_u64(p + 44 + 8 * i);
+    return 0;
+}
+
+static size_t srow_encode(uint8_t *out, const srow *s)
+{
+    es__put_u64(out, s->head);
+    memcpy(out + 8, s->hash, ES_HASH_SIZE);
+    es__put_u32(out + 40, s->n_tail);
+    for (uint32_t i = 0; i < s->n_tail; i++)
+        es__put_u64(out + 44 + 8 * i, s->tail[i]);
+    return 44 + 8 * (size_t)s->n_tail;
+}
+
+static int srow_get(lm_env *e, MDB_txn *txn, const uint8_t *k, size_t kl, srow *s)
+{
+    MDB_val key = {kl, (void *)k}, v;
+    int rc = mdb_get(txn, e->streams, &key, &v);
+    if (rc == MDB_NOTFOUND) {
+        memset(s, 0, sizeof *s);
+        return 0;
+    }
+    if (rc)
+        return lm_err(rc, "reading a stream's head");
+    return srow_decode(s, &v);
+}
+
+/* Position of (stream, seq), seq <= head. */
+static int seq_position(lm_env *e, MDB_txn *txn, const uint8_t *k, size_t kl, const srow *s,
+                        uint64_t seq, uint64_t *pos, uint8_t *chunk_cache, uint64_t *cached_first)
+{
+    uint64_t tail_first = s->head - s->n_tail + 1;
+    if (seq >= tail_first) {
+        *pos = s->tail[seq - tail_first];
+        return 0;
+    }
+    uint64_t first = ((seq - 1) / CHUNK) * CHUNK + 1;
+    if (*cached_first != first) {
+        uint8_t kb[ES_MAX_KEY + 8];
+        memcpy(kb, k, kl);
+        es__put_u64(kb + kl, first);
+        MDB_val key = {kl + 8, kb}, v;
+        int rc = mdb_get(txn, e->index, &key, &v);
+        if (rc == MDB_NOTFOUND || (rc == 0 && v.mv_size != CHUNK * 8))
+            return es__err(ES_ECORRUPT, "index chunk for seq %llu is missing or malformed",
+                           (unsigned long long)first);
+        if (rc)
+            return lm_err(rc, "reading the stream index");
+        memcpy(chunk_cache, v.mv_data, CHUNK * 8);
+        *cached_first = first;
+    }
+    *pos = es__get_u64(chunk_cache + 8 * (seq - first));
+    return 0;
+}
+
+static int log_get(lm_env *e, MDB_txn *txn, uint64_t pos, MDB_val *v)
+{
+    uint8_t kb[8];
+    es__put_u64(kb, pos);
+    MDB_val key = {8, kb};
+    int rc = mdb_get(txn, e->log, &key, v);
+    if (rc == MDB_NOTFOUND)
+        return es__err(ES_ECORRUPT, "the index points at position %llu, which is not in the log",
+                       (unsigned long long)pos);
+    return rc ? lm_err(rc, "reading the log") : 0;
+}
+
+/* ---- open / close ---- */
+
+static int open_dbis(lm_env *e)
+{
+    MDB_txn *txn;
+    unsigned f = e->readonly ? 0 : MDB_CREATE;
+    int rc = mdb_txn_begin(e->env, NULL, e->readonly ? MDB_RDONLY : 0, &txn);
+    if (rc)
+        return lm_err(rc, "opening the store");
+    if ((rc = mdb_dbi_open(txn, "log", f, &e->log)) || (rc = mdb_dbi_open(txn, "streams", f, &e->streams)) ||
+        (rc = mdb_dbi_open(txn, "index", f, &e->index)) || (rc = mdb_dbi_open(txn, "ids", f, &e->ids)) ||
+        (rc = mdb_dbi_open(txn, "snaps", f, &e->snaps)) || (rc = mdb_dbi_open(txn, "meta", f, &e->meta))) {
+        mdb_txn_abort(txn);
+        if (rc == MDB_NOTFOUND)
+            return es__err(ES_ENOTFOUND, "%s is not an eventsrc store (opened read-only)", e->path);
+        return lm_err(rc, "opening the store's tables");
+    }
+    MDB_val key = {6, "format"}, v;
+    rc = mdb_get(txn, e->meta, &key, &v);
+    if (rc == MDB_NOTFOUND && !e->readonly) {
+        v.mv_size = strlen(FORMAT);
+        v.mv_data = FORMAT;
+        rc = mdb_put(txn, e->meta, &key, &v, 0);
+    } else if (rc == 0 && (v.mv_size != strlen(FORMAT) || memcmp(v.mv_data, FORMAT, v.mv_size))) {
+        mdb_txn_abort(txn);
+        return es__err(ES_ECORRUPT, "%s holds format '%.*s', not %s", e->path,
+                       (int)(v.mv_size > 40 ? 40 : v.mv_size), (const char *)v.mv_data, FORMAT);
+    } else if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return lm_err(rc, "writing the store's format");
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lm_err(rc, "creating the store");
+    return 0;
+}
+
+static void env_free(lm_env *e)
+{
+    if (e->env)
+        mdb_env_close(e->env);
+    pthread_rwlock_destroy(&e->resize);
+    pthread_mutex_destroy(&e->qlock);
+    pthread_cond_destroy(&e->qcond);
+    free(e);
+}
+
+static int env_open(lm_env **out, const char *path, const es_open_options *opts)
+{
+    struct stat sb;
+    lm_env *e;
+    int rc;
+    bool nosync = opts->flags & ES_OPEN_NOSYNC;
+    bool readonly = opts->flags & ES_OPEN_READONLY;
+
+    if (stat(path, &sb) != 0) {
+        if (errno != ENOENT)
+            return es__err(ES_EIO, "%s: %s", path, strerror(errno));
+        if (opts->flags & (ES_OPEN_NOCREATE | ES_OPEN_READONLY))
+            return es__err(ES_ENOTFOUND, "no store at %s", path);
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return es__err(ES_EIO, "cannot create %s: %s", path, strerror(errno));
+        if (stat(path, &sb) != 0)
+            return es__err(ES_EIO, "%s: %s", path, strerror(errno));
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return es__err(ES_EINVAL, "%s is not a directory (lmdb: takes a directory)", path);
+    if (opts->flags & ES_OPEN_NOCREATE) {
+        char f[4096];
+        snprintf(f, sizeof f, "%s/data.mdb", path);
+        if (access(f, F_OK) != 0)
+            return es__err(ES_ENOTFOUND, "no store at %s", path);
+    }
+
+    pthread_mutex_lock(&envs_lock);
+    for (e = envs; e; e = e->next) {
+        if (e->dev == sb.st_dev && e->ino == sb.st_ino) {
+            e->refs++;
+            pthread_mutex_unlock(&envs_lock);
+            *out = e;
+            return 0;
+        }
+    }
+    size_t pl = strlen(path);
+    if (!(e = calloc(1, sizeof *e + pl + 1))) {
+        pthread_mutex_unlock(&envs_lock);
+        return es__err(ES_ENOMEM, "out of memory opening %s", path);
+    }
+    memcpy(e->path, path, pl + 1);
+    e->dev = sb.st_dev;
+    e->ino = sb.st_ino;
+    e->refs = 1;
+    e->readonly = readonly;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* A grower must not wait behind an endless stream of readers. */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&e->resize, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&e->qlock, NULL);
+    pthread_cond_init(&e->qcond, NULL);
+
+    if ((rc = mdb_env_create(&e->env))) {
+        e->env = NULL;
+        rc = lm_err(rc, "creating an LMDB environment");
+        goto fail;
+    }
+    mdb_env_set_maxdbs(e->env, 8);
+    mdb_env_set_maxreaders(e->env, 256);
+    e->mapsize = opts->map_size ? (size_t)opts->map_size : DEFAULT_MAP;
+    if ((rc = mdb_env_set_mapsize(e->env, e->mapsize))) {
+        rc = lm_err(rc, "setting the map size");
+        goto fail;
+    }
+    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : 0) | (readonly ? MDB_RDONLY : 0);
+    if ((rc = mdb_env_open(e->env, path, flags, 0644))) {
+        rc = rc == EACCES || rc == EROFS
+                 ? es__err(ES_EIO, "cannot open %s: %s", path, mdb_strerror(rc))
+                 : lm_err(rc, path);
+        goto fail;
+    }
+    MDB_envinfo info;
+    MDB_stat mst;
+    mdb_env_info(e->env, &info);
+    mdb_env_stat(e->env, &mst);
+    e->mapsize = info.me_mapsize; /* an existing store may be bigger */
+    e->psize = mst.ms_psize;
+    if ((rc = open_dbis(e)) < 0)
+        goto fail;
+    e->next = envs;
+    envs = e;
+    pthread_mutex_unlock(&envs_lock);
+    *out = e;
+    return 0;
+fail:
+    pthread_mutex_unlock(&envs_lock);
+    env_free(e);
+    return rc;
+}
+
+static void env_release(lm_env *e)
+{
+    pthread_mutex_lock(&envs_lock);
+    if (--e->refs == 0) {
+        for (lm_env **p = &envs; *p; p = &(*p)->next) {
+            if (*p == e) {
+                *p = e->next;
+                break;
+            }
+        }
+        env_free(e);
+    }
+    pthread_mutex_unlock(&envs_lock);
+}
+
+static int lm_open(void **out, const char *path, const es_open_options *opts, es_store *st)
+{
+    lm_store *s;
+    int rc;
+    if (!*path)
+        return es__err(ES_EINVAL, "lmdb: needs a directory, e.g. lmdb:./eventsrc.db");
+    if (strlen(path) > 4000)
+        return es__err(ES_EINVAL, "lmdb: path is too long");
+    if (!(s = calloc(1, sizeof *s)))
+        return es__err(ES_ENOMEM, "out of memory opening %s", path);
+    if ((rc = env_open(&s->e, path, opts)) < 0) {
+        free(s);
+        return rc;
+    }
+    s->st = st;
+    *out = s;
+    return 0;
+}
+
+static void lm_close(void *be)
+{
+    lm_store *s = be;
+    env_release(s->e);
+    free(s);
+}
+
+/* ---- append ---- */
+
+typedef struct idctx {
+    lm_env *e;
+    MDB_txn *txn;
+} idctx;
+
+static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
+{
+    idctx *c = ctx;
+    MDB_val key = {ES_ID_SIZE, (void *)id}, v, rec;
+    int rc = mdb_get(c->txn, c->e->ids, &key, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return lm_err(rc, "looking up an event id");
+    if (v.mv_size != 8)
+        return es__err(ES_ECORRUPT, "id index entry is malformed");
+    uint64_t pos = es__get_u64(v.mv_data);
+    if ((rc = log_get(c->e, c->txn, pos, &rec)) < 0)
+        return rc;
+    if ((rc = rec_decode(ev, rec.mv_data, rec.mv_size, pos)) < 0)
+        return rc;
+    return 1;
+}
+
+/* Apply one append inside txn.  Returns 0, an ES_E* code, or 1 with
+ * *mdb_rc set when LMDB failed (the caller decides: grow, or fail). */
+static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
+                        es_append_result *out, int *mdb_rc)
+{
+    lm_env *e = s->e;
+    srow row;
+    MDB_cursor *logc = NULL;
+    MDB_val key, v;
+    uint8_t kb[ES_MAX_KEY + 8], posb[8];
+    int64_t last_time = 0, t;
+    uint64_t pos = 0;
+    int rc;
+
+    *mdb_rc = 0;
+    if ((rc = srow_get(e, txn, req->stream, req->stream_len, &row)) < 0)
+        return rc;
+    idctx ic = {e, txn};
+    if ((rc = es__idempotency_check(req, lookup_id, &ic, row.head, out)) != 0)
+        return rc > 0 ? 0 : rc; /* 1: a retry answered from the original */
+    if (!es__expect_ok(req->expected, row.head)) {
+        out->head = row.head;
+        return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
+                       (unsigned long long)row.head);
+    }
+    key = (MDB_val){9, "last_time"};
+    rc = mdb_get(txn, e->meta, &key, &v);
+    if (rc == 0 && v.mv_size == 8)
+        last_time = (int64_t)es__get_u64(v.mv_data);
+    else if (rc && rc != MDB_NOTFOUND)
+        goto mdb_fail;
+    if ((rc = es__commit_time(s->st, req, last_time, &t)) < 0)
+        return rc;
+
+    if ((rc = mdb_cursor_open(txn, e->log, &logc)))
+        goto mdb_fail;
+    rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
+    if (rc == 0)
+        pos = es__get_u64(key.mv_data);
+    else if (rc != MDB_NOTFOUND)
+        goto mdb_fail;
+
+    const uint8_t *prev = row.head ? row.hash : NULL;
+    const uint64_t head = row.head;
+    uint8_t prevbuf[ES_HASH_SIZE];
+    for (size_t i = 0; i < req->n; i++) {
+        const es_event_new *in = &req->events[i];
+        size_t tl = strlen(in->type);
+        uint64_t seq = head + 1 + i;
+        pos++;
+        es__put_u64(posb, pos);
+        key = (MDB_val){8, posb};
+        v.mv_size = rec_size(req->stream_len, tl, in->data_len, in->meta_len);
+        if ((rc = mdb_cursor_put(logc, &key, &v, MDB_APPEND | MDB_RESERVE)))
+            goto mdb_fail;
+        uint8_t *r = v.mv_data;
+        r[0] = 1;
+        r[1] = (uint8_t)req->stream_len;
+        r[2] = (uint8_t)tl;
+        r[3] = 0;
+        es__put_u32(r + 4, (uint32_t)in->data_len);
+        es__put_u32(r + 8, (uint32_t)in->meta_len);
+        es__put_u64(r + 12, seq);
+        es__put_u64(r + 20, (uint64_t)t);
+        memcpy(r + 28, req->ids[i], ES_ID_SIZE);
+        uint8_t *p = r + REC_HDR;
+        memcpy(p, req->stream, req->stream_len);
+        p += req->stream_len;
+        memcpy(p, in->type, tl + 1);
+        p += tl + 1;
+        if (in->data_len)
+            memcpy(p, in->data, in->data_len);
+        p += in->data_len;
+        if (in->meta_len)
+            memcpy(p, in->meta, in->meta_len);
+        es__chain_hash(r + 44, prev, req->stream, req->stream_len, seq, t, req->ids[i], in->type,
+                       tl, in->data, in->data_len, in->meta, in->meta_len);
+        memcpy(prevbuf, r + 44, ES_HASH_SIZE);
+        prev = prevbuf;
+
+        MDB_val ik = {ES_ID_SIZE, (void *)req->ids[i]}, iv = {8, posb};
+        if ((rc = mdb_put(txn, e->ids, &ik, &iv, MDB_NOOVERWRITE)))
+            goto mdb_fail;
+
+        /* The stream's tail; a full tail becomes one index chunk. */
+        row.tail[row.n_tail++] = pos;
+        row.head = seq;
+        if (row.n_tail == CHUNK) {
+            uint8_t chunk[CHUNK * 8];
+            for (int j = 0; j < CHUNK; j++)
+                es__put_u64(chunk + 8 * j, row.tail[j]);
+            memcpy(kb, req->stream, req->stream_len);
+            es__put_u64(kb + req->stream_len, seq - CHUNK + 1);
+            MDB_val ck = {req->stream_len + 8, kb}, cv = {sizeof chunk, chunk};
+            if ((rc = mdb_put(txn, e->index, &ck, &cv, 0)))
+                goto mdb_fail;
+            row.n_tail = 0;
+        }
+    }
+    mdb_cursor_close(logc);
+    logc = NULL;
+    memcpy(row.hash, prev, ES_HASH_SIZE);
+    uint8_t rowb[44 + 8 * CHUNK];
+    key = (MDB_val){req->stream_len, (void *)req->stream};
+    v = (MDB_val){srow_encode(rowb, &row), rowb};
+    if ((rc = mdb_put(txn, e->streams, &key, &v, 0)))
+        goto mdb_fail;
+    if (t != last_time) {
+        uint8_t tb[8];
+        es__put_u64(tb, (uint64_t)t);
+        key = (MDB_val){9, "last_time"};
+        v = (MDB_val){8, tb};
+        if ((rc = mdb_put(txn, e->meta, &key, &v, 0)))
+            goto mdb_fail;
+    }
+    out->first_seq = row.head - req->n + 1;
+    out->last_seq = row.head;
+    out->first_position = pos - req->n + 1;
+    out->last_position = pos;
+    out->time_us = t;
+    out->head = row.head;
+    out->replayed = 0;
+    return 0;
+mdb_fail:
+    if (logc)
+        mdb_cursor_close(logc);
+    *mdb_rc = rc;
+    return 1;
+}
+
+/* Commit a group of appends in one transaction (one fsync).  Sets each
+ * request's rc and error text. */
+static void commit_group(lm_env *e, lm_req *group)
+{
+    size_t bytes = 0, n = 0;
+    for (lm_req *r = group; r; r = r->next) {
+        bytes += r->req->payload_bytes + r->req->n * (REC_HDR + 64 + ES_MAX_KEY);
+        n++;
+    }
+    for (int attempt = 0;; attempt++) {
+        MDB_txn *txn = NULL;
+        int rc, mrc = 0;
+        bool grow = false;
+
+        if ((rc = maybe_grow(e, bytes)) < 0)
+            goto fail_all;
+        pthread_rwlock_rdlock(&e->resize);
+        rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+        if (rc == MDB_MAP_RESIZED) {
+            pthread_rwlock_unlock(&e->resize);
+            if ((rc = set_mapsize(e, 0)) < 0)
+                goto fail_all;
+            continue;
+        }
+        if (rc) {
+            pthread_rwlock_unlock(&e->resize);
+            rc = lm_err(rc, "beginning an append");
+            goto fail_all;
+        }
+        for (lm_req *r = group; r; r = r->next) {
+            MDB_txn *child = txn;
+            if (n > 1 && (mrc = mdb_txn_begin(e->env, txn, 0, &child)))
+                break;
+            rc = apply_append(r->s, child, r->req, r->out, &mrc);
+            if (rc == 1) { /* LMDB failed */
+                if (n > 1)
+                    mdb_txn_abort(child);
+                break;
+            }
+            if (n > 1) {
+                if (rc == 0 && (mrc = mdb_txn_commit(child)))
+                    break;
+                if (rc != 0)
+                    mdb_txn_abort(child);
+            }
+            r->rc = rc;
+            if (rc < 0)
+                snprintf(r->err, sizeof r->err, "%s", es_error_last());
+            mrc = 0;
+        }
+        if (mrc == 0) {
+            mrc = mdb_txn_commit(txn);
+            txn = NULL;
+        }
+        if (txn)
+            mdb_txn_abort(txn);
+        pthread_rwlock_unlock(&e->resize);
+        if (mrc == 0)
+            return;
+        if (mrc == MDB_MAP_FULL && attempt < 8) {
+            grow = true;
+            if ((rc = set_mapsize(e, e->mapsize * 2)) < 0)
+                goto fail_all;
+        }
+        if (grow)
+            continue;
+        rc = lm_err(mrc, "committing an append");
+    fail_all:
+        for (lm_req *r = group; r; r = r->next) {
+            r->rc = rc;
+            memset(r->out, 0, sizeof *r->out);
+            snprintf(r->err, sizeof r->err, "%s", es_error_last());
+        }
+        return;
+    }
+}
+
+static int lm_append(void *be, const es__append_req *req, es_append_result *out)
+{
+    lm_store *s = be;
+    lm_env *e = s->e;
+    lm_req me = {.s = s, .req = req, .out = out};
+
+    if (e->readonly)
+        return es__err(ES_EINVAL, "the store was opened read-only");
+    pthread_mutex_lock(&e->qlock);
+    if (e->qtail)
+        e->qtail->next = &me;
+    else
+        e->qhead = &me;
+    e->qtail = &me;
+    while (!me.done) {
+        if (!e->leader) {
+            /* Lead: take what is queued (me among it), commit it, wake them. */
+            e->leader = true;
+            lm_req *group = e->qhead, *last = group;
+            size_t n = 1;
+            while (last->next && n < GROUP_MAX) {
+                last = last->next;
+                n++;
+            }
+            e->qhead = last->next;
+            if (!e->qhead)
+                e->qtail = NULL;
+            last->next = NULL;
+            pthread_mutex_unlock(&e->qlock);
+            commit_group(e, group);
+            pthread_mutex_lock(&e->qlock);
+            for (lm_req *r = group, *nx; r; r = nx) {
+                nx = r->next;
+                r->done = true;
+            }
+            e->leader = false;
+            pthread_cond_broadcast(&e->qcond);
+        } else {
+            pthread_cond_wait(&e->qcond, &e->qlock);
+        }
+    }
+    pthread_mutex_unlock(&e->qlock);
+    if (me.rc < 0)
+        return es__err(me.rc, "%s", me.err);
+    return me.rc;
+}
+
+/* ---- reads ---- */
+
+static int lm_head(void *be, const uint8_t *stream, size_t len, uint64_t *out)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    MDB_txn *txn;
+    srow row;
+    int rc;
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    rc = srow_get(e, txn, stream, len, &row);
+    rtxn_end(e, txn);
+    *out = rc == 0 ? row.head : 0;
+    return rc;
+}
+
+static int lm_last_position(void *be, uint64_t *out)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc;
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->log, &c)) == 0) {
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+        mdb_cursor_close(c);
+    }
+    *out = rc == 0 ? es__get_u64(k.mv_data) : 0;
+    rtxn_end(e, txn);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : lm_err(rc, "reading the log");
+}
+
+/* Cursors copy a batch of records out of one short read transaction. */
+typedef struct lm_cursor {
+    es_cursor base;
+    lm_env *e;
+    es_buf buf;        /* copied records */
+    size_t *offsets;   /* record i starts at buf.data + offsets[i] */
+    uint64_t *positions;
+    size_t n, i, cap;
+    es_event ev;
+    bool done;
+    /* stream cursors */
+    uint8_t key[ES_MAX_KEY];
+    size_t key_len;
+    int backward;
+    uint64_t next, stop;
+    /* log cursors: filters used to skip copying */
+    uint8_t prefix[ES_MAX_KEY];
+    size_t prefix_len;
+    char type[ES_MAX_TYPE + 1];
+    size_t type_len;
+} lm_cursor;
+
+static int cur_push(lm_cursor *c, const MDB_val *rec, uint64_t pos)
+{
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        size_t *o = realloc(c->offsets, cap * sizeof *o);
+        if (!o)
+            return es__err(ES_ENOMEM, "out of memory reading");
+        c->offsets = o;
+        uint64_t *p = realloc(c->positions, cap * sizeof *p);
+        if (!p)
+            return es__err(ES_ENOMEM, "out of memory reading");
+        c->positions = p;
+        c->cap = cap;
+    }
+    c->offsets[c->n] = c->buf.len;
+    c->positions[c->n] = pos;
+    c->n++;
+    return es_buf_put(&c->buf, rec->mv_data, rec->mv_size);
+}
+
+static bool batch_full(const lm_cursor *c)
+{
+    return c->n >= READ_BATCH_EVENTS || c->buf.len >= READ_BATCH_BYTES;
+}
+
+static int stream_fill(lm_cursor *c)
+{
+    lm_env *e = c->e;
+    MDB_txn *txn;
+    MDB_cursor *lc = NULL;
+    srow row;
+    uint8_t chunk[CHUNK * 8];
+    uint64_t cached = 0, lastpos = 0;
+    int rc;
+
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = srow_get(e, txn, c->key, c->key_len, &row)) < 0)
+        goto done;
+    if ((rc = mdb_cursor_open(txn, e->log, &lc))) {
+        rc = lm_err(rc, "reading the log");
+        goto done;
+    }
+    if (c->backward && c->next > row.head)
+        c->next = row.head;
+    while (!batch_full(c)) {
+        uint64_t seq = c->next, pos = 0;
+        if (seq == 0 || seq > row.head || (c->backward ? seq < c->stop : seq > c->stop)) {
+            c->done = true;
+            break;
+        }
+        if ((rc = seq_position(e, txn, c->key, c->key_len, &row, seq, &pos, chunk, &cached)) < 0)
+            goto done;
+        MDB_val k, v;
+        uint8_t kb[8];
+        es__put_u64(kb, pos);
+        k = (MDB_val){8, kb};
+        /* Events of one append sit next to each other: step instead of seek. */
+        if (lastpos && pos == lastpos + 1) {
+            rc = mdb_cursor_get(lc, &k, &v, MDB_NEXT);
+            if (rc == 0 && es__get_u64(k.mv_data) != pos)
+                rc = MDB_NOTFOUND;
+        } else {
+            rc = mdb_cursor_get(lc, &k, &v, MDB_SET_KEY);
+        }
+        if (rc == MDB_NOTFOUND) {
+            rc = es__err(ES_ECORRUPT, "the index points at position %llu, which is not in the log",
+                         (unsigned long long)pos);
+            goto done;
+        }
+        if (rc) {
+            rc = lm_err(rc, "reading the log");
+            goto done;
+        }
+        lastpos = pos;
+        if ((rc = cur_push(c, &v, pos)) < 0)
+            goto done;
+        if (c->backward) {
+            if (seq == c->stop) {
+                c->done = true;
+                break;
+            }
+            c->next--;
+        } else {
+            if (seq == c->stop) {
+                c->done = true;
+                break;
+            }
+            c->next++;
+        }
+    }
+    rc = 0;
+done:
+    if (lc)
+        mdb_cursor_close(lc);
+    rtxn_end(e, txn);
+    return rc;
+}
+
+static bool log_wanted(const lm_cursor *c, const MDB_val *v)
+{
+    const uint8_t *r = v->mv_data;
+    if (v->mv_size < REC_HDR)
+        return true; /* let the decoder report it */
+    if (c->prefix_len && (r[1] < c->prefix_len || memcmp(r + REC_HDR, c->prefix, c->prefix_len)))
+        return false;
+    if (c->type_len && (r[2] != c->type_len ||
+                        (size_t)v->mv_size < REC_HDR + r[1] + c->type_len ||
+                        memcmp(r + REC_HDR + r[1], c->type, c->type_len)))
+        return false;
+    return true;
+}
+
+static int log_fill(lm_cursor *c)
+{
+    lm_env *e = c->e;
+    MDB_txn *txn;
+    MDB_cursor *lc;
+    MDB_val k, v;
+    uint8_t kb[8];
+    int rc;
+
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->log, &lc))) {
+        rtxn_end(e, txn);
+        return lm_err(rc, "reading the log");
+    }
+    es__put_u64(kb, c->next);
+    k = (MDB_val){8, kb};
+    rc = mdb_cursor_get(lc, &k, &v, MDB_SET_RANGE);
+    while (rc == 0) {
+        uint64_t pos = es__get_u64(k.mv_data);
+        if (log_wanted(c, &v) && (rc = cur_push(c, &v, pos)) < 0)
+            break;
+        c->next = pos + 1;
+        if (batch_full(c))
+            break;
+        rc = mdb_cursor_get(lc, &k, &v, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0; /* the end for now; a later next() looks again */
+    else if (!IS_ES(rc))
+        rc = lm_err(rc, "reading the log");
+    mdb_cursor_close(lc);
+    rtxn_end(e, txn);
+    return rc;
+}
+
+static int cur_next(const es_event **out, es_cursor *cur, bool is_log)
+{
+    lm_cursor *c = (lm_cursor *)cur;
+    int rc;
+    if (c->i >= c->n) {
+        c->n = c->i = 0;
+        es_buf_reset(&c->buf);
+        if (!is_log && c->done)
+            return ES_ITEROVER;
+        if ((rc = is_log ? log_fill(c) : stream_fill(c)) < 0)
+            return rc;
+        if (c->n == 0)
+            return ES_ITEROVER;
+    }
+    size_t end = c->i + 1 < c->n ? c->offsets[c->i + 1] : c->buf.len;
+    if ((rc = rec_decode(&c->ev, c->buf.data + c->offsets[c->i], end - c->offsets[c->i],
+                         c->positions[c->i])) < 0)
+        return rc;
+    c->i++;
+    *out = &c->ev;
+    return 0;
+}
+
+static int stream_next(const es_event **out, es_cursor *cur)
+{
+    return cur_next(out, cur, false);
+}
+
+static int log_next(const es_event **out, es_cursor *cur)
+{
+    return cur_next(out, cur, true);
+}
+
+static void cur_free(es_cursor *cur)
+{
+    lm_cursor *c = (lm_cursor *)cur;
+    es_buf_free(&c->buf);
+    free(c->offsets);
+    free(c->positions);
+    free(c);
+}
+
+static const es__cursor_ops stream_ops = {stream_next, cur_free};
+static const es__cursor_ops log_ops = {log_next, cur_free};
+
+static int lm_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
+                            const es_read_options *o)
+{
+    lm_cursor *c = calloc(1, sizeof *c);
+    if (!c)
+        return es__err(ES_ENOMEM, "out of memory for a cursor");
+    c->base.ops = &stream_ops;
+    c->e = ((lm_store *)be)->e;
+    memcpy(c->key, stream, len);
+    c->key_len = len;
+    c->backward = o->backward;
+    c->next = o->from_seq;
+    c->stop = o->to_seq;
+    if (o->backward ? o->from_seq < o->to_seq : o->from_seq > o->to_seq)
+        c->done = true;
+    *out = &c->base;
+    return 0;
+}
+
+static int lm_log_cursor(es_cursor **out, void *be, const es_log_options *o)
+{
+    lm_cursor *c = calloc(1, sizeof *c);
+    if (!c)
+        return es__err(ES_ENOMEM, "out of memory for a cursor");
+    c->base.ops = &log_ops;
+    c->e = ((lm_store *)be)->e;
+    c->next = o->from_position;
+    if (o->prefix_len) {
+        memcpy(c->prefix, o->prefix, o->prefix_len);
+        c->prefix_len = o->prefix_len;
+    }
+    if (o->type) {
+        c->type_len = strlen(o->type);
+        memcpy(c->type, o->type, c->type_len + 1);
+    }
+    *out = &c->base;
+    return 0;
+}
+
+static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn,
+                      void *payload)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    uint8_t from[ES_MAX_KEY + 1];
+    size_t from_len = prefix_len;
+    bool first = true;
+    int rc = 0;
+
+    if (prefix_len)
+        memcpy(from, prefix, prefix_len);
+    /* Copy up to 1024 keys per read transaction; call back outside it. */
+    for (;;) {
+        struct {
+            uint8_t k[ES_MAX_KEY];
+            size_t len;
+            uint64_t head;
+        } *keys = malloc(1024 * sizeof *keys);
+        size_t n = 0;
+        MDB_txn *txn;
+        MDB_cursor *c;
+        MDB_val k, v;
+        if (!keys)
+            return es__err(ES_ENOMEM, "out of memory listing streams");
+        if ((rc = rtxn_begin(e, &txn)) < 0) {
+            free(keys);
+            return rc;
+        }
+        if ((rc = mdb_cursor_open(txn, e->streams, &c))) {
+            rtxn_end(e, txn);
+            free(keys);
+            return lm_err(rc, "listing streams");
+        }
+        k = (MDB_val){from_len, from};
+        rc = from_len ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        if (rc == 0 && !first && k.mv_size == from_len && memcmp(k.mv_data, from, from_len) == 0)
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT); /* resume after the last one */
+        while (rc == 0 && n < 1024) {
+            if (!es__has_prefix(k.mv_data, k.mv_size, prefix, prefix_len)) {
+                rc = MDB_NOTFOUND;
+                break;
+            }
+            srow row;
+            if ((rc = srow_decode(&row, &v)) < 0)
+                break;
+            memcpy(keys[n].k, k.mv_data, k.mv_size);
+            keys[n].len = k.mv_size;
+            keys[n].head = row.head;
+            n++;
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+        rtxn_end(e, txn);
+        bool more = rc == 0;
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        else if (!IS_ES(rc))
+            rc = lm_err(rc, "listing streams");
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            int r = fn(keys[i].k, keys[i].len, keys[i].head, payload);
+            if (r)
+                rc = es__cb_rc(r);
+        }
+        if (n) {
+            memcpy(from, keys[n - 1].k, keys[n - 1].len);
+            from_len = keys[n - 1].len;
+        }
+        free(keys);
+        first = false;
+        if (rc != 0 || !more)
+            return rc;
+    }
+}
+
+static int lm_stats(void *be, es_store_stats *out)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    MDB_txn *txn;
+    MDB_stat s;
+    MDB_envinfo info;
+    int rc;
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_stat(txn, e->log, &s)) == 0) {
+        out->events = s.ms_entries;
+        if ((rc = mdb_stat(txn, e->streams, &s)) == 0) {
+            out->streams = s.ms_entries;
+            if ((rc = mdb_stat(txn, e->snaps, &s)) == 0)
+                out->snapshots = s.ms_entries;
+        }
+    }
+    rtxn_end(e, txn);
+    if (rc)
+        return lm_err(rc, "reading statistics");
+    mdb_env_info(e->env, &info);
+    out->bytes = (uint64_t)(info.me_last_pgno + 1) * e->psize;
+    return lm_last_position(be, &out->last_position);
+}
+
+/* ---- snapshots ---- */
+
+static size_t snap_key(uint8_t *out, const uint8_t *skey, size_t sklen, uint64_t seq)
+{
+    out[0] = (uint8_t)(sklen >> 8);
+    out[1] = (uint8_t)sklen;
+    memcpy(out + 2, skey, sklen);
+    es__put_u64(out + 2 + sklen, seq);
+    return 2 + sklen + 8;
+}
+
+/* A small write transaction outside the group commit (snapshots, tamper). */
+static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, void *arg),
+                    void *arg)
+{
+    if (e->readonly)
+        return es__err(ES_EINVAL, "the store was opened read-only");
+    for (int attempt = 0;; attempt++) {
+        MDB_txn *txn;
+        int rc;
+        if ((rc = maybe_grow(e, bytes)) < 0)
+            return rc;
+        pthread_rwlock_rdlock(&e->resize);
+        rc = mdb_txn_begin(e->env, NULL, 0, &txn);
+        if (rc == MDB_MAP_RESIZED) {
+            pthread_rwlock_unlock(&e->resize);
+            if ((rc = set_mapsize(e, 0)) < 0)
+                return rc;
+            continue;
+        }
+        if (rc) {
+            pthread_rwlock_unlock(&e->resize);
+            return lm_err(rc, "beginning a write");
+        }
+        rc = fn(e, txn, arg);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        pthread_rwlock_unlock(&e->resize);
+        if (rc == MDB_MAP_FULL && attempt < 8) {
+            if ((rc = set_mapsize(e, e->mapsize * 2)) < 0)
+                return rc;
+            continue;
+        }
+        return IS_ES(rc) ? rc : lm_err(rc, "writing");
+    }
+}
+
+typedef struct snap_put_arg {
+    const uint8_t *skey;
+    size_t sklen;
+    const es__snap *snap;
+} snap_put_arg;
+
+static int do_snap_put(lm_env *e, MDB_txn *txn, void *p)
+{
+    snap_put_arg *a = p;
+    uint8_t kb[2 + ES_MAX_VIEW_NAME + 1 + 4 + ES_MAX_VIEW_KEY + 8];
+    MDB_val k = {snap_key(kb, a->skey, a->sklen, a->snap->seq), kb}, v;
+    v.mv_size = 9 + a->snap->len;
+    int rc = mdb_put(txn, e->snaps, &k, &v, MDB_RESERVE);
+    if (rc)
+        return rc;
+    uint8_t *d = v.mv_data;
+    d[0] = a->snap->state;
+    es__put_u64(d + 1, (uint64_t)a->snap->time_us);
+    if (a->snap->len)
+        memcpy(d + 9, a->snap->data, a->snap->len);
+    return 0;
+}
+
+static int lm_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap)
+{
+    snap_put_arg a = {skey, sklen, snap};
+    return wtxn_run(((lm_store *)be)->e, snap->len + 1024, do_snap_put, &a);
+}
+
+static int lm_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
+                       int64_t max_time, es__snap *out, es_buf *buf)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    uint8_t kb[2 + ES_MAX_VIEW_NAME + 1 + 4 + ES_MAX_VIEW_KEY + 8];
+    size_t kl = snap_key(kb, skey, sklen, max_seq);
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k = {kl, kb}, v;
+    int rc, found = ES_ENOTFOUND;
+
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->snaps, &c))) {
+        rtxn_end(e, txn);
+        return lm_err(rc, "reading snapshots");
+    }
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && !(k.mv_size == kl && memcmp(k.mv_data, kb, kl) == 0))
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV); /* step back below max_seq */
+    else if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    while (rc == 0 && k.mv_size == kl && memcmp(k.mv_data, kb, kl - 8) == 0) {
+        uint64_t seq = es__get_u64((uint8_t *)k.mv_data + kl - 8);
+        if (v.mv_size < 9) {
+            found = es__err(ES_ECORRUPT, "snapshot record is too short");
+            break;
+        }
+        int64_t t = (int64_t)es__get_u64((uint8_t *)v.mv_data + 1);
+        if (seq <= max_seq && t <= max_time) {
+            es_buf_reset(buf);
+            if ((found = es_buf_put(buf, (uint8_t *)v.mv_data + 9, v.mv_size - 9)) == 0)
+                *out = (es__snap){((uint8_t *)v.mv_data)[0], seq, t, buf->data, v.mv_size - 9};
+            break;
+        }
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    }
+    if (rc && rc != MDB_NOTFOUND)
+        found = lm_err(rc, "reading snapshots");
+    mdb_cursor_close(c);
+    rtxn_end(e, txn);
+    return found;
+}
+
+static int lm_snap_list(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
+                        size_t *n)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    uint8_t kb[2 + ES_MAX_VIEW_NAME + 1 + 4 + ES_MAX_VIEW_KEY + 8];
+    size_t kl = snap_key(kb, skey, sklen, 0);
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k = {kl, kb}, v;
+    int rc;
+
+    *n = 0;
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->snaps, &c)) == 0) {
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && *n < cap && k.mv_size == kl && memcmp(k.mv_data, kb, kl - 8) == 0) {
+            seqs[(*n)++] = es__get_u64((uint8_t *)k.mv_data + kl - 8);
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+    }
+    rtxn_end(e, txn);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : lm_err(rc, "listing snapshots");
+}
+
+typedef struct snap_del_arg {
+    const uint8_t *skey;
+    size_t sklen;
+    uint64_t seq;
+} snap_del_arg;
+
+static int do_snap_del(lm_env *e, MDB_txn *txn, void *p)
+{
+    snap_del_arg *a = p;
+    uint8_t kb[2 + ES_MAX_VIEW_NAME + 1 + 4 + ES_MAX_VIEW_KEY + 8];
+    MDB_val k = {snap_key(kb, a->skey, a->sklen, a->seq), kb};
+    int rc = mdb_del(txn, e->snaps, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int lm_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq)
+{
+    snap_del_arg a = {skey, sklen, seq};
+    return wtxn_run(((lm_store *)be)->e, 4096, do_snap_del, &a);
+}
+
+/* ---- tamper (tests of es_verify) ---- */
+
+typedef struct tamper_arg {
+    uint64_t position;
+    int field;
+    size_t offset;
+} tamper_arg;
+
+static void flip(uint8_t *p, size_t size, size_t offset)
+{
+    if (size)
+        p[offset % size] ^= 0x01;
+}
+
+static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
+{
+    tamper_arg *a = p;
+    MDB_val v;
+    es_event ev;
+    int rc;
+    uint8_t kb[8];
+    es__put_u64(kb, a->position);
+    MDB_val k = {8, kb};
+    if ((rc = mdb_get(txn, e->log, &k, &v)))
+        return rc == MDB_NOTFOUND ? es__err(ES_ENOTFOUND, "no event there") : rc;
+    uint8_t *r = malloc(v.mv_size);
+    if (!r)
+        return ES_ENOMEM;
+    memcpy(r, v.mv_data, v.mv_size);
+    size_t n = v.mv_size;
+    if ((rc = rec_decode(&ev, r, n, a->position)) < 0)
+        goto done;
+    size_t sl = r[1], tl = r[2];
+    switch (a->field) {
+    case ES__F_KEY: flip(r + REC_HDR, sl, a->offset); break;
+    case ES__F_SEQ: flip(r + 12, 8, a->offset); break;
+    case ES__F_TIME: flip(r + 20, 8, a->offset); break;
+    case ES__F_ID: flip(r + 28, 16, a->offset); break;
+    case ES__F_HASH: flip(r + 44, 32, a->offset); break;
+    case ES__F_TYPE: flip(r + REC_HDR + sl, tl, a->offset); break;
+    case ES__F_DATA: flip((uint8_t *)ev.data, ev.data_len, a->offset); break;
+    case ES__F_META: flip((uint8_t *)ev.meta, ev.meta_len, a->offset); break;
+    case ES__F_POSITION: {
+        /* The stored copy of a position is the stream's index entry. */
+        srow row;
+        MDB_val lk, lv;
+        MDB_cursor *c;
+        uint64_t last = 0;
+        if ((rc = srow_get(e, txn, ev.stream, ev.stream_len, &row)) < 0)
+            goto done;
+        if ((rc = mdb_cursor_open(txn, e->log, &c)))
+            goto done;
+        if (mdb_cursor_get(c, &lk, &lv, MDB_LAST) == 0)
+            last = es__get_u64(lk.mv_data);
+        mdb_cursor_close(c);
+        uint64_t other = a->position % last + 1;
+        if (ev.seq > row.head - row.n_tail) {
+            row.tail[ev.seq - (row.head - row.n_tail) - 1] = other;
+            uint8_t rowb[44 + 8 * CHUNK];
+            MDB_val sk = {ev.stream_len, (void *)ev.stream}, sv = {srow_encode(rowb, &row), rowb};
+            rc = mdb_put(txn, e->streams, &sk, &sv, 0);
+        } else {
+            uint64_t first = ((ev.seq - 1) / CHUNK) * CHUNK + 1;
+            uint8_t ck[ES_MAX_KEY + 8], chunk[CHUNK * 8];
+            memcpy(ck, ev.stream, ev.stream_len);
+            es__put_u64(ck + ev.stream_len, first);
+            MDB_val ik = {ev.stream_len + 8, ck}, iv;
+            if ((rc = mdb_get(txn, e->index, &ik, &iv)))
+                goto done;
+            memcpy(chunk, iv.mv_data, sizeof chunk);
+            es__put_u64(chunk + 8 * (ev.seq - first), other);
+            iv = (MDB_val){sizeof chunk, chunk};
+            rc = mdb_put(txn, e->index, &ik, &iv, 0);
+        }
+        goto done;
+    }
+    default: rc = es__err(ES_EINVAL, "unknown field"); goto done;
+    }
+    v = (MDB_val){n, r};
+    rc = mdb_put(txn, e->log, &k, &v, 0);
+done:
+    free(r);
+    return rc;
+}
+
+static int lm_tamper(void *be, uint64_t position, int field, size_t offset)
+{
+    tamper_arg a = {position, field, offset};
+    return wtxn_run(((lm_store *)be)->e, 1 << 20, do_tamper, &a);
+}
+
+const es__backend es__backend_lmdb = {
+    .name = "lmdb",
+    .open = lm_open,
+    .close = lm_close,
+    .append = lm_append,
+    .head = lm_head,
+    .last_position = lm_last_position,
+    .stream_cursor = lm_stream_cursor,
+    .log_cursor = lm_log_cursor,
+    .streams = lm_streams,
+    .stats = lm_stats,
+    .snap_put = lm_snap_put,
+    .snap_get = lm_snap_get,
+    .snap_list = lm_snap_list,
+    .snap_del = lm_snap_del,
+    .tamper = lm_tamper,
+};
