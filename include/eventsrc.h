@@ -285,6 +285,28 @@ ES_EXTERN int es_append_ex(es_append_result *out, es_store *store, const void *s
                            size_t stream_len, uint64_t expected, const es_event_new *events,
                            size_t n, unsigned flags);
 
+/** One stream's part of es_append_multi. */
+typedef struct es_append_op {
+    const void *stream;
+    size_t stream_len;
+    uint64_t expected; /* as for es_append */
+    const es_event_new *events;
+    size_t n;
+} es_append_op;
+
+/**
+ * Append to several streams in ONE atomic commit: every op lands or none
+ * does.  Each op is checked like an es_append (a stream may appear in
+ * several ops; a later op sees the earlier ones' events).  The limits of
+ * one append (events, bytes) hold for the whole call.
+ *
+ * @param[out] out  n_ops results, out[i] for ops[i].  On ES_ECONFLICT the
+ *                  op that failed has its stream's head in out[i].head.
+ * @return as es_append.
+ */
+ES_EXTERN int es_append_multi(es_append_result *out, es_store *store, const es_append_op *ops,
+                              size_t n_ops, unsigned flags);
+
 /**
  * The head of a stream: its last seq, 0 when the stream has no events.
  * @return 0, ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.

@@ -68,7 +68,10 @@ typedef struct es__backend {
     const char *name;
     int (*open)(void **out, const char *path, const es_open_options *opts, es_store *st);
     void (*close)(void *be);
-    int (*append)(void *be, const es__append_req *req, es_append_result *out);
+    /* Append every request or none, in one commit; outs[i] for reqs[i].  A
+     * request whose ids all landed before is answered from the original
+     * (outs[i].replayed) and writes nothing. */
+    int (*append)(void *be, const es__append_req *reqs, size_t n, es_append_result *outs);
     int (*head)(void *be, const uint8_t *stream, size_t len, uint64_t *out);
     int (*last_position)(void *be, uint64_t *out);
     /* opts are normalised: from_seq >= 1 forward; to_seq = UINT64_MAX when unbounded. */
@@ -109,8 +112,9 @@ int es__idempotency_check(const es__append_req *req, es__id_lookup_fn lookup, vo
 /* Does `head` satisfy `expected`? */
 bool es__expect_ok(uint64_t expected, uint64_t head);
 
-/* Commit time for an append: the clock (or the kept time), never below the
- * store's latest commit time.  Returns ES_EINVAL for a kept time that goes back. */
+/* Commit time for an append (one per commit, from its first request): the
+ * clock (or the kept time), never below the store's latest commit time.
+ * Returns ES_EINVAL for a kept time that goes back. */
 int es__commit_time(es_store *st, const es__append_req *req, int64_t last_time, int64_t *out);
 
 extern const es__backend es__backend_mem;

@@ -36,9 +36,8 @@ void *es__map_get(const es__map *m, const void *key, size_t len)
     return s->key ? s->value : NULL;
 }
 
-static int grow(es__map *m)
+static int grow_to(es__map *m, size_t cap)
 {
-    size_t cap = m->cap ? m->cap * 2 : 16;
     es__map_slot *slots = calloc(cap, sizeof *slots);
     if (!slots)
         return es__err(ES_ENOMEM, "out of memory growing a map to %zu slots", cap);
@@ -51,6 +50,19 @@ static int grow(es__map *m)
     }
     free(old.slots);
     return 0;
+}
+
+static int grow(es__map *m)
+{
+    return grow_to(m, m->cap ? m->cap * 2 : 16);
+}
+
+int es__map_reserve(es__map *m, size_t extra)
+{
+    size_t cap = m->cap ? m->cap : 16;
+    while ((m->count + extra) * 2 > cap)
+        cap *= 2;
+    return cap == m->cap ? 0 : grow_to(m, cap);
 }
 
 int es__map_put(es__map *m, const void *key, size_t len, void *value)
@@ -89,4 +101,19 @@ void es__map_free(es__map *m, void (*free_value)(void *))
     free(m->slots);
     m->slots = NULL;
     m->cap = m->count = 0;
+}
+
+void es__map_put_owned(es__map *m, uint8_t *key, size_t len, void *value)
+{
+    uint64_t h = hash_bytes(key, len);
+    es__map_slot *s = find(m, key, len, h);
+    if (s->key) {
+        free(key);
+    } else {
+        s->key = key;
+        s->len = len;
+        s->hash = h;
+        m->count++;
+    }
+    s->value = value;
 }

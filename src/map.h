@@ -26,6 +26,12 @@ typedef struct es__map {
 void *es__map_get(const es__map *m, const void *key, size_t len);
 /* Insert or replace. Returns 0 or ES_ENOMEM. */
 int es__map_put(es__map *m, const void *key, size_t len, void *value);
+/* Insert with a key the map takes over (malloc'd by the caller): after
+ * es__map_reserve this cannot fail.  A key already present keeps its
+ * stored copy and `key` is freed. */
+void es__map_put_owned(es__map *m, uint8_t *key, size_t len, void *value);
+/* Make room for `extra` more keys so that the next puts cannot fail. */
+int es__map_reserve(es__map *m, size_t extra);
 /* Free the map's memory; call free_value on each value when not NULL. */
 void es__map_free(es__map *m, void (*free_value)(void *));
 

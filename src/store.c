@@ -229,36 +229,17 @@ static int check_type(const char *type, const char *what, size_t i, size_t *len)
     return 0;
 }
 
-int es_append_ex(es_append_result *out, es_store *st, const void *stream, size_t stream_len,
-                 uint64_t expected, const es_event_new *events, size_t n, unsigned flags)
+/* Check one request's events; adds their sizes to *bytes and *events. */
+static int check_events(const es_event_new *events, size_t n, size_t op, size_t *bytes,
+                        size_t *count)
 {
-    es_append_result local;
-    uint8_t(*ids)[ES_ID_SIZE] = NULL;
-    uint8_t(*sorted)[ES_ID_SIZE] = NULL;
-    size_t bytes = 0, tl;
+    size_t tl;
     int rc;
-
-    if (!out)
-        out = &local;
-    memset(out, 0, sizeof *out);
-    if (!st)
-        return es__err(ES_EINVAL, "es_append: store is NULL");
-    if (st->flags & ES_OPEN_READONLY)
-        return es__err(ES_EINVAL, "es_append: the store was opened read-only");
-    if ((rc = check_stream(stream, stream_len)) < 0)
-        return rc;
     if (!events || n == 0)
-        return es__err(ES_EINVAL, "es_append: no events");
-    if (n > ES_MAX_BATCH)
-        return es__err(ES_ETOOBIG, "es_append: %zu events; the limit is %d per append", n,
-                       ES_MAX_BATCH);
-    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
-        return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
-    if (expected != ES_EXPECT_ANY && expected != ES_EXPECT_EXISTS && expected >= ES_SEQ_MAX)
-        return es__err(ES_EINVAL, "es_append: expected seq %llu is out of range",
-                       (unsigned long long)expected);
-    if ((flags & ES_APPEND_KEEP_TIME) && events[0].time_us <= 0)
-        return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
+        return es__err(ES_EINVAL, "es_append: op %zu has no events", op);
+    if (n > ES_MAX_BATCH || *count + n > ES_MAX_BATCH)
+        return es__err(ES_ETOOBIG, "es_append: over %d events in one append", ES_MAX_BATCH);
+    *count += n;
     for (size_t i = 0; i < n; i++) {
         const es_event_new *e = &events[i];
         if ((rc = check_type(e->type, "event", i, &tl)) < 0)
@@ -271,49 +252,109 @@ int es_append_ex(es_append_result *out, es_store *st, const void *stream, size_t
         if (e->meta_len > ES_MAX_META)
             return es__err(ES_ETOOBIG, "event %zu's metadata is %zu bytes; the limit is %u", i,
                            e->meta_len, ES_MAX_META);
-        bytes += tl + e->data_len + e->meta_len;
-        if (bytes > ES_MAX_BATCH_BYTES)
-            return es__err(ES_ETOOBIG, "the batch holds over %u bytes of data", ES_MAX_BATCH_BYTES);
+        *bytes += tl + e->data_len + e->meta_len;
+        if (*bytes > ES_MAX_BATCH_BYTES)
+            return es__err(ES_ETOOBIG, "the append holds over %u bytes of data",
+                           ES_MAX_BATCH_BYTES);
     }
-    if (!(ids = malloc(n * sizeof *ids)))
-        return es__err(ES_ENOMEM, "out of memory for %zu event ids", n);
-    for (size_t i = 0; i < n; i++) {
-        if (events[i].id)
-            memcpy(ids[i], events[i].id, ES_ID_SIZE);
-        else
-            es__new_id(ids[i]);
+    return 0;
+}
+
+int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops, size_t n_ops,
+                    unsigned flags)
+{
+    uint8_t(*ids)[ES_ID_SIZE] = NULL;
+    uint8_t(*sorted)[ES_ID_SIZE] = NULL;
+    es__append_req *reqs = NULL;
+    es_append_result *outs = out;
+    size_t bytes = 0, count = 0;
+    int rc;
+
+    if (!out)
+        return es__err(ES_EINVAL, "es_append_multi: out is NULL");
+    if (!st)
+        return es__err(ES_EINVAL, "es_append: store is NULL");
+    if (!ops || n_ops == 0)
+        return es__err(ES_EINVAL, "es_append_multi: no ops");
+    if (n_ops > ES_MAX_BATCH)
+        return es__err(ES_ETOOBIG, "es_append_multi: over %d ops", ES_MAX_BATCH);
+    memset(out, 0, n_ops * sizeof *out);
+    if (st->flags & ES_OPEN_READONLY)
+        return es__err(ES_EINVAL, "es_append: the store was opened read-only");
+    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
+        return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
+    for (size_t k = 0; k < n_ops; k++) {
+        const es_append_op *op = &ops[k];
+        if ((rc = check_stream(op->stream, op->stream_len)) < 0)
+            return rc;
+        if (op->expected != ES_EXPECT_ANY && op->expected != ES_EXPECT_EXISTS &&
+            op->expected >= ES_SEQ_MAX)
+            return es__err(ES_EINVAL, "es_append: expected seq %llu is out of range",
+                           (unsigned long long)op->expected);
+        if ((rc = check_events(op->events, op->n, k, &bytes, &count)) < 0)
+            return rc;
     }
-    if (n > 1) {
-        if (!(sorted = malloc(n * sizeof *sorted))) {
-            rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", n);
+    if ((flags & ES_APPEND_KEEP_TIME) && ops[0].events[0].time_us <= 0)
+        return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
+
+    if (!(ids = malloc(count * sizeof *ids)) || !(reqs = calloc(n_ops, sizeof *reqs))) {
+        rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);
+        goto done;
+    }
+    size_t at = 0;
+    for (size_t k = 0; k < n_ops; k++) {
+        const es_append_op *op = &ops[k];
+        size_t pb = 0;
+        for (size_t i = 0; i < op->n; i++) {
+            const es_event_new *e = &op->events[i];
+            if (e->id)
+                memcpy(ids[at + i], e->id, ES_ID_SIZE);
+            else
+                es__new_id(ids[at + i]);
+            pb += strlen(e->type) + e->data_len + e->meta_len;
+        }
+        reqs[k] = (es__append_req){
+            .stream = op->stream,
+            .stream_len = op->stream_len,
+            .expected = op->expected,
+            .events = op->events,
+            .n = op->n,
+            .ids = (const uint8_t(*)[ES_ID_SIZE])ids + at,
+            .keep_time = (flags & ES_APPEND_KEEP_TIME) != 0,
+            .payload_bytes = pb,
+        };
+        at += op->n;
+    }
+    if (count > 1) {
+        if (!(sorted = malloc(count * sizeof *sorted))) {
+            rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);
             goto done;
         }
-        memcpy(sorted, ids, n * sizeof *ids);
-        qsort(sorted, n, ES_ID_SIZE, cmp_id);
-        for (size_t i = 1; i < n; i++) {
+        memcpy(sorted, ids, count * sizeof *ids);
+        qsort(sorted, count, ES_ID_SIZE, cmp_id);
+        for (size_t i = 1; i < count; i++) {
             if (memcmp(sorted[i - 1], sorted[i], ES_ID_SIZE) == 0) {
-                rc = es__err(ES_EINVAL, "two events of the batch have the same id");
+                rc = es__err(ES_EINVAL, "two events of the append have the same id");
                 goto done;
             }
         }
     }
-    es__append_req req = {
-        .stream = stream,
-        .stream_len = stream_len,
-        .expected = expected,
-        .events = events,
-        .n = n,
-        .ids = (const uint8_t(*)[ES_ID_SIZE])ids,
-        .keep_time = (flags & ES_APPEND_KEEP_TIME) != 0,
-        .payload_bytes = bytes,
-    };
-    rc = st->ops->append(st->be, &req, out);
+    rc = st->ops->append(st->be, reqs, n_ops, outs);
     if (rc > 0)
         rc = 0;
 done:
     free(sorted);
+    free(reqs);
     free(ids);
     return rc;
+}
+
+int es_append_ex(es_append_result *out, es_store *st, const void *stream, size_t stream_len,
+                 uint64_t expected, const es_event_new *events, size_t n, unsigned flags)
+{
+    es_append_result local;
+    es_append_op op = {stream, stream_len, expected, events, n};
+    return es_append_multi(out ? out : &local, st, &op, 1, flags);
 }
 
 int es_append(es_append_result *out, es_store *st, const void *stream, size_t stream_len,

@@ -673,6 +673,57 @@ static void test_threads_share_a_store(void **state)
     assert_true(v.ok);
 }
 
+static void test_multi_stream_append_is_all_or_nothing(void **state)
+{
+    es_event_new a = {.type = "A", .data = "a", .data_len = 1};
+    es_event_new b2[2] = {{.type = "B1"}, {.type = "B2"}};
+    es_append_result r[3];
+    es_append_op ops[3] = {
+        {"x", 1, ES_EXPECT_NO_STREAM, &a, 1},
+        {"y", 1, ES_EXPECT_ANY, b2, 2},
+        {"x", 1, 1, &a, 1}, /* the same stream again sees the first op's event */
+    };
+    TU_EXPECT_OK(es_append_multi(r, ST, ops, 3, 0));
+    assert_int_equal(r[0].first_seq, 1);
+    assert_int_equal(r[1].last_seq, 2);
+    assert_int_equal(r[2].first_seq, 2);
+    assert_int_equal(r[0].time_us, r[2].time_us); /* one commit */
+    assert_true(r[1].first_position > r[0].last_position);
+    assert_true(r[2].first_position > r[1].last_position);
+    assert_int_equal(head_of(ST, "x"), 2);
+    assert_int_equal(head_of(ST, "y"), 2);
+
+    /* the last op conflicts: nothing of the call is written */
+    es_append_op bad[2] = {{"y", 1, 2, &a, 1}, {"z", 1, 7, &a, 1}};
+    assert_int_equal(es_append_multi(r, ST, bad, 2, 0), ES_ECONFLICT);
+    assert_int_equal(r[0].first_seq, 0);
+    assert_int_equal(r[1].head, 0);
+    assert_int_equal(head_of(ST, "y"), 2);
+    assert_int_equal(head_of(ST, "z"), 0);
+    assert_int_equal(tu_count_log(ST), 4);
+
+    /* a retried multi append with ids is answered from the original */
+    uint8_t id1[16], id2[16];
+    memset(id1, 0x31, 16);
+    memset(id2, 0x32, 16);
+    es_event_new e1 = {.type = "P", .id = id1}, e2 = {.type = "Q", .id = id2};
+    es_append_op again[2] = {{"p", 1, ES_EXPECT_NO_STREAM, &e1, 1}, {"q", 1, ES_EXPECT_NO_STREAM, &e2, 1}};
+    TU_EXPECT_OK(es_append_multi(r, ST, again, 2, 0));
+    TU_EXPECT_OK(es_append_multi(r, ST, again, 2, 0));
+    assert_int_equal(r[0].replayed, 1);
+    assert_int_equal(r[1].replayed, 1);
+    assert_int_equal(tu_count_log(ST), 6);
+    /* one id twice across ops is refused */
+    es_append_op dup[2] = {{"p2", 2, ES_EXPECT_ANY, &e1, 1}, {"q2", 2, ES_EXPECT_ANY, &e1, 1}};
+    assert_int_equal(es_append_multi(r, ST, dup, 2, 0), ES_EINVAL);
+    assert_int_equal(es_append_multi(NULL, ST, ops, 1, 0), ES_EINVAL);
+    assert_int_equal(es_append_multi(r, ST, NULL, 1, 0), ES_EINVAL);
+    assert_int_equal(es_append_multi(r, ST, ops, 0, 0), ES_EINVAL);
+    es_verify_result v;
+    TU_EXPECT_OK(es_verify(&v, ST, NULL, 0));
+    assert_true(v.ok);
+}
+
 static void test_reopen_keeps_everything(void **state)
 {
     tu_store *ts = *state;
@@ -718,6 +769,7 @@ int main(int argc, char **argv)
         T(test_keep_time_for_imports),
         T(test_verify_clean_store),
         T(test_threads_share_a_store),
+        T(test_multi_stream_append_is_all_or_nothing),
         T(test_reopen_keeps_everything),
     };
     char name[64];

@@ -79,8 +79,9 @@ typedef struct lm_store {
 struct lm_req {
     lm_req *next;
     lm_store *s;
-    const es__append_req *req;
-    es_append_result *out;
+    const es__append_req *reqs; /* one client call: all or nothing */
+    size_t n;
+    es_append_result *outs;
     int rc;
     bool done;
     char err[300];
@@ -501,17 +502,17 @@ static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
     return 1;
 }
 
-/* Apply one append inside txn.  Returns 0, an ES_E* code, or 1 with
- * *mdb_rc set when LMDB failed (the caller decides: grow, or fail). */
+/* Apply one request inside txn at commit time t.  Returns 0, an ES_E*
+ * code, or 1 with *mdb_rc set when LMDB failed (the caller decides: grow,
+ * or fail). */
 static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
-                        es_append_result *out, int *mdb_rc)
+                        es_append_result *out, int64_t t, int *mdb_rc)
 {
     lm_env *e = s->e;
     srow row;
     MDB_cursor *logc = NULL;
     MDB_val key, v;
     uint8_t kb[ES_MAX_KEY + 8], posb[8];
-    int64_t last_time = 0, t;
     uint64_t pos = 0;
     int rc;
 
@@ -526,15 +527,6 @@ static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
         return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
                        (unsigned long long)row.head);
     }
-    key = (MDB_val){9, "last_time"};
-    rc = mdb_get(txn, e->meta, &key, &v);
-    if (rc == 0 && v.mv_size == 8)
-        last_time = (int64_t)es__get_u64(v.mv_data);
-    else if (rc && rc != MDB_NOTFOUND)
-        goto mdb_fail;
-    if ((rc = es__commit_time(s->st, req, last_time, &t)) < 0)
-        return rc;
-
     if ((rc = mdb_cursor_open(txn, e->log, &logc)))
         goto mdb_fail;
     rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
@@ -608,14 +600,6 @@ static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
     v = (MDB_val){srow_encode(rowb, &row), rowb};
     if ((rc = mdb_put(txn, e->streams, &key, &v, 0)))
         goto mdb_fail;
-    if (t != last_time) {
-        uint8_t tb[8];
-        es__put_u64(tb, (uint64_t)t);
-        key = (MDB_val){9, "last_time"};
-        v = (MDB_val){8, tb};
-        if ((rc = mdb_put(txn, e->meta, &key, &v, 0)))
-            goto mdb_fail;
-    }
     out->first_seq = row.head - req->n + 1;
     out->last_seq = row.head;
     out->first_position = pos - req->n + 1;
@@ -631,19 +615,59 @@ mdb_fail:
     return 1;
 }
 
-/* Commit a group of appends in one transaction (one fsync).  Sets each
- * request's rc and error text. */
+/* Apply one client call (all its requests) inside txn: one commit time,
+ * all or nothing.  Same returns as apply_append; on an ES_E* failure the
+ * caller must drop what txn holds. */
+static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
+{
+    lm_env *e = r->s->e;
+    MDB_val key = {9, "last_time"}, v;
+    int64_t last_time = 0, t;
+    int rc;
+    bool wrote = false;
+
+    *mdb_rc = 0;
+    rc = mdb_get(txn, e->meta, &key, &v);
+    if (rc == 0 && v.mv_size == 8)
+        last_time = (int64_t)es__get_u64(v.mv_data);
+    else if (rc && rc != MDB_NOTFOUND) {
+        *mdb_rc = rc;
+        return 1;
+    }
+    if ((rc = es__commit_time(r->s->st, &r->reqs[0], last_time, &t)) < 0)
+        return rc;
+    for (size_t k = 0; k < r->n; k++) {
+        if ((rc = apply_append(r->s, txn, &r->reqs[k], &r->outs[k], t, mdb_rc)) != 0)
+            return rc;
+        wrote |= !r->outs[k].replayed;
+    }
+    if (wrote && t != last_time) {
+        uint8_t tb[8];
+        es__put_u64(tb, (uint64_t)t);
+        v = (MDB_val){8, tb};
+        if ((rc = mdb_put(txn, e->meta, &key, &v, 0))) {
+            *mdb_rc = rc;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Commit a group of client calls in one transaction (one fsync), each in
+ * a nested transaction so that one failing call leaves the others.  Sets
+ * each call's rc and error text. */
 static void commit_group(lm_env *e, lm_req *group)
 {
     size_t bytes = 0, n = 0;
     for (lm_req *r = group; r; r = r->next) {
-        bytes += r->req->payload_bytes + r->req->n * (REC_HDR + 64 + ES_MAX_KEY);
+        for (size_t k = 0; k < r->n; k++)
+            bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (REC_HDR + 64 + ES_MAX_KEY);
         n++;
     }
     for (int attempt = 0;; attempt++) {
         MDB_txn *txn = NULL;
         int rc, mrc = 0;
-        bool grow = false;
+        bool any_ok = false;
 
         if ((rc = maybe_grow(e, bytes)) < 0)
             goto fail_all;
@@ -662,26 +686,30 @@ static void commit_group(lm_env *e, lm_req *group)
         }
         for (lm_req *r = group; r; r = r->next) {
             MDB_txn *child = txn;
+            /* Alone, a call needs no nested transaction: on failure the
+             * whole transaction is dropped. */
             if (n > 1 && (mrc = mdb_txn_begin(e->env, txn, 0, &child)))
                 break;
-            rc = apply_append(r->s, child, r->req, r->out, &mrc);
-            if (rc == 1) { /* LMDB failed */
+            for (size_t k = 0; k < r->n; k++)
+                memset(&r->outs[k], 0, sizeof r->outs[k]);
+            rc = apply_call(r, child, &mrc);
+            if (rc == 1) { /* LMDB failed: the whole group is retried or failed */
                 if (n > 1)
                     mdb_txn_abort(child);
                 break;
             }
-            if (n > 1) {
-                if (rc == 0 && (mrc = mdb_txn_commit(child)))
-                    break;
-                if (rc != 0)
-                    mdb_txn_abort(child);
-            }
+            mrc = 0;
+            if (rc == 0 && n > 1 && (mrc = mdb_txn_commit(child)))
+                break;
+            if (rc < 0 && n > 1)
+                mdb_txn_abort(child);
             r->rc = rc;
             if (rc < 0)
                 snprintf(r->err, sizeof r->err, "%s", es_error_last());
-            mrc = 0;
+            else
+                any_ok = true;
         }
-        if (mrc == 0) {
+        if (mrc == 0 && any_ok) {
             mrc = mdb_txn_commit(txn);
             txn = NULL;
         }
@@ -691,28 +719,26 @@ static void commit_group(lm_env *e, lm_req *group)
         if (mrc == 0)
             return;
         if (mrc == MDB_MAP_FULL && attempt < 8) {
-            grow = true;
             if ((rc = set_mapsize(e, e->mapsize * 2)) < 0)
                 goto fail_all;
-        }
-        if (grow)
             continue;
+        }
         rc = lm_err(mrc, "committing an append");
     fail_all:
         for (lm_req *r = group; r; r = r->next) {
             r->rc = rc;
-            memset(r->out, 0, sizeof *r->out);
+            memset(r->outs, 0, r->n * sizeof *r->outs);
             snprintf(r->err, sizeof r->err, "%s", es_error_last());
         }
         return;
     }
 }
 
-static int lm_append(void *be, const es__append_req *req, es_append_result *out)
+static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_result *outs)
 {
     lm_store *s = be;
     lm_env *e = s->e;
-    lm_req me = {.s = s, .req = req, .out = out};
+    lm_req me = {.s = s, .reqs = reqs, .n = n, .outs = outs};
 
     if (e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
@@ -727,10 +753,10 @@ static int lm_append(void *be, const es__append_req *req, es_append_result *out)
             /* Lead: take what is queued (me among it), commit it, wake them. */
             e->leader = true;
             lm_req *group = e->qhead, *last = group;
-            size_t n = 1;
-            while (last->next && n < GROUP_MAX) {
+            size_t taken = 1;
+            while (last->next && taken < GROUP_MAX) {
                 last = last->next;
-                n++;
+                taken++;
             }
             e->qhead = last->next;
             if (!e->qhead)
@@ -750,9 +776,15 @@ static int lm_append(void *be, const es__append_req *req, es_append_result *out)
         }
     }
     pthread_mutex_unlock(&e->qlock);
-    if (me.rc < 0)
+    if (me.rc < 0) {
+        /* The call wrote nothing: clear the results of the ops applied
+         * before the failure; a conflicting op keeps just its head. */
+        for (size_t k = 0; k < n; k++)
+            if (outs[k].first_seq)
+                memset(&outs[k], 0, sizeof outs[k]);
         return es__err(me.rc, "%s", me.err);
-    return me.rc;
+    }
+    return 0;
 }
 
 /* ---- reads ---- */

@@ -119,134 +119,238 @@ static int grow_u64(uint64_t **v, uint64_t *cap, uint64_t need)
     return 0;
 }
 
-static int mem_append(void *be, const es__append_req *req, es_append_result *out)
+/* What one request of an append will do, worked out before anything changes. */
+typedef struct plan {
+    mem_stream *s;   /* existing stream, or a new one (is_new) */
+    bool is_new;
+    bool replayed;
+    uint64_t head;   /* head before this request */
+    mem_event **made;
+} plan;
+
+static void free_plans(plan *p, const es__append_req *reqs, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        if (p[k].made) {
+            for (size_t i = 0; i < reqs[k].n; i++)
+                free(p[k].made[i]);
+            free(p[k].made);
+        }
+    }
+    free(p);
+}
+
+static mem_event *build_event(const es__append_req *req, size_t i, uint64_t seq, uint64_t pos,
+                              int64_t t, const uint8_t *prev)
+{
+    const es_event_new *in = &req->events[i];
+    size_t tl = strlen(in->type);
+    mem_event *e = malloc(sizeof *e + req->stream_len + tl + 1 + in->data_len + in->meta_len);
+    if (!e)
+        return NULL;
+    uint8_t *p = e->blob;
+    memcpy(p, req->stream, req->stream_len);
+    e->ev.stream = p;
+    e->ev.stream_len = req->stream_len;
+    p += req->stream_len;
+    memcpy(p, in->type, tl + 1);
+    e->ev.type = (const char *)p;
+    e->ev.type_len = tl;
+    p += tl + 1;
+    if (in->data_len)
+        memcpy(p, in->data, in->data_len);
+    e->ev.data = p;
+    e->ev.data_len = in->data_len;
+    p += in->data_len;
+    if (in->meta_len)
+        memcpy(p, in->meta, in->meta_len);
+    e->ev.meta = p;
+    e->ev.meta_len = in->meta_len;
+    e->ev.seq = seq;
+    e->ev.position = pos;
+    e->ev.time_us = t;
+    memcpy(e->ev.id, req->ids[i], ES_ID_SIZE);
+    es__chain_hash(e->ev.hash, prev, e->ev.stream, e->ev.stream_len, seq, t, e->ev.id, e->ev.type,
+                   tl, e->ev.data, e->ev.data_len, e->ev.meta, e->ev.meta_len);
+    return e;
+}
+
+/*
+ * Appends are all or nothing: plan every request (expectations, retries,
+ * seqs; a stream named twice sees its earlier events), make every
+ * allocation, and only then publish, which cannot fail.
+ */
+static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_result *outs)
 {
     mem_store *m = be;
-    mem_stream *s;
-    mem_event **made = NULL;
-    bool new_stream = false;
+    plan *p = calloc(n, sizeof *p);
+    es__map batch_streams = {0}; /* streams new in this append */
+    uint8_t **keys = NULL;       /* owned map keys: ids, then new streams */
+    size_t total = 0, nkeys = 0, new_streams = 0;
     int64_t t;
-    int rc;
+    int rc = 0;
 
+    if (!p)
+        return es__err(ES_ENOMEM, "out of memory for an append");
+    for (size_t k = 0; k < n; k++)
+        total += reqs[k].n;
     pthread_rwlock_wrlock(&m->lock);
-    s = es__map_get(&m->streams, req->stream, req->stream_len);
-    uint64_t head = s ? s->n : 0;
-    if ((rc = es__idempotency_check(req, lookup_id, m, head, out)) != 0)
-        goto unlock;
-    if (!es__expect_ok(req->expected, head)) {
-        out->head = head;
-        rc = es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
-                     (unsigned long long)head);
-        goto unlock;
-    }
-    if ((rc = es__commit_time(m->st, req, m->last_time, &t)) < 0)
-        goto unlock;
-
-    /* Build everything first, then publish: a failure leaves nothing behind. */
-    if (!s) {
-        if (!(s = calloc(1, sizeof *s))) {
-            rc = es__err(ES_ENOMEM, "out of memory for a new stream");
-            goto unlock;
-        }
-        new_stream = true;
-    }
-    if ((rc = grow_u64(&s->positions, &s->cap, s->n + req->n)) < 0)
+    if ((rc = es__commit_time(m->st, &reqs[0], m->last_time, &t)) < 0)
         goto fail;
-    if (m->n + req->n > m->cap) {
+
+    /* 1. plan */
+    uint64_t pos = m->n;
+    for (size_t k = 0; k < n; k++) {
+        const es__append_req *req = &reqs[k];
+        mem_stream *s = es__map_get(&m->streams, req->stream, req->stream_len);
+        if (!s && (s = es__map_get(&batch_streams, req->stream, req->stream_len)))
+            p[k].is_new = true;
+        /* the head as earlier requests of this append left it */
+        uint64_t head = s ? s->n : 0;
+        for (size_t j = 0; j < k; j++)
+            if (p[j].s == s && s && !p[j].replayed)
+                head = p[j].head + reqs[j].n;
+        if ((rc = es__idempotency_check(req, lookup_id, m, head, &outs[k])) < 0)
+            goto fail;
+        if (rc == 1) {
+            p[k].replayed = true;
+            p[k].s = s;
+            rc = 0;
+            continue;
+        }
+        if (!es__expect_ok(req->expected, head)) {
+            outs[k].head = head;
+            rc = es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
+                         n > 1 ? "one of the append's streams: " : "", (unsigned long long)head);
+            goto fail;
+        }
+        if (!s) {
+            if (!(s = calloc(1, sizeof *s)) ||
+                es__map_put(&batch_streams, req->stream, req->stream_len, s) < 0) {
+                free(s);
+                rc = es__err(ES_ENOMEM, "out of memory for a new stream");
+                goto fail;
+            }
+            p[k].is_new = true;
+            new_streams++;
+        }
+        p[k].s = s;
+        p[k].head = head;
+    }
+
+    /* 2. allocate */
+    if (m->n + total > m->cap) {
         uint64_t c = m->cap ? m->cap : 64;
-        while (c < m->n + req->n)
+        while (c < m->n + total)
             c *= 2;
-        mem_event **p = realloc(m->events, c * sizeof *p);
-        if (!p) {
+        mem_event **ev = realloc(m->events, c * sizeof *ev);
+        if (!ev) {
             rc = es__err(ES_ENOMEM, "out of memory growing the log");
             goto fail;
         }
-        m->events = p;
+        m->events = ev;
         m->cap = c;
     }
-    if (!(made = calloc(req->n, sizeof *made))) {
-        rc = es__err(ES_ENOMEM, "out of memory for the batch");
+    if (es__map_reserve(&m->ids, total) < 0 || es__map_reserve(&m->streams, new_streams) < 0 ||
+        !(keys = calloc(total + new_streams + 1, sizeof *keys))) {
+        rc = es__err(ES_ENOMEM, "out of memory for an append");
         goto fail;
     }
-    const uint8_t *prev = head ? s->hash : NULL;
-    for (size_t i = 0; i < req->n; i++) {
-        const es_event_new *in = &req->events[i];
-        size_t tl = strlen(in->type);
-        mem_event *e = malloc(sizeof *e + req->stream_len + tl + 1 + in->data_len + in->meta_len);
-        if (!e) {
-            rc = es__err(ES_ENOMEM, "out of memory for an event");
+    for (size_t k = 0; k < n; k++) {
+        const es__append_req *req = &reqs[k];
+        if (p[k].replayed)
+            continue;
+        if ((rc = grow_u64(&p[k].s->positions, &p[k].s->cap, p[k].head + req->n)) < 0)
+            goto fail;
+        if (!(p[k].made = calloc(req->n, sizeof *p[k].made))) {
+            rc = es__err(ES_ENOMEM, "out of memory for an append");
             goto fail;
         }
-        made[i] = e;
-        uint8_t *p = e->blob;
-        memcpy(p, req->stream, req->stream_len);
-        e->ev.stream = p;
-        e->ev.stream_len = req->stream_len;
-        p += req->stream_len;
-        memcpy(p, in->type, tl + 1);
-        e->ev.type = (const char *)p;
-        e->ev.type_len = tl;
-        p += tl + 1;
-        if (in->data_len)
-            memcpy(p, in->data, in->data_len);
-        e->ev.data = p;
-        e->ev.data_len = in->data_len;
-        p += in->data_len;
-        if (in->meta_len)
-            memcpy(p, in->meta, in->meta_len);
-        e->ev.meta = p;
-        e->ev.meta_len = in->meta_len;
-        e->ev.seq = head + 1 + i;
-        e->ev.position = m->n + 1 + i;
-        e->ev.time_us = t;
-        memcpy(e->ev.id, req->ids[i], ES_ID_SIZE);
-        es__chain_hash(e->ev.hash, prev, e->ev.stream, e->ev.stream_len, e->ev.seq, t, e->ev.id,
-                       e->ev.type, tl, e->ev.data, e->ev.data_len, e->ev.meta, e->ev.meta_len);
-        prev = e->ev.hash;
-    }
-    /* Index the ids; on failure undo the ones added (the map keeps keys, so
-     * point them at nothing by re-checking below is not possible: insert
-     * only after every allocation succeeded). */
-    if (new_stream && (rc = es__map_put(&m->streams, req->stream, req->stream_len, s)) < 0)
-        goto fail;
-    new_stream = false;
-    for (size_t i = 0; i < req->n; i++) {
-        if ((rc = es__map_put(&m->ids, made[i]->ev.id, ES_ID_SIZE, made[i])) < 0) {
-            /* A map insert failed half way: roll back by pointing the ids
-             * already added at NULL, which lookups treat as absent. */
-            for (size_t j = 0; j < i; j++)
-                es__map_put(&m->ids, made[j]->ev.id, ES_ID_SIZE, NULL);
-            goto fail;
+        /* the previous hash: the stream's, or that of an earlier request's last event */
+        const uint8_t *prev = p[k].head ? p[k].s->hash : NULL;
+        for (size_t j = 0; j < k; j++)
+            if (p[j].s == p[k].s && !p[j].replayed)
+                prev = p[j].made[reqs[j].n - 1]->ev.hash;
+        for (size_t i = 0; i < req->n; i++) {
+            mem_event *e = build_event(req, i, p[k].head + 1 + i, ++pos, t, prev);
+            uint8_t *key = malloc(ES_ID_SIZE);
+            if (!e || !key) {
+                free(e);
+                free(key);
+                rc = es__err(ES_ENOMEM, "out of memory for an event");
+                goto fail;
+            }
+            memcpy(key, req->ids[i], ES_ID_SIZE);
+            keys[nkeys++] = key;
+            p[k].made[i] = e;
+            prev = e->ev.hash;
         }
     }
-    for (size_t i = 0; i < req->n; i++) {
-        m->events[m->n + i] = made[i];
-        s->positions[s->n + i] = m->n + 1 + i;
-        m->bytes += sizeof(mem_event) + made[i]->ev.stream_len + made[i]->ev.type_len +
-                    made[i]->ev.data_len + made[i]->ev.meta_len;
+    for (size_t i = 0; i < batch_streams.cap; i++) {
+        es__map_slot *sl = &batch_streams.slots[i];
+        if (!sl->key)
+            continue;
+        uint8_t *key = malloc(sl->len);
+        if (!key) {
+            rc = es__err(ES_ENOMEM, "out of memory for a new stream");
+            goto fail;
+        }
+        memcpy(key, sl->key, sl->len);
+        keys[nkeys++] = key;
     }
-    memcpy(s->hash, made[req->n - 1]->ev.hash, ES_HASH_SIZE);
-    out->first_seq = head + 1;
-    out->last_seq = head + req->n;
-    out->first_position = m->n + 1;
-    out->last_position = m->n + req->n;
-    out->time_us = t;
-    out->head = out->last_seq;
-    out->replayed = 0;
-    s->n += req->n;
-    m->n += req->n;
-    m->last_time = t;
-    free(made);
-    rc = 0;
-    goto unlock;
+
+    /* 3. publish: nothing below can fail */
+    size_t key_i = 0;
+    for (size_t k = 0; k < n; k++) {
+        const es__append_req *req = &reqs[k];
+        if (p[k].replayed)
+            continue;
+        mem_stream *s = p[k].s;
+        for (size_t i = 0; i < req->n; i++) {
+            mem_event *e = p[k].made[i];
+            m->events[e->ev.position - 1] = e;
+            s->positions[p[k].head + i] = e->ev.position;
+            es__map_put_owned(&m->ids, keys[key_i++], ES_ID_SIZE, e);
+            m->bytes += sizeof(mem_event) + e->ev.stream_len + e->ev.type_len + e->ev.data_len +
+                        e->ev.meta_len;
+        }
+        s->n = p[k].head + req->n;
+        memcpy(s->hash, p[k].made[req->n - 1]->ev.hash, ES_HASH_SIZE);
+        outs[k] = (es_append_result){
+            .first_seq = p[k].head + 1,
+            .last_seq = s->n,
+            .first_position = p[k].made[0]->ev.position,
+            .last_position = p[k].made[req->n - 1]->ev.position,
+            .time_us = t,
+            .head = s->n,
+            .replayed = 0,
+        };
+        free(p[k].made);
+        p[k].made = NULL;
+    }
+    for (size_t i = 0; i < batch_streams.cap; i++) {
+        es__map_slot *sl = &batch_streams.slots[i];
+        if (sl->key)
+            es__map_put_owned(&m->streams, keys[key_i++], sl->len, sl->value);
+    }
+    for (size_t k = 0; k < n; k++)
+        if (p[k].replayed && p[k].s)
+            outs[k].head = p[k].s->n;
+    if (pos > m->n)
+        m->last_time = t;
+    m->n = pos;
+    es__map_free(&batch_streams, NULL);
+    free(keys);
+    free(p);
+    pthread_rwlock_unlock(&m->lock);
+    return 0;
+
 fail:
-    if (made)
-        for (size_t i = 0; i < req->n; i++)
-            free(made[i]);
-    free(made);
-    if (new_stream)
-        free_stream(s);
-unlock:
+    for (size_t i = 0; i < nkeys; i++)
+        free(keys[i]);
+    free(keys);
+    free_plans(p, reqs, n);
+    es__map_free(&batch_streams, free_stream); /* new streams were never published */
     pthread_rwlock_unlock(&m->lock);
     return rc;
 }

@@ -5,6 +5,7 @@
 #define ESRC_CLI_H
 
 #include <eventsrc.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 /* Exit codes (documented in `esrc --help` and the README). */
@@ -22,6 +23,9 @@ typedef struct demo_clock {
 
 int esrc_demo(es_store *st, void *clock_payload, FILE *out);
 int64_t esrc_demo_clock(void *payload);
+/* `esrc bench`: argv[0] is "bench". */
+int esrc_bench(int json, int argc, char **argv);
+
 void esrc_format_time(char *out, size_t cap, int64_t us);
 
 #endif

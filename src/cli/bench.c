@@ -1,0 +1,1269 @@
+/*
+ * bench.c — `esrc bench`: the workloads of BENCHMARKS.md, run in one go on
+ * eventsrc and on what a user would otherwise hand-roll — raw LMDB
+ * key/value appends (key: stream id + big-endian seq) and a SQLite events
+ * table (WAL, synchronous=FULL, primary key (stream, seq)) — on the same
+ * data, so that the figures compare as ratios within one run.
+ *
+ * Each (workload, system) runs in its own child process, so its peak RSS
+ * is its own (wait4).  Data written by W3/W4 is kept in --dir for W4–W5.
+ * eventsrc uses only the public API (and the users example for W7).
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "users.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAYLOAD 150
+#define STREAMS 1000
+#define BATCH 1000
+#define ONE_STREAM_EVENTS 10000
+
+typedef struct result {
+    char workload[8];
+    char system[24];
+    double events_per_s;
+    double p50_us, p99_us;
+    long peak_rss_kb;
+    long extra_kb; /* W5: RSS added by the scan */
+    char note[96];
+    int ok;
+} result;
+
+typedef struct bench {
+    double scale;
+    char dir[512];
+    int json;
+    const char *only;
+    const char *systems;
+    result results[64];
+    int n_results;
+} bench;
+
+/* ---- helpers ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void percentiles(double *lat, size_t n, result *r)
+{
+    if (!n)
+        return;
+    qsort(lat, n, sizeof *lat, cmp_double);
+    r->p50_us = lat[n / 2] * 1e6;
+    r->p99_us = lat[(size_t)((double)(n - 1) * 0.99)] * 1e6;
+}
+
+static void stream_id(uint8_t out[16], unsigned i)
+{
+    char buf[17];
+    snprintf(buf, sizeof buf, "stream-%09u", i);
+    memcpy(out, buf, 16);
+}
+
+static void payload(uint8_t out[PAYLOAD], uint64_t n)
+{
+    for (int i = 0; i < PAYLOAD; i++)
+        out[i] = (uint8_t)('a' + (n + (uint64_t)i) % 26);
+}
+
+static void rmrf(const char *path)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "esrc bench: could not remove %s\n", path);
+}
+
+static void path_of(char *out, size_t cap, const bench *b, const char *name)
+{
+    snprintf(out, cap, "%s/%s", b->dir, name);
+}
+
+static int fail(result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(result *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->note, sizeof r->note, fmt, ap);
+    va_end(ap);
+    r->ok = 0;
+    return -1;
+}
+
+/* ---- eventsrc ---- */
+
+static int es_open_bench(es_store **st, const bench *b, const char *system, const char *name,
+                         result *r)
+{
+    char uri[700];
+    if (strcmp(system, "eventsrc-mem") == 0) {
+        snprintf(uri, sizeof uri, "mem:");
+    } else {
+        char p[600];
+        path_of(p, sizeof p, b, name);
+        snprintf(uri, sizeof uri, "lmdb:%s", p);
+    }
+    int rc = es_store_open(st, uri, NULL);
+    if (rc)
+        return fail(r, "open %s: %s", uri, es_error_last());
+    return 0;
+}
+
+/* W3's data: n events in batches of 1000, one per stream of 1000 streams. */
+static int es_load_interleaved(es_store *st, uint64_t n, double *lat, size_t *n_lat, result *r)
+{
+    es_append_op ops[BATCH];
+    es_event_new evs[BATCH];
+    es_append_result outs[BATCH];
+    uint8_t keys[BATCH][16], data[BATCH][PAYLOAD];
+    uint64_t seq = 0;
+    for (unsigned i = 0; i < BATCH; i++)
+        stream_id(keys[i], i % STREAMS);
+    for (uint64_t done = 0; done < n; done += BATCH, seq++) {
+        for (unsigned i = 0; i < BATCH; i++) {
+            payload(data[i], done + i);
+            evs[i] = (es_event_new){.type = "Bench", .data = data[i], .data_len = PAYLOAD};
+            ops[i] = (es_append_op){keys[i], 16, seq, &evs[i], 1};
+        }
+        double t0 = now_s();
+        int rc = es_append_multi(outs, st, ops, BATCH, 0);
+        if (rc)
+            return fail(r, "append: %s", es_error_last());
+        if (lat)
+            lat[(*n_lat)++] = now_s() - t0;
+    }
+    return 0;
+}
+
+static int es_load_one_stream(es_store *st, const char *key, uint64_t n, result *r)
+{
+    es_event_new evs[BATCH];
+    uint8_t data[BATCH][PAYLOAD];
+    for (uint64_t done = 0; done < n; done += BATCH) {
+        size_t k = n - done < BATCH ? (size_t)(n - done) : BATCH;
+        for (size_t i = 0; i < k; i++) {
+            payload(data[i], done + i);
+            evs[i] = (es_event_new){.type = "Bench", .data = data[i], .data_len = PAYLOAD};
+        }
+        if (es_append(NULL, st, key, strlen(key), done, evs, k))
+            return fail(r, "append: %s", es_error_last());
+    }
+    return 0;
+}
+
+typedef struct w2_arg {
+    es_store *st;
+    MDB_env *env;
+    MDB_dbi dbi;
+    const char *sqlite_path;
+    int id;
+    uint64_t n;
+    double *lat;
+    int err;
+} w2_arg;
+
+static void *es_w2_thread(void *p)
+{
+    w2_arg *a = p;
+    uint8_t key[16], data[PAYLOAD];
+    stream_id(key, 5000 + (unsigned)a->id);
+    for (uint64_t i = 0; i < a->n; i++) {
+        payload(data, i);
+        es_event_new ev = {.type = "Bench", .data = data, .data_len = PAYLOAD};
+        double t0 = now_s();
+        if (es_append(NULL, a->st, key, 16, i, &ev, 1)) {
+            a->err = 1;
+            return NULL;
+        }
+        a->lat[i] = now_s() - t0;
+    }
+    return NULL;
+}
+
+/* A view for W6: the sum of the first payload byte, as a counter. */
+static int w6_stream_key(uint8_t out[ES_MAX_KEY], size_t *len, const uint8_t *k, size_t n, void *p)
+{
+    (void)p;
+    memcpy(out, k, n);
+    *len = n;
+    return 0;
+}
+static int w6_init(void **out, const uint8_t *k, size_t n, void *p)
+{
+    (void)k, (void)n, (void)p;
+    *out = calloc(1, sizeof(uint64_t) * 2);
+    return *out ? 0 : ES_ENOMEM;
+}
+static int w6_apply(void *acc, const es_event *ev, const uint8_t *k, size_t n, void *p)
+{
+    (void)k, (void)n, (void)p;
+    uint64_t *v = acc;
+    v[0]++;
+    v[1] += ev->data_len ? ev->data[0] : 0;
+    return ES_FOLD_CHANGED;
+}
+static int w6_encode(es_buf *out, const void *acc, void *p)
+{
+    (void)p;
+    return es_buf_put(out, acc, 16);
+}
+static int w6_decode(void **out, const uint8_t *d, size_t n, void *p)
+{
+    (void)p;
+    if (n != 16)
+        return ES_ECORRUPT;
+    if (!(*out = malloc(16)))
+        return ES_ENOMEM;
+    memcpy(*out, d, 16);
+    return 0;
+}
+static void w6_free(void *v, void *p)
+{
+    (void)p;
+    free(v);
+}
+
+typedef struct w7_arg {
+    es_view *view;
+    sqlite3 *db;
+    MDB_env *env;
+    MDB_dbi dbi;
+    const char *sqlite_path;
+    int id;
+    uint64_t n;
+    double *lat;
+    uint64_t retries;
+    int err;
+} w7_arg;
+
+static void *es_w7_thread(void *p)
+{
+    w7_arg *a = p;
+    for (uint64_t i = 0; i < a->n; i++) {
+        us_user u = {.id = (int64_t)(a->id * 1000000 + (int)i + 1)};
+        snprintf(u.name, sizeof u.name, "User %d-%" PRIu64, a->id, i);
+        /* usernames spread over many shards, all in one company stream */
+        snprintf(u.username, sizeof u.username, "%c%c%cuser%d-%" PRIu64, 'a' + (int)(i % 26),
+                 'a' + (int)((i / 26) % 26), 'a' + a->id, a->id, i);
+        es_save_result res = ES_SAVE_RESULT_INIT;
+        double t0 = now_s();
+        int rc = us_save_user(&res, a->view, 1, &u, NULL);
+        a->lat[i] = now_s() - t0;
+        if (rc || res.status != ES_SAVED) {
+            a->err = 1;
+            es_save_result_clear(&res, a->view);
+            return NULL;
+        }
+        a->retries += res.retries;
+        es_save_result_clear(&res, a->view);
+    }
+    return NULL;
+}
+
+/* ---- raw LMDB ---- */
+
+static int raw_open(MDB_env **env, MDB_dbi *dbi, const char *path, result *r)
+{
+    MDB_txn *txn;
+    int rc;
+    mkdir(path, 0755);
+    if ((rc = mdb_env_create(env)) || (rc = mdb_env_set_mapsize(*env, (size_t)8 << 30)) ||
+        (rc = mdb_env_open(*env, path, 0, 0644)))
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    if ((rc = mdb_txn_begin(*env, NULL, 0, &txn)) || (rc = mdb_dbi_open(txn, NULL, 0, dbi)) ||
+        (rc = mdb_txn_commit(txn)))
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    return 0;
+}
+
+static void raw_key(uint8_t k[24], unsigned stream, uint64_t seq)
+{
+    stream_id(k, stream);
+    for (int i = 0; i < 8; i++)
+        k[16 + i] = (uint8_t)(seq >> (56 - 8 * i));
+}
+
+static int raw_put_batch(MDB_env *env, MDB_dbi dbi, const unsigned *streams, const uint64_t *seqs,
+                         size_t n, uint64_t base, result *r)
+{
+    MDB_txn *txn;
+    uint8_t k[24], d[PAYLOAD];
+    int rc = mdb_txn_begin(env, NULL, 0, &txn);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        raw_key(k, streams[i], seqs[i]);
+        payload(d, base + i);
+        MDB_val key = {24, k}, val = {PAYLOAD, d};
+        rc = mdb_put(txn, dbi, &key, &val, 0);
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return fail(r, "lmdb put: %s", mdb_strerror(rc));
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return fail(r, "lmdb commit: %s", mdb_strerror(rc));
+    return 0;
+}
+
+static void *raw_w2_thread(void *p)
+{
+    w2_arg *a = p;
+    unsigned s = 5000 + (unsigned)a->id;
+    for (uint64_t i = 0; i < a->n; i++) {
+        result r;
+        uint64_t seq = i + 1;
+        double t0 = now_s();
+        if (raw_put_batch(a->env, a->dbi, &s, &seq, 1, i, &r)) {
+            a->err = 1;
+            return NULL;
+        }
+        a->lat[i] = now_s() - t0;
+    }
+    return NULL;
+}
+
+/* ---- SQLite ---- */
+
+static int sq_open(sqlite3 **db, const char *path, result *r)
+{
+    char *err = NULL;
+    if (sqlite3_open(path, db) != SQLITE_OK)
+        return fail(r, "sqlite: %s", sqlite3_errmsg(*db));
+    sqlite3_busy_timeout(*db, 60000);
+    if (sqlite3_exec(*db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "CREATE TABLE IF NOT EXISTS events(stream BLOB NOT NULL, seq INTEGER NOT NULL,"
+                     " type TEXT NOT NULL, data BLOB, PRIMARY KEY (stream, seq));"
+                     "CREATE TABLE IF NOT EXISTS users(company INTEGER, username TEXT, id INTEGER,"
+                     " UNIQUE(company, username));",
+                     NULL, NULL, &err) != SQLITE_OK) {
+        fail(r, "sqlite: %s", err);
+        sqlite3_free(err);
+        return -1;
+    }
+    return 0;
+}
+
+static int sq_insert_batch(sqlite3 *db, sqlite3_stmt *ins, const unsigned *streams,
+                           const uint64_t *seqs, size_t n, uint64_t base, result *r)
+{
+    uint8_t k[16], d[PAYLOAD];
+    bool txn = n > 1;
+    if (txn && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return fail(r, "sqlite: %s", sqlite3_errmsg(db));
+    for (size_t i = 0; i < n; i++) {
+        stream_id(k, streams[i]);
+        payload(d, base + i);
+        sqlite3_bind_blob(ins, 1, k, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(ins, 2, (sqlite3_int64)seqs[i]);
+        sqlite3_bind_text(ins, 3, "Bench", 5, SQLITE_STATIC);
+        sqlite3_bind_blob(ins, 4, d, PAYLOAD, SQLITE_TRANSIENT);
+        if (sqlite3_step(ins) != SQLITE_DONE) {
+            fail(r, "sqlite insert: %s", sqlite3_errmsg(db));
+            sqlite3_reset(ins);
+            if (txn)
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        sqlite3_reset(ins);
+    }
+    if (txn && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return fail(r, "sqlite: %s", sqlite3_errmsg(db));
+    return 0;
+}
+
+static const char *SQ_INSERT = "INSERT INTO events(stream, seq, type, data) VALUES (?, ?, ?, ?)";
+
+static void *sq_w2_thread(void *p)
+{
+    w2_arg *a = p;
+    sqlite3 *db;
+    sqlite3_stmt *ins;
+    result r;
+    unsigned s = 5000 + (unsigned)a->id;
+    if (sq_open(&db, a->sqlite_path, &r) ||
+        sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK) {
+        a->err = 1;
+        return NULL;
+    }
+    for (uint64_t i = 0; i < a->n; i++) {
+        uint64_t seq = i + 1;
+        double t0 = now_s();
+        if (sq_insert_batch(db, ins, &s, &seq, 1, i, &r)) {
+            a->err = 1;
+            break;
+        }
+        a->lat[i] = now_s() - t0;
+    }
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    return NULL;
+}
+
+static void *sq_w7_thread(void *p)
+{
+    w7_arg *a = p;
+    sqlite3 *db;
+    sqlite3_stmt *ins;
+    result r;
+    if (sq_open(&db, a->sqlite_path, &r) ||
+        sqlite3_prepare_v2(db, "INSERT INTO users(company, username, id) VALUES (1, ?, ?)", -1, &ins,
+                           NULL) != SQLITE_OK) {
+        a->err = 1;
+        return NULL;
+    }
+    for (uint64_t i = 0; i < a->n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%c%c%cuser%d-%" PRIu64, 'a' + (int)(i % 26),
+                 'a' + (int)((i / 26) % 26), 'a' + a->id, a->id, i);
+        sqlite3_bind_text(ins, 1, name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(ins, 2, a->id * 1000000 + (int)i + 1);
+        double t0 = now_s();
+        int rc = sqlite3_step(ins);
+        a->lat[i] = now_s() - t0;
+        sqlite3_reset(ins);
+        if (rc != SQLITE_DONE) {
+            a->err = 1;
+            break;
+        }
+    }
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    return NULL;
+}
+
+static void *raw_w7_thread(void *p)
+{
+    w7_arg *a = p;
+    for (uint64_t i = 0; i < a->n; i++) {
+        char name[64];
+        int n = snprintf(name, sizeof name, "1:%c%c%cuser%d-%" PRIu64, 'a' + (int)(i % 26),
+                         'a' + (int)((i / 26) % 26), 'a' + a->id, a->id, i);
+        int64_t id = a->id * 1000000 + (int)i + 1;
+        MDB_txn *txn;
+        MDB_val k = {(size_t)n, name}, v = {8, &id};
+        double t0 = now_s();
+        int rc = mdb_txn_begin(a->env, NULL, 0, &txn);
+        if (rc == 0)
+            rc = mdb_put(txn, a->dbi, &k, &v, MDB_NOOVERWRITE);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        a->lat[i] = now_s() - t0;
+        if (rc) {
+            a->err = 1;
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* ---- workloads ---- */
+
+static uint64_t scaled(const bench *b, double full, uint64_t min)
+{
+    uint64_t n = (uint64_t)(full * b->scale);
+    return n < min ? min : n;
+}
+
+static int run_w1(const bench *b, const char *sys, result *r)
+{
+    uint64_t n = scaled(b, 3000, 100);
+    double *lat = calloc(n, sizeof *lat);
+    uint8_t data[PAYLOAD], key[16];
+    double t0;
+    int rc = 0;
+    if (!lat)
+        return fail(r, "out of memory");
+    stream_id(key, 7);
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        es_store *st;
+        if (es_open_bench(&st, b, sys, "w1-es", r))
+            goto out;
+        t0 = now_s();
+        for (uint64_t i = 0; i < n && rc == 0; i++) {
+            payload(data, i);
+            es_event_new ev = {.type = "Bench", .data = data, .data_len = PAYLOAD};
+            double s = now_s();
+            rc = es_append(NULL, st, key, 16, i, &ev, 1);
+            lat[i] = now_s() - s;
+        }
+        r->events_per_s = (double)n / (now_s() - t0);
+        if (rc)
+            fail(r, "append: %s", es_error_last());
+        es_store_close(st);
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        MDB_env *env;
+        MDB_dbi dbi;
+        char p[600];
+        path_of(p, sizeof p, b, "w1-raw");
+        if (raw_open(&env, &dbi, p, r))
+            goto out;
+        unsigned s = 7;
+        t0 = now_s();
+        for (uint64_t i = 0; i < n && rc == 0; i++) {
+            uint64_t seq = i + 1;
+            double s0 = now_s();
+            rc = raw_put_batch(env, dbi, &s, &seq, 1, i, r);
+            lat[i] = now_s() - s0;
+        }
+        r->events_per_s = (double)n / (now_s() - t0);
+        mdb_env_close(env);
+    } else {
+        sqlite3 *db;
+        sqlite3_stmt *ins;
+        char p[600];
+        path_of(p, sizeof p, b, "w1.sqlite");
+        if (sq_open(&db, p, r) || sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK)
+            goto out;
+        unsigned s = 7;
+        t0 = now_s();
+        for (uint64_t i = 0; i < n && rc == 0; i++) {
+            uint64_t seq = i + 1;
+            double s0 = now_s();
+            rc = sq_insert_batch(db, ins, &s, &seq, 1, i, r);
+            lat[i] = now_s() - s0;
+        }
+        r->events_per_s = (double)n / (now_s() - t0);
+        sqlite3_finalize(ins);
+        sqlite3_close(db);
+    }
+    percentiles(lat, n, r);
+    snprintf(r->note, sizeof r->note, "%" PRIu64 " appends", n);
+out:
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+static int run_w2(const bench *b, const char *sys, result *r)
+{
+    enum { T = 16 };
+    uint64_t per = scaled(b, 1000, 20);
+    pthread_t th[T];
+    w2_arg args[T];
+    double *lat = calloc(per * T, sizeof *lat);
+    es_store *st = NULL;
+    MDB_env *env = NULL;
+    MDB_dbi dbi = 0;
+    char p[600];
+    if (!lat)
+        return fail(r, "out of memory");
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        if (es_open_bench(&st, b, sys, "w2-es", r))
+            goto out;
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        path_of(p, sizeof p, b, "w2-raw");
+        if (raw_open(&env, &dbi, p, r))
+            goto out;
+    } else {
+        sqlite3 *db;
+        path_of(p, sizeof p, b, "w2.sqlite");
+        if (sq_open(&db, p, r)) /* create the schema once */
+            goto out;
+        sqlite3_close(db);
+    }
+    double t0 = now_s();
+    for (int i = 0; i < T; i++) {
+        args[i] = (w2_arg){.st = st, .env = env, .dbi = dbi, .sqlite_path = p, .id = i, .n = per,
+                           .lat = lat + per * (uint64_t)i};
+        void *(*fn)(void *) = st ? es_w2_thread : env ? raw_w2_thread : sq_w2_thread;
+        pthread_create(&th[i], NULL, fn, &args[i]);
+    }
+    int err = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        err |= args[i].err;
+    }
+    r->events_per_s = (double)(per * T) / (now_s() - t0);
+    percentiles(lat, per * T, r);
+    snprintf(r->note, sizeof r->note, "16 writers x %" PRIu64 " appends", per);
+    if (err)
+        fail(r, "a writer failed");
+out:
+    es_store_close(st);
+    if (env)
+        mdb_env_close(env);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+/* W3: batches of 1000 across 1000 streams; leaves the data for W4/W5. */
+static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
+{
+    uint64_t n = scaled(b, 1000000, 10000);
+    n -= n % BATCH;
+    size_t nb = (size_t)(n / BATCH), nl = 0;
+    double *lat = calloc(nb + 1, sizeof *lat);
+    unsigned streams[BATCH];
+    uint64_t seqs[BATCH];
+    double t0;
+    if (!lat)
+        return fail(r, "out of memory");
+    for (unsigned i = 0; i < BATCH; i++)
+        streams[i] = i % STREAMS;
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        es_store *st;
+        if (es_open_bench(&st, b, sys, "data-es", r))
+            goto out;
+        t0 = now_s();
+        es_load_interleaved(st, n, lat, &nl, r);
+        r->events_per_s = (double)n / (now_s() - t0);
+        if (r->ok && for_later)
+            es_load_one_stream(st, "one-stream", ONE_STREAM_EVENTS, r);
+        es_store_close(st);
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        MDB_env *env;
+        MDB_dbi dbi;
+        char p[600];
+        path_of(p, sizeof p, b, "data-raw");
+        if (raw_open(&env, &dbi, p, r))
+            goto out;
+        t0 = now_s();
+        for (size_t k = 0; k < nb && r->ok; k++) {
+            for (unsigned i = 0; i < BATCH; i++)
+                seqs[i] = k + 1;
+            double s0 = now_s();
+            raw_put_batch(env, dbi, streams, seqs, BATCH, k * BATCH, r);
+            lat[nl++] = now_s() - s0;
+        }
+        r->events_per_s = (double)n / (now_s() - t0);
+        if (r->ok && for_later) {
+            unsigned one[BATCH];
+            for (unsigned i = 0; i < BATCH; i++)
+                one[i] = 999999;
+            for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
+                for (unsigned i = 0; i < BATCH; i++)
+                    seqs[i] = done + i + 1;
+                raw_put_batch(env, dbi, one, seqs, BATCH, done, r);
+            }
+        }
+        mdb_env_close(env);
+    } else {
+        sqlite3 *db;
+        sqlite3_stmt *ins;
+        char p[600];
+        path_of(p, sizeof p, b, "data.sqlite");
+        if (sq_open(&db, p, r) || sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK)
+            goto out;
+        t0 = now_s();
+        for (size_t k = 0; k < nb && r->ok; k++) {
+            for (unsigned i = 0; i < BATCH; i++)
+                seqs[i] = k + 1;
+            double s0 = now_s();
+            sq_insert_batch(db, ins, streams, seqs, BATCH, k * BATCH, r);
+            lat[nl++] = now_s() - s0;
+        }
+        r->events_per_s = (double)n / (now_s() - t0);
+        if (r->ok && for_later) {
+            unsigned one[BATCH];
+            for (unsigned i = 0; i < BATCH; i++)
+                one[i] = 999999;
+            for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
+                for (unsigned i = 0; i < BATCH; i++)
+                    seqs[i] = done + i + 1;
+                sq_insert_batch(db, ins, one, seqs, BATCH, done, r);
+            }
+        }
+        sqlite3_finalize(ins);
+        sqlite3_close(db);
+    }
+    percentiles(lat, nl, r);
+    snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit", n);
+out:
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+/* eventsrc-mem keeps nothing between processes: build W3's data first. */
+static int mem_prepare(const bench *b, es_store **st, result *r)
+{
+    uint64_t n = scaled(b, 1000000, 10000);
+    n -= n % BATCH;
+    if (es_open_bench(st, b, "eventsrc-mem", "", r))
+        return -1;
+    if (es_load_interleaved(*st, n, NULL, NULL, r) ||
+        es_load_one_stream(*st, "one-stream", ONE_STREAM_EVENTS, r))
+        return -1;
+    return 0;
+}
+
+static int run_w4(const bench *b, const char *sys, result *r)
+{
+    enum { REPS = 50 };
+    double lat[REPS];
+    uint64_t got = 0;
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        es_store *st;
+        if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
+                                              : es_open_bench(&st, b, sys, "data-es", r))
+            return -1;
+        for (int k = 0; k < REPS; k++) {
+            es_cursor *c;
+            const es_event *ev;
+            uint64_t sum = 0, cnt = 0;
+            double t0 = now_s();
+            if (es_stream_cursor(&c, st, "one-stream", 10, NULL))
+                return fail(r, "read: %s", es_error_last());
+            while (es_cursor_next(&ev, c) == 0) {
+                sum += ev->data[0];
+                cnt++;
+            }
+            es_cursor_free(c);
+            lat[k] = now_s() - t0;
+            got = cnt + (sum == 0);
+        }
+        es_store_close(st);
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        MDB_env *env;
+        MDB_dbi dbi;
+        char p[600];
+        path_of(p, sizeof p, b, "data-raw");
+        if (raw_open(&env, &dbi, p, r))
+            return -1;
+        for (int k = 0; k < REPS; k++) {
+            MDB_txn *txn;
+            MDB_cursor *c;
+            uint8_t from[24];
+            uint64_t sum = 0, cnt = 0;
+            raw_key(from, 999999, 0);
+            double t0 = now_s();
+            mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+            mdb_cursor_open(txn, dbi, &c);
+            MDB_val key = {24, from}, val;
+            int rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+            while (rc == 0 && memcmp(key.mv_data, from, 16) == 0) {
+                sum += ((uint8_t *)val.mv_data)[0];
+                cnt++;
+                rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+            }
+            mdb_cursor_close(c);
+            mdb_txn_abort(txn);
+            lat[k] = now_s() - t0;
+            got = cnt + (sum == 0);
+        }
+        mdb_env_close(env);
+    } else {
+        sqlite3 *db;
+        sqlite3_stmt *q;
+        char p[600];
+        uint8_t key[16];
+        path_of(p, sizeof p, b, "data.sqlite");
+        if (sq_open(&db, p, r) ||
+            sqlite3_prepare_v2(db, "SELECT seq, type, data FROM events WHERE stream = ? ORDER BY seq",
+                               -1, &q, NULL) != SQLITE_OK)
+            return fail(r, "sqlite: %s", sqlite3_errmsg(db));
+        stream_id(key, 999999);
+        for (int k = 0; k < REPS; k++) {
+            uint64_t sum = 0, cnt = 0;
+            double t0 = now_s();
+            sqlite3_bind_blob(q, 1, key, 16, SQLITE_STATIC);
+            while (sqlite3_step(q) == SQLITE_ROW) {
+                const uint8_t *d = sqlite3_column_blob(q, 2);
+                sum += d ? d[0] : 0;
+                cnt++;
+            }
+            sqlite3_reset(q);
+            lat[k] = now_s() - t0;
+            got = cnt + (sum == 0);
+        }
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+    }
+    if (got < ONE_STREAM_EVENTS)
+        return fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
+    percentiles(lat, REPS, r);
+    r->events_per_s = ONE_STREAM_EVENTS / (r->p50_us / 1e6);
+    snprintf(r->note, sizeof r->note, "latency = one read of the whole stream");
+    return 0;
+}
+
+static int run_w5(const bench *b, const char *sys, result *r)
+{
+    uint64_t cnt = 0, sum = 0;
+    long before = 0, peak = 0;
+    double t0, t;
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        es_store *st;
+        es_cursor *c;
+        const es_event *ev;
+        if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
+                                              : es_open_bench(&st, b, sys, "data-es", r))
+            return -1;
+        before = peak = rss_kb();
+        t0 = now_s();
+        if (es_log_cursor(&c, st, NULL))
+            return fail(r, "log: %s", es_error_last());
+        while (es_cursor_next(&ev, c) == 0) {
+            sum += ev->data_len + ev->seq;
+            if ((++cnt & 65535) == 0) {
+                long now = rss_kb();
+                peak = now > peak ? now : peak;
+            }
+        }
+        es_cursor_free(c);
+        t = now_s() - t0;
+        es_store_close(st);
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        MDB_env *env;
+        MDB_dbi dbi;
+        MDB_txn *txn;
+        MDB_cursor *c;
+        MDB_val k, v;
+        char p[600];
+        path_of(p, sizeof p, b, "data-raw");
+        if (raw_open(&env, &dbi, p, r))
+            return -1;
+        before = peak = rss_kb();
+        t0 = now_s();
+        mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+        mdb_cursor_open(txn, dbi, &c);
+        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        while (rc == 0) {
+            sum += v.mv_size + ((uint8_t *)k.mv_data)[23];
+            if ((++cnt & 65535) == 0) {
+                long now = rss_kb();
+                peak = now > peak ? now : peak;
+            }
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+        mdb_txn_abort(txn);
+        t = now_s() - t0;
+        mdb_env_close(env);
+    } else {
+        sqlite3 *db;
+        sqlite3_stmt *q;
+        char p[600];
+        path_of(p, sizeof p, b, "data.sqlite");
+        if (sq_open(&db, p, r) ||
+            sqlite3_prepare_v2(db, "SELECT stream, seq, type, data FROM events ORDER BY rowid", -1,
+                               &q, NULL) != SQLITE_OK)
+            return fail(r, "sqlite: %s", sqlite3_errmsg(db));
+        before = peak = rss_kb();
+        t0 = now_s();
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            sum += (uint64_t)sqlite3_column_bytes(q, 3) + (uint64_t)sqlite3_column_int64(q, 1);
+            if ((++cnt & 65535) == 0) {
+                long now = rss_kb();
+                peak = now > peak ? now : peak;
+            }
+        }
+        t = now_s() - t0;
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+    }
+    long end = rss_kb();
+    peak = end > peak ? end : peak;
+    r->events_per_s = (double)cnt / t;
+    r->extra_kb = peak - before;
+    snprintf(r->note, sizeof r->note, "%" PRIu64 " events; scan added %ld KiB RSS%s", cnt,
+             r->extra_kb, sum ? "" : " ");
+    return 0;
+}
+
+static int run_w6(const bench *b, const char *sys, result *r)
+{
+    uint64_t n = scaled(b, 100000, 10000);
+    es_store *st;
+    if (strncmp(sys, "eventsrc", 8) != 0)
+        return fail(r, "views are eventsrc's");
+    char name[32];
+    snprintf(name, sizeof name, "w6-%s", sys + 9);
+    if (es_open_bench(&st, b, sys, name, r))
+        return -1;
+    if (es_load_one_stream(st, "view-stream", n, r))
+        return -1;
+    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "bench-sum", .view_version = 1,
+                     .stream_key = w6_stream_key, .init = w6_init, .apply = w6_apply,
+                     .encode = w6_encode, .decode = w6_decode, .free_value = w6_free};
+    es_view_options never = ES_VIEW_OPTIONS_INIT, warm = ES_VIEW_OPTIONS_INIT;
+    never.snapshot_every = UINT32_MAX;
+    warm.snapshot_every = 1;
+    es_view *cold_v, *warm_v;
+    es_view_new(&cold_v, st, &d, &never);
+    es_view_new(&warm_v, st, &d, &warm);
+    double cold[5];
+    for (int k = 0; k < 5; k++) {
+        es_snapshot s;
+        double t0 = now_s();
+        if (es_view_get(&s, cold_v, "view-stream", 11, ES_LATEST_EVENT))
+            return fail(r, "get: %s", es_error_last());
+        cold[k] = now_s() - t0;
+        if (((uint64_t *)s.value)[0] != n)
+            return fail(r, "cold get folded %" PRIu64 " events", ((uint64_t *)s.value)[0]);
+        es_snapshot_clear(&s, cold_v);
+    }
+    qsort(cold, 5, sizeof *cold, cmp_double);
+    /* warm: the first get persists a snapshot at the head */
+    es_snapshot s;
+    es_view_get(&s, warm_v, "view-stream", 11, ES_LATEST_EVENT);
+    es_snapshot_clear(&s, warm_v);
+    enum { G = 2000 };
+    double *lat = calloc(G, sizeof *lat);
+    for (int k = 0; k < G; k++) {
+        double t0 = now_s();
+        es_view_get(&s, warm_v, "view-stream", 11, ES_LATEST_EVENT);
+        lat[k] = now_s() - t0;
+        es_snapshot_clear(&s, warm_v);
+    }
+    percentiles(lat, G, r);
+    free(lat);
+    r->events_per_s = (double)n / cold[2];
+    snprintf(r->note, sizeof r->note, "cold: %" PRIu64 " events, median %.1f ms; p50/p99 = warm get",
+             n, cold[2] * 1e3);
+    es_view_free(cold_v);
+    es_view_free(warm_v);
+    es_store_close(st);
+    return 0;
+}
+
+static int run_w7(const bench *b, const char *sys, result *r)
+{
+    enum { T = 4 };
+    uint64_t per = scaled(b, 500, 20);
+    pthread_t th[T];
+    w7_arg args[T];
+    double *lat = calloc(per * T, sizeof *lat);
+    es_store *st = NULL;
+    es_view *v = NULL;
+    MDB_env *env = NULL;
+    MDB_dbi dbi = 0;
+    char p[600];
+    if (!lat)
+        return fail(r, "out of memory");
+    if (strncmp(sys, "eventsrc", 8) == 0) {
+        char name[32];
+        snprintf(name, sizeof name, "w7-%s", sys + 9);
+        if (es_open_bench(&st, b, sys, name, r))
+            goto out;
+        es_view_options o = ES_VIEW_OPTIONS_INIT;
+        o.snapshot_every = 16;
+        if (es_view_new(&v, st, us_user_by_name(), &o)) {
+            fail(r, "view: %s", es_error_last());
+            goto out;
+        }
+    } else if (strcmp(sys, "lmdb-raw") == 0) {
+        path_of(p, sizeof p, b, "w7-raw");
+        if (raw_open(&env, &dbi, p, r))
+            goto out;
+    } else {
+        sqlite3 *db;
+        path_of(p, sizeof p, b, "w7.sqlite");
+        if (sq_open(&db, p, r))
+            goto out;
+        sqlite3_close(db);
+    }
+    double t0 = now_s();
+    for (int i = 0; i < T; i++) {
+        args[i] = (w7_arg){.view = v, .env = env, .dbi = dbi, .sqlite_path = p, .id = i, .n = per,
+                           .lat = lat + per * (uint64_t)i};
+        void *(*fn)(void *) = v ? es_w7_thread : env ? raw_w7_thread : sq_w7_thread;
+        pthread_create(&th[i], NULL, fn, &args[i]);
+    }
+    int err = 0;
+    uint64_t retries = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        err |= args[i].err;
+        retries += args[i].retries;
+    }
+    r->events_per_s = (double)(per * T) / (now_s() - t0);
+    percentiles(lat, per * T, r);
+    snprintf(r->note, sizeof r->note, "4 threads x %" PRIu64 " saves; %" PRIu64 " retries", per,
+             retries);
+    if (err)
+        fail(r, "a save failed");
+out:
+    es_view_free(v);
+    es_store_close(st);
+    if (env)
+        mdb_env_close(env);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+/* ---- driver ---- */
+
+static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw", "sqlite"};
+static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7"};
+
+static bool listed(const char *list, const char *item)
+{
+    if (!list)
+        return true;
+    size_t n = strlen(item);
+    for (const char *p = list; (p = strstr(p, item)); p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == 0))
+            return true;
+    return false;
+}
+
+/* Run one (workload, system) in a child; record and print it unless `quiet`. */
+static void run_one(bench *b, const char *w, const char *sys, bool quiet)
+{
+    int fds[2];
+    result r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.workload, sizeof r.workload, "%s", w);
+    snprintf(r.system, sizeof r.system, "%s", sys);
+    if ((strcmp(w, "W6") == 0) && strncmp(sys, "eventsrc", 8) != 0)
+        return; /* views are eventsrc's: no baseline row */
+    fflush(stdout);
+    if (pipe(fds) != 0)
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        r.ok = 1;
+        int rc;
+        if (strcmp(w, "W1") == 0)
+            rc = run_w1(b, sys, &r);
+        else if (strcmp(w, "W2") == 0)
+            rc = run_w2(b, sys, &r);
+        else if (strcmp(w, "W3") == 0)
+            rc = run_w3(b, sys, &r, true);
+        else if (strcmp(w, "W4") == 0)
+            rc = run_w4(b, sys, &r);
+        else if (strcmp(w, "W5") == 0)
+            rc = run_w5(b, sys, &r);
+        else if (strcmp(w, "W6") == 0)
+            rc = run_w6(b, sys, &r);
+        else
+            rc = run_w7(b, sys, &r);
+        r.ok = rc == 0 && r.ok;
+        if (write(fds[1], &r, sizeof r) != (ssize_t)sizeof r)
+            _exit(2);
+        _exit(0);
+    }
+    close(fds[1]);
+    struct rusage ru;
+    int status;
+    ssize_t got = read(fds[0], &r, sizeof r);
+    close(fds[0]);
+    wait4(pid, &status, 0, &ru);
+    if (got != (ssize_t)sizeof r) {
+        r.ok = 0;
+        snprintf(r.note, sizeof r.note, "the run crashed (status %d)", status);
+    }
+    r.peak_rss_kb = ru.ru_maxrss;
+    if (quiet) {
+        if (!r.ok)
+            fprintf(stderr, "esrc bench: preparing %s on %s failed: %s\n", w, sys, r.note);
+        return;
+    }
+    b->results[b->n_results++] = r;
+    if (b->json) {
+        printf("{\"workload\":\"%s\",\"system\":\"%s\",\"events_per_s\":%.0f,\"p50_us\":%.1f,"
+               "\"p99_us\":%.1f,\"peak_rss_kb\":%ld",
+               r.workload, r.system, r.events_per_s, r.p50_us, r.p99_us, r.peak_rss_kb);
+        if (strcmp(w, "W5") == 0)
+            printf(",\"scan_rss_added_kb\":%ld", r.extra_kb);
+        printf(",\"ok\":%s,\"note\":\"%s\"}\n", r.ok ? "true" : "false", r.note);
+    } else {
+        printf("| %-3s | %-14s | %12.0f | %9.1f | %9.1f | %9ld | %s%s |\n", r.workload, r.system,
+               r.events_per_s, r.p50_us, r.p99_us, r.peak_rss_kb, r.ok ? "" : "FAILED: ", r.note);
+    }
+    fflush(stdout);
+}
+
+static const result *find(const bench *b, const char *w, const char *sys)
+{
+    for (int i = 0; i < b->n_results; i++)
+        if (strcmp(b->results[i].workload, w) == 0 && strcmp(b->results[i].system, sys) == 0 &&
+            b->results[i].ok)
+            return &b->results[i];
+    return NULL;
+}
+
+static void ratio(const bench *b, const char *what, const char *w1, const char *s1, const char *w2,
+                  const char *s2, double target, bool higher_is_better, bool by_time)
+{
+    const result *x = find(b, w1, s1), *y = find(b, w2, s2);
+    if (!x || !y)
+        return;
+    double v = by_time ? (x->p50_us / y->p50_us) : (x->events_per_s / y->events_per_s);
+    bool met = higher_is_better ? v >= target : v <= target;
+    if (b->json)
+        printf("{\"target\":\"%s\",\"ratio\":%.2f,\"goal\":%.2f,\"met\":%s}\n", what, v, target,
+               met ? "true" : "false");
+    else
+        printf("| %-44s | %7.2f | %s %.2f | %s |\n", what, v, higher_is_better ? ">=" : "<=",
+               target, met ? "met" : "MISSED");
+}
+
+int esrc_bench(int json, int argc, char **argv)
+{
+    static const struct option longs[] = {{"help", no_argument, NULL, 'h'},
+                                          {"json", no_argument, NULL, 'J'},
+                                          {"scale", required_argument, NULL, 's'},
+                                          {"dir", required_argument, NULL, 'd'},
+                                          {"only", required_argument, NULL, 'o'},
+                                          {"systems", required_argument, NULL, 'y'},
+                                          {"keep", no_argument, NULL, 'k'},
+                                          {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: esrc bench [--scale F] [--only W1,W3,...] [--systems a,b] [--dir DIR]\n"
+        "                  [--keep] [--json]\n\n"
+        "Runs the workloads on eventsrc (lmdb and mem stores) and, in the same run\n"
+        "on the same data, on raw LMDB and SQLite:\n"
+        "  W1 durable one-event appends, 1 writer        W2 the same, 16 writer threads\n"
+        "  W3 1000-event commits over 1000 streams (1M)  W4 read one stream of 10,000\n"
+        "  W5 scan the global log                        W6 view get, cold and warm\n"
+        "  W7 saves with the unique-username rule, 4 threads on one company\n"
+        "--scale sizes the work (1 = the full run, minutes; 0.02 = seconds).\n"
+        "Data goes to --dir (default: a new temp dir), removed unless --keep.\n"
+        "Systems: eventsrc-lmdb, eventsrc-mem, lmdb-raw, sqlite.\n";
+    bench *b = calloc(1, sizeof *b);
+    bool keep = false, made_dir = false;
+    int c;
+    if (!b)
+        return ESRC_FAIL;
+    b->scale = 1.0;
+    b->json = json;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(help, stdout);
+            free(b);
+            return ESRC_OK;
+        case 'J':
+            b->json = 1;
+            break;
+        case 's': {
+            char *end;
+            b->scale = strtod(optarg, &end);
+            if (*end || b->scale <= 0 || b->scale > 100) {
+                fprintf(stderr, "esrc: bench: --scale must be a number in (0, 100]\n");
+                free(b);
+                return ESRC_USAGE;
+            }
+            break;
+        }
+        case 'd':
+            snprintf(b->dir, sizeof b->dir, "%s", optarg);
+            break;
+        case 'o':
+            b->only = optarg;
+            break;
+        case 'y':
+            b->systems = optarg;
+            break;
+        case 'k':
+            keep = true;
+            break;
+        default:
+            free(b);
+            return ESRC_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "esrc: bench: unexpected argument '%s' (see --help)\n", argv[optind]);
+        free(b);
+        return ESRC_USAGE;
+    }
+    if (!b->dir[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(b->dir, sizeof b->dir, "%s/esrc-bench-XXXXXX", tmp && *tmp ? tmp : "/var/tmp");
+        if (!mkdtemp(b->dir)) {
+            fprintf(stderr, "esrc: bench: cannot make a temp dir: %s\n", strerror(errno));
+            free(b);
+            return ESRC_FAIL;
+        }
+        made_dir = true;
+    } else if (mkdir(b->dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "esrc: bench: cannot make %s: %s\n", b->dir, strerror(errno));
+        free(b);
+        return ESRC_FAIL;
+    }
+    if (!b->json) {
+        printf("esrc bench: scale %g, data in %s\n\n", b->scale, b->dir);
+        printf("| W   | system         |     events/s |   p50 µs |   p99 µs |  peak RSS KiB | "
+               "notes |\n|-----|----------------|-------------:|----------:|----------:|----------:|"
+               "-------|\n");
+    }
+    for (size_t w = 0; w < sizeof WORKLOADS / sizeof *WORKLOADS; w++) {
+        if (!listed(b->only, WORKLOADS[w]))
+            continue;
+        /* W4 and W5 read W3's data: make it when W3 is not part of this run */
+        if ((strcmp(WORKLOADS[w], "W4") == 0 || strcmp(WORKLOADS[w], "W5") == 0) &&
+            !listed(b->only, "W3")) {
+            char probe[600];
+            path_of(probe, sizeof probe, b, "data-es");
+            if (access(probe, F_OK) != 0) {
+                fprintf(stderr, "esrc bench: loading W3's data first\n");
+                for (size_t s = 0; s < sizeof SYSTEMS / sizeof *SYSTEMS; s++)
+                    if (strcmp(SYSTEMS[s], "eventsrc-mem") != 0 && listed(b->systems, SYSTEMS[s]))
+                        run_one(b, "W3", SYSTEMS[s], true);
+            }
+        }
+        for (size_t s = 0; s < sizeof SYSTEMS / sizeof *SYSTEMS; s++)
+            if (listed(b->systems, SYSTEMS[s]))
+                run_one(b, WORKLOADS[w], SYSTEMS[s], false);
+    }
+    if (!b->json)
+        printf("\n| target (ratios within this run) | ratio | goal | |\n|---|---:|---|---|\n");
+    ratio(b, "W1 eventsrc-lmdb / lmdb-raw", "W1", "eventsrc-lmdb", "W1", "lmdb-raw", 0.9, true, false);
+    ratio(b, "W2 eventsrc-lmdb / its own W1", "W2", "eventsrc-lmdb", "W1", "eventsrc-lmdb", 10, true,
+          false);
+    ratio(b, "W3 eventsrc-lmdb / lmdb-raw", "W3", "eventsrc-lmdb", "W3", "lmdb-raw", 1.0, true, false);
+    ratio(b, "W3 eventsrc-lmdb / sqlite", "W3", "eventsrc-lmdb", "W3", "sqlite", 5.0, true, false);
+    ratio(b, "W4 eventsrc-lmdb time / lmdb-raw time", "W4", "eventsrc-lmdb", "W4", "lmdb-raw", 2.0,
+          false, true);
+    ratio(b, "W5 eventsrc-lmdb / lmdb-raw", "W5", "eventsrc-lmdb", "W5", "lmdb-raw", 0.5, true, false);
+    const result *w6 = find(b, "W6", "eventsrc-lmdb"), *w5 = find(b, "W5", "eventsrc-lmdb");
+    if (w6 && !b->json) {
+        printf("| %-44s | %7.1f | <= 10 µs | %s |\n", "W6 warm get median (µs)", w6->p50_us,
+               w6->p50_us <= 10 ? "met" : "MISSED");
+        printf("| %-44s | %7.2f | >= 5 M/s | %s |\n", "W6 cold fold (M events/s)",
+               w6->events_per_s / 1e6, w6->events_per_s >= 5e6 ? "met" : "MISSED");
+    }
+    if (w5 && !b->json)
+        printf("| %-44s | %7.1f | < 64 MiB | %s |\n", "W5 RSS added by the scan (MiB)",
+               (double)w5->extra_kb / 1024, w5->extra_kb < 64 * 1024 ? "met" : "MISSED");
+    if (made_dir && !keep)
+        rmrf(b->dir);
+    int failed = 0;
+    for (int i = 0; i < b->n_results; i++)
+        failed |= !b->results[i].ok;
+    free(b);
+    return failed ? ESRC_FAIL : ESRC_OK;
+}
