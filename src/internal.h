@@ -46,20 +46,31 @@ void es__chain_hash(uint8_t out[ES_HASH_SIZE], const uint8_t *prev, const uint8_
                     const char *type, size_t type_len, const void *data, size_t data_len,
                     const void *meta, size_t meta_len);
 
-/* Big-endian integer helpers. */
+/* Big-endian integer helpers (memcpy + byte swap: one load and one bswap). */
 static inline void es__put_u64(uint8_t *p, uint64_t v)
 {
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+    memcpy(p, &v, 8);
+#else
     for (int i = 7; i >= 0; i--) {
         p[i] = (uint8_t)v;
         v >>= 8;
     }
+#endif
 }
 static inline uint64_t es__get_u64(const uint8_t *p)
 {
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+#else
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
+#endif
 }
 static inline void es__put_u32(uint8_t *p, uint32_t v)
 {

@@ -43,9 +43,8 @@
 #define CHUNK 32
 #define REC_HDR 76
 #define FORMAT "eventsrc-lmdb-1"
-#define DEFAULT_MAP ((size_t)64 << 20)
+#define DEFAULT_MAP ((size_t)1 << 30) /* address space only; the file grows as written */
 #define READ_BATCH_EVENTS 1024
-#define READ_BATCH_BYTES ((size_t)4 << 20)
 #define GROUP_MAX 512
 
 /* LMDB's own codes are below ES__ERRNO_LAST, errno values above 0. */
@@ -115,12 +114,32 @@ static int lm_err(int rc, const char *what)
 
 /* ---- map size ---- */
 
-/* Adopt a size another process set (size 0), or grow to `size`.  Takes the
- * resize lock exclusively: no transaction of this process is open. */
-static int set_mapsize(lm_env *e, size_t size)
+/* Adopt a size another process set (size 0), or grow to `size`.  Needs the
+ * resize lock exclusively: no transaction of this process may be open, and
+ * open cursors hold one for up to a batch.  wait_ms bounds the wait (0: do
+ * not wait), so a thread that holds a cursor while it appends gets an
+ * error instead of a deadlock. */
+static int set_mapsize(lm_env *e, size_t size, int wait_ms)
 {
     int rc;
-    pthread_rwlock_wrlock(&e->resize);
+    if (wait_ms == 0) {
+        if (pthread_rwlock_trywrlock(&e->resize) != 0)
+            return ES_EUNAVAILABLE; /* quietly: the caller may go on */
+    } else {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (pthread_rwlock_timedwrlock(&e->resize, &until) != 0)
+            return es__err(size ? ES_EFULL : ES_EUNAVAILABLE,
+                           "the store's map must %s, which needs every cursor of this process "
+                           "freed (or read to its end) first",
+                           size ? "grow" : "be remapped after another process grew it");
+    }
     if (size == 0 || size > e->mapsize) {
         rc = mdb_env_set_mapsize(e->env, size);
         if (rc == 0) {
@@ -135,7 +154,11 @@ static int set_mapsize(lm_env *e, size_t size)
     return rc ? lm_err(rc, "growing the map") : 0;
 }
 
-/* Grow before a write when the used pages come near the end of the map. */
+#define GROW_WAIT_MS 2000
+
+/* Grow before a write when the used pages come near the end of the map;
+ * only when no cursor of this process is in the way (it is tried again on
+ * the next write, and a full map grows waiting). */
 static int maybe_grow(lm_env *e, size_t bytes_to_write)
 {
     MDB_envinfo info;
@@ -147,7 +170,8 @@ static int maybe_grow(lm_env *e, size_t bytes_to_write)
     size_t size = e->mapsize * 2;
     while (size < used + need * 2)
         size *= 2;
-    return set_mapsize(e, size);
+    int rc = set_mapsize(e, size, 0);
+    return rc == ES_EUNAVAILABLE ? 0 : rc;
 }
 
 /* Begin a read transaction with the resize lock held shared. */
@@ -161,7 +185,7 @@ static int rtxn_begin(lm_env *e, MDB_txn **txn)
         pthread_rwlock_unlock(&e->resize);
         if (rc != MDB_MAP_RESIZED)
             return lm_err(rc, "beginning a read");
-        if ((rc = set_mapsize(e, 0)) < 0)
+        if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
             return rc;
     }
 }
@@ -388,12 +412,10 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     e->ino = sb.st_ino;
     e->refs = 1;
     e->readonly = readonly;
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    /* A grower must not wait behind an endless stream of readers. */
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&e->resize, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Readers first: a thread reading through a cursor may take the lock
+     * again (head, views) while a grower waits; the grower's wait is
+     * bounded instead (set_mapsize). */
+    pthread_rwlock_init(&e->resize, NULL);
     pthread_mutex_init(&e->qlock, NULL);
     pthread_cond_init(&e->qcond, NULL);
 
@@ -675,7 +697,7 @@ static void commit_group(lm_env *e, lm_req *group)
         rc = mdb_txn_begin(e->env, NULL, 0, &txn);
         if (rc == MDB_MAP_RESIZED) {
             pthread_rwlock_unlock(&e->resize);
-            if ((rc = set_mapsize(e, 0)) < 0)
+            if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
                 goto fail_all;
             continue;
         }
@@ -719,7 +741,7 @@ static void commit_group(lm_env *e, lm_req *group)
         if (mrc == 0)
             return;
         if (mrc == MDB_MAP_FULL && attempt < 8) {
-            if ((rc = set_mapsize(e, e->mapsize * 2)) < 0)
+            if ((rc = set_mapsize(e, e->mapsize * 2, GROW_WAIT_MS)) < 0)
                 goto fail_all;
             continue;
         }
@@ -821,74 +843,73 @@ static int lm_last_position(void *be, uint64_t *out)
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : lm_err(rc, "reading the log");
 }
 
-/* Cursors copy a batch of records out of one short read transaction. */
+/*
+ * Cursors read a batch of up to READ_BATCH_EVENTS records in one read
+ * transaction and hand out pointers into the map (no copy).  The
+ * transaction stays open until the batch is used up, the cursor reaches its
+ * end, or it is freed — so a cursor left half-read pins one snapshot, and
+ * map growth waits for it (bounded, see set_mapsize).
+ */
 typedef struct lm_cursor {
     es_cursor base;
     lm_env *e;
-    es_buf buf;        /* copied records */
-    size_t *offsets;   /* record i starts at buf.data + offsets[i] */
-    uint64_t *positions;
+    MDB_txn *txn; /* held while a batch is being handed out */
+    es_event *evs; /* decoded while the records are hot in the cache */
     size_t n, i, cap;
-    es_event ev;
     bool done;
     /* stream cursors */
     uint8_t key[ES_MAX_KEY];
     size_t key_len;
     int backward;
     uint64_t next, stop;
-    /* log cursors: filters used to skip copying */
+    /* log cursors: filters used to skip records */
     uint8_t prefix[ES_MAX_KEY];
     size_t prefix_len;
     char type[ES_MAX_TYPE + 1];
     size_t type_len;
 } lm_cursor;
 
+static void cur_release(lm_cursor *c)
+{
+    if (c->txn) {
+        rtxn_end(c->e, c->txn);
+        c->txn = NULL;
+    }
+    c->n = c->i = 0;
+}
+
 static int cur_push(lm_cursor *c, const MDB_val *rec, uint64_t pos)
 {
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 64;
-        size_t *o = realloc(c->offsets, cap * sizeof *o);
-        if (!o)
+        es_event *r = realloc(c->evs, cap * sizeof *r);
+        if (!r)
             return es__err(ES_ENOMEM, "out of memory reading");
-        c->offsets = o;
-        uint64_t *p = realloc(c->positions, cap * sizeof *p);
-        if (!p)
-            return es__err(ES_ENOMEM, "out of memory reading");
-        c->positions = p;
+        c->evs = r;
         c->cap = cap;
     }
-    c->offsets[c->n] = c->buf.len;
-    c->positions[c->n] = pos;
-    c->n++;
-    return es_buf_put(&c->buf, rec->mv_data, rec->mv_size);
+    int rc = rec_decode(&c->evs[c->n], rec->mv_data, rec->mv_size, pos);
+    if (rc == 0)
+        c->n++;
+    return rc;
 }
 
-static bool batch_full(const lm_cursor *c)
-{
-    return c->n >= READ_BATCH_EVENTS || c->buf.len >= READ_BATCH_BYTES;
-}
-
-static int stream_fill(lm_cursor *c)
+static int stream_fill(lm_cursor *c, MDB_txn *txn)
 {
     lm_env *e = c->e;
-    MDB_txn *txn;
     MDB_cursor *lc = NULL;
     srow row;
     uint8_t chunk[CHUNK * 8];
     uint64_t cached = 0, lastpos = 0;
     int rc;
 
-    if ((rc = rtxn_begin(e, &txn)) < 0)
-        return rc;
     if ((rc = srow_get(e, txn, c->key, c->key_len, &row)) < 0)
-        goto done;
-    if ((rc = mdb_cursor_open(txn, e->log, &lc))) {
-        rc = lm_err(rc, "reading the log");
-        goto done;
-    }
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->log, &lc)))
+        return lm_err(rc, "reading the log");
     if (c->backward && c->next > row.head)
         c->next = row.head;
-    while (!batch_full(c)) {
+    while (c->n < READ_BATCH_EVENTS) {
         uint64_t seq = c->next, pos = 0;
         if (seq == 0 || seq > row.head || (c->backward ? seq < c->stop : seq > c->stop)) {
             c->done = true;
@@ -920,25 +941,15 @@ static int stream_fill(lm_cursor *c)
         lastpos = pos;
         if ((rc = cur_push(c, &v, pos)) < 0)
             goto done;
-        if (c->backward) {
-            if (seq == c->stop) {
-                c->done = true;
-                break;
-            }
-            c->next--;
-        } else {
-            if (seq == c->stop) {
-                c->done = true;
-                break;
-            }
-            c->next++;
+        if (seq == c->stop) {
+            c->done = true;
+            break;
         }
+        c->next = c->backward ? c->next - 1 : c->next + 1;
     }
     rc = 0;
 done:
-    if (lc)
-        mdb_cursor_close(lc);
-    rtxn_end(e, txn);
+    mdb_cursor_close(lc);
     return rc;
 }
 
@@ -956,21 +967,16 @@ static bool log_wanted(const lm_cursor *c, const MDB_val *v)
     return true;
 }
 
-static int log_fill(lm_cursor *c)
+static int log_fill(lm_cursor *c, MDB_txn *txn)
 {
-    lm_env *e = c->e;
-    MDB_txn *txn;
     MDB_cursor *lc;
     MDB_val k, v;
     uint8_t kb[8];
     int rc;
+    size_t scanned = 0;
 
-    if ((rc = rtxn_begin(e, &txn)) < 0)
-        return rc;
-    if ((rc = mdb_cursor_open(txn, e->log, &lc))) {
-        rtxn_end(e, txn);
+    if ((rc = mdb_cursor_open(txn, c->e->log, &lc)))
         return lm_err(rc, "reading the log");
-    }
     es__put_u64(kb, c->next);
     k = (MDB_val){8, kb};
     rc = mdb_cursor_get(lc, &k, &v, MDB_SET_RANGE);
@@ -979,7 +985,8 @@ static int log_fill(lm_cursor *c)
         if (log_wanted(c, &v) && (rc = cur_push(c, &v, pos)) < 0)
             break;
         c->next = pos + 1;
-        if (batch_full(c))
+        /* a filtered scan also stops now and then, to not pin a snapshot long */
+        if (c->n >= READ_BATCH_EVENTS || ++scanned >= 16 * READ_BATCH_EVENTS)
             break;
         rc = mdb_cursor_get(lc, &k, &v, MDB_NEXT);
     }
@@ -988,7 +995,6 @@ static int log_fill(lm_cursor *c)
     else if (!IS_ES(rc))
         rc = lm_err(rc, "reading the log");
     mdb_cursor_close(lc);
-    rtxn_end(e, txn);
     return rc;
 }
 
@@ -996,22 +1002,26 @@ static int cur_next(const es_event **out, es_cursor *cur, bool is_log)
 {
     lm_cursor *c = (lm_cursor *)cur;
     int rc;
-    if (c->i >= c->n) {
-        c->n = c->i = 0;
-        es_buf_reset(&c->buf);
+    while (c->i >= c->n) {
+        cur_release(c);
         if (!is_log && c->done)
             return ES_ITEROVER;
-        if ((rc = is_log ? log_fill(c) : stream_fill(c)) < 0)
+        if ((rc = rtxn_begin(c->e, &c->txn)) < 0) {
+            c->txn = NULL;
             return rc;
-        if (c->n == 0)
+        }
+        uint64_t before = c->next;
+        rc = is_log ? log_fill(c, c->txn) : stream_fill(c, c->txn);
+        if (rc < 0) {
+            cur_release(c);
+            return rc;
+        }
+        if (c->n == 0 && (!is_log || c->next == before)) {
+            cur_release(c); /* nothing more now: hold no snapshot while idle */
             return ES_ITEROVER;
+        }
     }
-    size_t end = c->i + 1 < c->n ? c->offsets[c->i + 1] : c->buf.len;
-    if ((rc = rec_decode(&c->ev, c->buf.data + c->offsets[c->i], end - c->offsets[c->i],
-                         c->positions[c->i])) < 0)
-        return rc;
-    c->i++;
-    *out = &c->ev;
+    *out = &c->evs[c->i++];
     return 0;
 }
 
@@ -1028,9 +1038,8 @@ static int log_next(const es_event **out, es_cursor *cur)
 static void cur_free(es_cursor *cur)
 {
     lm_cursor *c = (lm_cursor *)cur;
-    es_buf_free(&c->buf);
-    free(c->offsets);
-    free(c->positions);
+    cur_release(c);
+    free(c->evs);
     free(c);
 }
 
@@ -1201,7 +1210,7 @@ static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, 
         rc = mdb_txn_begin(e->env, NULL, 0, &txn);
         if (rc == MDB_MAP_RESIZED) {
             pthread_rwlock_unlock(&e->resize);
-            if ((rc = set_mapsize(e, 0)) < 0)
+            if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
                 return rc;
             continue;
         }
@@ -1216,7 +1225,7 @@ static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, 
             mdb_txn_abort(txn);
         pthread_rwlock_unlock(&e->resize);
         if (rc == MDB_MAP_FULL && attempt < 8) {
-            if ((rc = set_mapsize(e, e->mapsize * 2)) < 0)
+            if ((rc = set_mapsize(e, e->mapsize * 2, GROW_WAIT_MS)) < 0)
                 return rc;
             continue;
         }

@@ -727,7 +727,7 @@ static int mem_prepare(const bench *b, es_store **st, result *r)
 
 static int run_w4(const bench *b, const char *sys, result *r)
 {
-    enum { REPS = 50 };
+    enum { REPS = 300 };
     double lat[REPS];
     uint64_t got = 0;
     if (strncmp(sys, "eventsrc", 8) == 0) {
