@@ -46,6 +46,8 @@
 #define DEFAULT_MAP ((size_t)1 << 30) /* address space only; the file grows as written */
 #define READ_BATCH_EVENTS 1024
 #define GROUP_MAX 512
+#define LINGER_NS 150000L /* about one sync of this machine's disk */
+#define FILL_NS 50000L
 
 /* LMDB's own codes are below ES__ERRNO_LAST, errno values above 0. */
 #define IS_ES(rc) ((rc) <= 0 && (rc) > ES__ERRNO_LAST)
@@ -67,6 +69,14 @@ typedef struct lm_env {
     pthread_cond_t qcond;
     lm_req *qhead, *qtail;
     bool leader;
+    bool nosync;
+    /* Durability pipeline (see lm_append): commits are numbered; a commit is
+     * durable once a data sync that started after it has finished. */
+    uint64_t committed_gen, synced_gen;
+    bool syncing;
+    size_t inflight; /* threads inside lm_append */
+    size_t qlen, last_group;
+    pthread_cond_t lcond; /* a leader waiting for its group to fill */
     char path[];
 } lm_env;
 
@@ -83,6 +93,7 @@ struct lm_req {
     es_append_result *outs;
     int rc;
     bool done;
+    uint64_t gen; /* the commit that holds it (0: nothing to make durable) */
     char err[300];
 };
 
@@ -363,6 +374,7 @@ static void env_free(lm_env *e)
     pthread_rwlock_destroy(&e->resize);
     pthread_mutex_destroy(&e->qlock);
     pthread_cond_destroy(&e->qcond);
+    pthread_cond_destroy(&e->lcond);
     free(e);
 }
 
@@ -418,6 +430,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     pthread_rwlock_init(&e->resize, NULL);
     pthread_mutex_init(&e->qlock, NULL);
     pthread_cond_init(&e->qcond, NULL);
+    pthread_cond_init(&e->lcond, NULL);
 
     if ((rc = mdb_env_create(&e->env))) {
         e->env = NULL;
@@ -431,7 +444,10 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
         rc = lm_err(rc, "setting the map size");
         goto fail;
     }
-    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : 0) | (readonly ? MDB_RDONLY : 0);
+    /* Durable mode: each commit syncs its data pages; the meta page is made
+     * durable by the next sync (ours, or the next commit's), see lm_append. */
+    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : MDB_NOMETASYNC) | (readonly ? MDB_RDONLY : 0);
+    e->nosync = nosync;
     if ((rc = mdb_env_open(e->env, path, flags, 0644))) {
         rc = rc == EACCES || rc == EROFS
                  ? es__err(ES_EIO, "cannot open %s: %s", path, mdb_strerror(rc))
@@ -527,15 +543,14 @@ static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
 /* Apply one request inside txn at commit time t.  Returns 0, an ES_E*
  * code, or 1 with *mdb_rc set when LMDB failed (the caller decides: grow,
  * or fail). */
-static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
-                        es_append_result *out, int64_t t, int *mdb_rc)
+static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *last_pos,
+                        const es__append_req *req, es_append_result *out, int64_t t, int *mdb_rc)
 {
     lm_env *e = s->e;
     srow row;
-    MDB_cursor *logc = NULL;
     MDB_val key, v;
     uint8_t kb[ES_MAX_KEY + 8], posb[8];
-    uint64_t pos = 0;
+    uint64_t pos = *last_pos;
     int rc;
 
     *mdb_rc = 0;
@@ -549,14 +564,6 @@ static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
         return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
                        (unsigned long long)row.head);
     }
-    if ((rc = mdb_cursor_open(txn, e->log, &logc)))
-        goto mdb_fail;
-    rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
-    if (rc == 0)
-        pos = es__get_u64(key.mv_data);
-    else if (rc != MDB_NOTFOUND)
-        goto mdb_fail;
-
     const uint8_t *prev = row.head ? row.hash : NULL;
     const uint64_t head = row.head;
     uint8_t prevbuf[ES_HASH_SIZE];
@@ -614,8 +621,6 @@ static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
             row.n_tail = 0;
         }
     }
-    mdb_cursor_close(logc);
-    logc = NULL;
     memcpy(row.hash, prev, ES_HASH_SIZE);
     uint8_t rowb[44 + 8 * CHUNK];
     key = (MDB_val){req->stream_len, (void *)req->stream};
@@ -629,10 +634,9 @@ static int apply_append(lm_store *s, MDB_txn *txn, const es__append_req *req,
     out->time_us = t;
     out->head = row.head;
     out->replayed = 0;
+    *last_pos = pos;
     return 0;
 mdb_fail:
-    if (logc)
-        mdb_cursor_close(logc);
     *mdb_rc = rc;
     return 1;
 }
@@ -643,42 +647,42 @@ mdb_fail:
 static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
 {
     lm_env *e = r->s->e;
-    MDB_val key = {9, "last_time"}, v;
+    MDB_cursor *logc;
+    MDB_val key, v;
+    uint64_t pos = 0;
     int64_t last_time = 0, t;
     int rc;
-    bool wrote = false;
 
+    /* The last event gives the last position and the latest commit time. */
     *mdb_rc = 0;
-    rc = mdb_get(txn, e->meta, &key, &v);
-    if (rc == 0 && v.mv_size == 8)
-        last_time = (int64_t)es__get_u64(v.mv_data);
-    else if (rc && rc != MDB_NOTFOUND) {
+    if ((rc = mdb_cursor_open(txn, e->log, &logc))) {
         *mdb_rc = rc;
         return 1;
     }
-    if ((rc = es__commit_time(r->s->st, &r->reqs[0], last_time, &t)) < 0)
-        return rc;
-    for (size_t k = 0; k < r->n; k++) {
-        if ((rc = apply_append(r->s, txn, &r->reqs[k], &r->outs[k], t, mdb_rc)) != 0)
-            return rc;
-        wrote |= !r->outs[k].replayed;
-    }
-    if (wrote && t != last_time) {
-        uint8_t tb[8];
-        es__put_u64(tb, (uint64_t)t);
-        v = (MDB_val){8, tb};
-        if ((rc = mdb_put(txn, e->meta, &key, &v, 0))) {
-            *mdb_rc = rc;
-            return 1;
+    rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
+    if (rc == 0) {
+        pos = es__get_u64(key.mv_data);
+        if (v.mv_size < REC_HDR) {
+            mdb_cursor_close(logc);
+            return es__err(ES_ECORRUPT, "the last event record is malformed");
         }
+        last_time = (int64_t)es__get_u64((const uint8_t *)v.mv_data + 20);
+    } else if (rc != MDB_NOTFOUND) {
+        mdb_cursor_close(logc);
+        *mdb_rc = rc;
+        return 1;
     }
-    return 0;
+    rc = es__commit_time(r->s->st, &r->reqs[0], last_time, &t);
+    for (size_t k = 0; rc == 0 && k < r->n; k++)
+        rc = apply_append(r->s, txn, logc, &pos, &r->reqs[k], &r->outs[k], t, mdb_rc);
+    mdb_cursor_close(logc);
+    return rc;
 }
 
 /* Commit a group of client calls in one transaction (one fsync), each in
  * a nested transaction so that one failing call leaves the others.  Sets
  * each call's rc and error text. */
-static void commit_group(lm_env *e, lm_req *group)
+static bool commit_group(lm_env *e, lm_req *group)
 {
     size_t bytes = 0, n = 0;
     for (lm_req *r = group; r; r = r->next) {
@@ -708,22 +712,26 @@ static void commit_group(lm_env *e, lm_req *group)
         }
         for (lm_req *r = group; r; r = r->next) {
             MDB_txn *child = txn;
-            /* Alone, a call needs no nested transaction: on failure the
-             * whole transaction is dropped. */
-            if (n > 1 && (mrc = mdb_txn_begin(e->env, txn, 0, &child)))
+            /* A one-op call checks everything before it writes, so it can
+             * share the transaction; a multi-op call could fail on its
+             * second op after writing the first, so it gets a nested
+             * transaction when others share the commit.  (Alone, a failed
+             * call drops the whole transaction.) */
+            bool nest = n > 1 && r->n > 1;
+            if (nest && (mrc = mdb_txn_begin(e->env, txn, 0, &child)))
                 break;
             for (size_t k = 0; k < r->n; k++)
                 memset(&r->outs[k], 0, sizeof r->outs[k]);
             rc = apply_call(r, child, &mrc);
             if (rc == 1) { /* LMDB failed: the whole group is retried or failed */
-                if (n > 1)
+                if (nest)
                     mdb_txn_abort(child);
                 break;
             }
             mrc = 0;
-            if (rc == 0 && n > 1 && (mrc = mdb_txn_commit(child)))
+            if (rc == 0 && nest && (mrc = mdb_txn_commit(child)))
                 break;
-            if (rc < 0 && n > 1)
+            if (rc < 0 && nest)
                 mdb_txn_abort(child);
             r->rc = rc;
             if (rc < 0)
@@ -735,11 +743,12 @@ static void commit_group(lm_env *e, lm_req *group)
             mrc = mdb_txn_commit(txn);
             txn = NULL;
         }
+        bool committed = mrc == 0 && txn == NULL;
         if (txn)
             mdb_txn_abort(txn);
         pthread_rwlock_unlock(&e->resize);
         if (mrc == 0)
-            return;
+            return committed;
         if (mrc == MDB_MAP_FULL && attempt < 8) {
             if ((rc = set_mapsize(e, e->mapsize * 2, GROW_WAIT_MS)) < 0)
                 goto fail_all;
@@ -752,7 +761,7 @@ static void commit_group(lm_env *e, lm_req *group)
             memset(r->outs, 0, r->n * sizeof *r->outs);
             snprintf(r->err, sizeof r->err, "%s", es_error_last());
         }
-        return;
+        return false;
     }
 }
 
@@ -764,19 +773,53 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
 
     if (e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
+    /*
+     * Group commit.  Calls queue up; one thread at a time leads: it takes
+     * part of the queue, commits it in one transaction and wakes the others.
+     * A call is acknowledged only once its commit is durable: the commit
+     * synced its data pages, and its meta page gets synced by the next
+     * commit's data sync (which covers every earlier write to the file) or,
+     * when no commit is coming, by an explicit sync.
+     *
+     * A leader takes at most half of the calls in flight, so that two groups
+     * alternate: while one waits for its meta page, the other commits and
+     * syncs it.  Under load a group then costs one sync, not two.
+     */
+    bool lingered = false;
     pthread_mutex_lock(&e->qlock);
+    e->inflight++;
     if (e->qtail)
         e->qtail->next = &me;
     else
         e->qhead = &me;
     e->qtail = &me;
-    while (!me.done) {
-        if (!e->leader) {
-            /* Lead: take what is queued (me among it), commit it, wake them. */
+    e->qlen++;
+    pthread_cond_signal(&e->lcond);
+    for (;;) {
+        if (me.done && (me.rc < 0 || me.gen <= e->synced_gen))
+            break;
+        if (!me.done && !e->leader) {
             e->leader = true;
+            size_t cap = (e->inflight + 1) / 2;
+            cap = cap < 1 ? 1 : cap > GROUP_MAX ? GROUP_MAX : cap;
+            /* The writers of the last group come back one by one: wait a
+             * moment for them rather than commit a group of one. */
+            size_t want = e->last_group < cap ? e->last_group : cap;
+            if (e->qlen < want) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_nsec += FILL_NS;
+                if (until.tv_nsec >= 1000000000L) {
+                    until.tv_sec++;
+                    until.tv_nsec -= 1000000000L;
+                }
+                while (e->qlen < want &&
+                       pthread_cond_timedwait(&e->lcond, &e->qlock, &until) == 0)
+                    ;
+            }
             lm_req *group = e->qhead, *last = group;
             size_t taken = 1;
-            while (last->next && taken < GROUP_MAX) {
+            while (last->next && taken < cap) {
                 last = last->next;
                 taken++;
             }
@@ -784,19 +827,58 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
             if (!e->qhead)
                 e->qtail = NULL;
             last->next = NULL;
+            e->qlen -= taken;
+            e->last_group = taken;
             pthread_mutex_unlock(&e->qlock);
-            commit_group(e, group);
+            bool committed = commit_group(e, group);
             pthread_mutex_lock(&e->qlock);
+            uint64_t gen = e->committed_gen;
+            if (committed) {
+                gen = ++e->committed_gen;
+                /* this commit's data sync made every earlier commit durable */
+                if (gen - 1 > e->synced_gen)
+                    e->synced_gen = gen - 1;
+            }
             for (lm_req *r = group, *nx; r; r = nx) {
                 nx = r->next;
+                r->gen = e->nosync ? 0 : gen;
                 r->done = true;
             }
             e->leader = false;
+            pthread_cond_broadcast(&e->qcond);
+        } else if (me.done && !e->syncing && !e->leader && !e->qhead && !lingered &&
+                   e->inflight > 1) {
+            /* Others are about: one may be back with an append within a
+             * moment, and its commit would sync us for free. */
+            lingered = true;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += LINGER_NS;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->qcond, &e->qlock, &until);
+        } else if (me.done && !e->syncing && !e->leader && !e->qhead) {
+            /* no commit is coming to sync us: sync now */
+            e->syncing = true;
+            uint64_t target = e->committed_gen;
+            pthread_mutex_unlock(&e->qlock);
+            int rc = mdb_env_sync(e->env, 1);
+            pthread_mutex_lock(&e->qlock);
+            e->syncing = false;
+            if (rc == 0 && target > e->synced_gen)
+                e->synced_gen = target;
+            if (rc && me.gen > e->synced_gen) {
+                me.rc = lm_err(rc, "syncing to disk");
+                snprintf(me.err, sizeof me.err, "%s", es_error_last());
+            }
             pthread_cond_broadcast(&e->qcond);
         } else {
             pthread_cond_wait(&e->qcond, &e->qlock);
         }
     }
+    e->inflight--;
     pthread_mutex_unlock(&e->qlock);
     if (me.rc < 0) {
         /* The call wrote nothing: clear the results of the ops applied
