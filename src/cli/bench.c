@@ -1159,7 +1159,7 @@ int esrc_bench(int json, int argc, char **argv)
     b->scale = 1.0;
     b->json = json;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:h", longs, NULL)) != -1) {
         switch (c) {
         case 'h':
             fputs(help, stdout);
@@ -1191,6 +1191,8 @@ int esrc_bench(int json, int argc, char **argv)
             keep = true;
             break;
         default:
+            fprintf(stderr, "esrc: bench: unknown option or missing value in '%s' (see --help)\n",
+                    argv[optind - 1]);
             free(b);
             return ESRC_USAGE;
         }

@@ -83,6 +83,9 @@ static int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
 
 /* ---- options common to every command ---- */
 
+/* The command's argv, for messages about its options (getopt's own are off). */
+static char **current_argv;
+
 #define COMMON_OPTS                                                                              \
     {"help", no_argument, NULL, 'h'}, {"store", required_argument, NULL, 'S'},                   \
         {"json", no_argument, NULL, 'J'}
@@ -100,6 +103,10 @@ static int common_opt(esrc_ctx *cx, int c, const char *help)
         cx->json = 1;
         return ESRC_OK;
     case '?':
+        usage_error("%s: unknown option '%s'", current_argv[0], current_argv[optind - 1]);
+        return ESRC_USAGE;
+    case ':':
+        usage_error("%s: '%s' needs a value", current_argv[0], current_argv[optind - 1]);
         return ESRC_USAGE;
     default:
         return -1;
@@ -308,7 +315,7 @@ static int cmd_init(esrc_ctx *cx, int argc, char **argv)
     es_store *st;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -348,7 +355,7 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
     int c, rc;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         if (c == 'e') {
             if ((rc = parse_expect(&expected, optarg)))
@@ -430,7 +437,7 @@ static int cmd_read(esrc_ctx *cx, int argc, char **argv)
     int c, rc;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         if (c == 'f')
             rc = parse_u64(&o.from_seq, optarg, "--from");
@@ -500,7 +507,7 @@ static int cmd_log(esrc_ctx *cx, int argc, char **argv)
     int c, rc = 0;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         if (c == 'f')
             rc = parse_u64(&o.from_position, optarg, "--from");
@@ -595,7 +602,7 @@ static int cmd_streams(esrc_ctx *cx, int argc, char **argv)
     es_store *st;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         if (c == 'p')
             prefix = optarg;
@@ -626,7 +633,7 @@ static int cmd_head(esrc_ctx *cx, int argc, char **argv)
     uint64_t h;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -662,7 +669,7 @@ static int cmd_stats(esrc_ctx *cx, int argc, char **argv)
     es_store_stats s;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -707,7 +714,7 @@ static int cmd_verify(esrc_ctx *cx, int argc, char **argv)
     es_verify_result v;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -805,7 +812,7 @@ static int cmd_export(esrc_ctx *cx, int argc, char **argv)
     progress p;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         if (c == 'p') {
             o.prefix = optarg;
@@ -1019,7 +1026,7 @@ static int cmd_import(esrc_ctx *cx, int argc, char **argv)
     int c, rc;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -1165,7 +1172,7 @@ static int cmd_demo(esrc_ctx *cx, int argc, char **argv)
     int c, rc;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
@@ -1257,8 +1264,11 @@ int main(int argc, char **argv)
     if (i >= argc)
         return usage_error("no command given");
     for (size_t k = 0; k < sizeof commands / sizeof *commands; k++) {
-        if (strcmp(argv[i], commands[k].name) == 0)
+        if (strcmp(argv[i], commands[k].name) == 0) {
+            current_argv = argv + i;
+            opterr = 0;
             return commands[k].run(&cx, argc - i, argv + i);
+        }
     }
     return usage_error("unknown command '%s'", argv[i]);
 }
