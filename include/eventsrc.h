@@ -217,7 +217,10 @@ typedef struct es_open_options {
  * Open a store.
  *
  * URIs: "mem:" (in memory, gone at es_store_close; "mem:NAME" is the same),
- * "lmdb:PATH" (PATH a directory, created if missing),
+ * "lmdb:PATH" (PATH a directory, created if missing; options may follow
+ * as a query: "lmdb:PATH?nosync" is ES_OPEN_NOSYNC, "?map_size=BYTES" the
+ * initial map size; an unknown option is ES_EINVAL.  Processes and handles
+ * sharing one directory share its first opener's sync mode),
  * "postgres://…" / "postgresql://…" (libpq connection URI).
  *
  * @param[out] out   the store, to be closed with es_store_close

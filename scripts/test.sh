@@ -6,9 +6,17 @@
 # PostgreSQL server binaries are installed, this script starts a throwaway
 # cluster in a temp dir on a loopback port and stops it at the end.  With
 # neither, those tests report themselves skipped.
+#
+# Usage: scripts/test.sh [--soak]
+#   --soak  the long runs: 1000 SIGKILL rounds, longer randomised model tests.
 set -eu
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
+case "${1:-}" in
+"") ;;
+--soak) ES_SOAK=1; export ES_SOAK; echo "test: soak mode (long crash and model runs)" ;;
+*) echo "usage: scripts/test.sh [--soak]" >&2; exit 2 ;;
+esac
 
 pg_started=
 cleanup() {
@@ -29,7 +37,7 @@ echo "== build (warnings are errors)"
 cmake -S . -B build -DES_WERROR=ON >/dev/null
 cmake --build build -j"$JOBS"
 echo "== tests"
-(cd build && ctest --output-on-failure -j"$JOBS")
+(cd build && ctest --output-on-failure -j"$JOBS" ${ES_SOAK:+--timeout 7200})
 
 echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DES_WERROR=ON -DES_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null

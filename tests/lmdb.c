@@ -99,6 +99,34 @@ static void test_same_directory_twice_shares_one_environment(void **state)
     remove_dir(dir);
 }
 
+static void test_uri_options(void **state)
+{
+    (void)state;
+    char dir[256], uri[400];
+    es_store *st;
+    make_dir(dir, sizeof dir);
+    const char *bad[] = {"?bogus", "?nosync=maybe", "?map_size=12", "?map_size=", "?map_size=1x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(uri, sizeof uri, "lmdb:%s/sub%s", dir, bad[i]);
+        assert_int_equal(es_store_open(&st, uri, NULL), ES_EINVAL);
+        assert_non_null(strstr(es_error_last(), "lmdb:"));
+        /* nothing was created */
+        snprintf(uri, sizeof uri, "%s/sub", dir);
+        assert_int_equal(access(uri, F_OK), -1);
+    }
+    snprintf(uri, sizeof uri, "lmdb:%s/sub?nosync&map_size=2097152", dir);
+    TU_EXPECT_OK(es_store_open(&st, uri, NULL));
+    TU_EXPECT_OK(tu_append1(st, "s", 0, "T", "x", NULL));
+    es_store_close(st);
+    snprintf(uri, sizeof uri, "%s/sub", dir);
+    open_dir(&st, uri, ES_OPEN_READONLY);
+    uint64_t h;
+    TU_EXPECT_OK(es_stream_head(&h, st, "s", 1));
+    assert_int_equal(h, 1);
+    es_store_close(st);
+    remove_dir(dir);
+}
+
 static void test_read_only_and_missing_stores(void **state)
 {
     (void)state;
@@ -511,6 +539,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_map_grows_by_itself),
         cmocka_unit_test(test_same_directory_twice_shares_one_environment),
         cmocka_unit_test(test_read_only_and_missing_stores),
+        cmocka_unit_test(test_uri_options),
         cmocka_unit_test(test_sigkill_never_loses_acknowledged_appends),
         cmocka_unit_test(test_four_processes_append_and_save_on_shared_keys),
         cmocka_unit_test(test_full_disk_is_a_clear_error_and_changes_nothing),

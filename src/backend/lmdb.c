@@ -488,20 +488,72 @@ static void env_release(lm_env *e)
     pthread_mutex_unlock(&envs_lock);
 }
 
+/* "lmdb:DIR?nosync&map_size=N": options in the URI's query, for tools that
+ * only take a URI.  They add to the open options; an unknown one is an error. */
+static int parse_query(char *q, es_open_options *o)
+{
+    for (char *item = q, *next; item && *item; item = next) {
+        if ((next = strchr(item, '&')))
+            *next++ = '\0';
+        char *val = strchr(item, '=');
+        if (val)
+            *val++ = '\0';
+        if (strcmp(item, "nosync") == 0) {
+            unsigned bit = ES_OPEN_NOSYNC;
+            if (!val || strcmp(val, "1") == 0 || strcmp(val, "true") == 0)
+                o->flags |= bit;
+            else if (strcmp(val, "0") == 0 || strcmp(val, "false") == 0)
+                o->flags &= ~bit;
+            else
+                return es__err(ES_EINVAL, "lmdb: option %s takes 1/true or 0/false, not '%.40s'",
+                               item, val);
+        } else if (strcmp(item, "map_size") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = val ? strtoull(val, &end, 10) : 0;
+            if (!val || !*val || *end || errno || v < (1u << 20) || v > (1ull << 44))
+                return es__err(ES_EINVAL,
+                               "lmdb: map_size takes a byte count from 1 MiB to 16 TiB");
+            o->map_size = v;
+        } else {
+            return es__err(ES_EINVAL,
+                           "lmdb: unknown URI option '%.40s' (known: nosync, map_size)",
+                           item);
+        }
+    }
+    return 0;
+}
+
 static int lm_open(void **out, const char *path, const es_open_options *opts, es_store *st)
 {
+    es_open_options o = *opts;
     lm_store *s;
+    char *dir;
     int rc;
-    if (!*path)
+    if (!*path || *path == '?')
         return es__err(ES_EINVAL, "lmdb: needs a directory, e.g. lmdb:./eventsrc.db");
     if (strlen(path) > 4000)
         return es__err(ES_EINVAL, "lmdb: path is too long");
-    if (!(s = calloc(1, sizeof *s)))
+    if (!(dir = strdup(path)))
         return es__err(ES_ENOMEM, "out of memory opening %s", path);
-    if ((rc = env_open(&s->e, path, opts)) < 0) {
+    char *q = strchr(dir, '?');
+    if (q) {
+        *q++ = '\0';
+        if ((rc = parse_query(q, &o)) < 0) {
+            free(dir);
+            return rc;
+        }
+    }
+    if (!(s = calloc(1, sizeof *s))) {
+        free(dir);
+        return es__err(ES_ENOMEM, "out of memory opening %s", path);
+    }
+    if ((rc = env_open(&s->e, dir, &o)) < 0) {
+        free(dir);
         free(s);
         return rc;
     }
+    free(dir);
     s->st = st;
     *out = s;
     return 0;
