@@ -317,8 +317,21 @@ ES_EXTERN int es_append_multi(es_append_result *out, es_store *store, const es_a
 ES_EXTERN int es_stream_head(uint64_t *out, es_store *store, const void *stream,
                              size_t stream_len);
 
-/** The store's last global position (0 when empty). */
+/** The store's last global position (0 when empty): every event up to it
+ *  is visible to a log cursor.  Positions increase but need not be dense
+ *  (postgres: a transaction id times 16384 plus the index in the commit). */
 ES_EXTERN int es_store_last_position(uint64_t *out, es_store *store);
+
+/**
+ * Wait until the global log has an event past `after` (its last position >
+ * after), for tailing.  postgres: woken by LISTEN/NOTIFY, and polls every
+ * 250 ms as well, so it works behind a transaction-pooling proxy too; lmdb
+ * and mem: polls every 5 ms (another process may be the writer).
+ * @param timeout_ms  0..86400000
+ * @return 0 (there is a new event), ES_ITEROVER (the timeout passed),
+ *         ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_log_wait(es_store *store, uint64_t after, int timeout_ms);
 
 /* ------------------------------------------------------------------ */
 /* Cursors                                                              */

@@ -93,6 +93,9 @@ typedef struct es__backend {
     int (*snap_list)(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
                      size_t *n);
     int (*snap_del)(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);
+    /* Optional: wait until the log's last position is past `after` (0) or
+     * timeout_ms passes (ES_ITEROVER).  NULL: the library polls. */
+    int (*wait)(void *be, uint64_t after, int timeout_ms);
     /* Test hook: flip byte `offset` (mod the field's size) of one field of the
      * event at `position`, below the API, as a disk fault or an attacker would. */
     int (*tamper)(void *be, uint64_t position, int field, size_t offset);

@@ -155,6 +155,17 @@ static int verify_stream(es_verify_result *r, es_store *st, const void *stream, 
         es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq};
         fail(r, &e, "stream index and global log disagree");
     }
+    if (r->ok && !expect) {
+        /* alone, a stream must still reach its recorded head */
+        uint64_t head;
+        if ((rc = es_stream_head(&head, st, stream, len)) < 0)
+            return rc;
+        if (head != vs.seq) {
+            es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq + 1};
+            fail(r, &e, "stream head is %llu but its events end at seq %llu",
+                 (unsigned long long)head, (unsigned long long)vs.seq);
+        }
+    }
     r->streams_checked++;
     return 0;
 }

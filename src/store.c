@@ -374,6 +374,33 @@ int es_stream_head(uint64_t *out, es_store *st, const void *stream, size_t strea
     return st->ops->head(st->be, stream, stream_len, out);
 }
 
+int es_log_wait(es_store *st, uint64_t after, int timeout_ms)
+{
+    if (!st)
+        return es__err(ES_EINVAL, "es_log_wait: store is NULL");
+    if (timeout_ms < 0 || timeout_ms > 86400000)
+        return es__err(ES_EINVAL, "es_log_wait: timeout_ms must be 0..86400000, not %d",
+                       timeout_ms);
+    if (st->ops->wait)
+        return st->ops->wait(st->be, after, timeout_ms);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        uint64_t last;
+        int rc = st->ops->last_position(st->be, &last);
+        if (rc < 0)
+            return rc;
+        if (last > after)
+            return 0;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t ms = (int64_t)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (ms >= timeout_ms)
+            return ES_ITEROVER;
+        struct timespec nap = {0, 5000000};
+        nanosleep(&nap, NULL);
+    }
+}
+
 int es_store_last_position(uint64_t *out, es_store *st)
 {
     if (!out || !st)

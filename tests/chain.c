@@ -19,7 +19,7 @@ static const char *field_names[ES__F_COUNT] = {"key",  "seq",  "position", "time
 enum { EVENTS = 7 };
 
 /* Seven events over three streams, every field non-empty. */
-static void fill(es_store *st, char streams[EVENTS][8])
+static void fill(es_store *st, char streams[EVENTS][8], uint64_t positions[EVENTS])
 {
     static const char *keys[EVENTS] = {"a", "bb", "a", "ccc", "bb", "a", "ccc"};
     for (int i = 0; i < EVENTS; i++) {
@@ -29,8 +29,10 @@ static void fill(es_store *st, char streams[EVENTS][8])
         snprintf(type, sizeof type, "Type%d", i);
         es_event_new ev = {.type = type, .data = data, .data_len = strlen(data), .meta = meta,
                            .meta_len = strlen(meta)};
-        TU_EXPECT_OK(es_append(NULL, st, keys[i], strlen(keys[i]), ES_EXPECT_ANY, &ev, 1));
+        es_append_result r;
+        TU_EXPECT_OK(es_append(&r, st, keys[i], strlen(keys[i]), ES_EXPECT_ANY, &ev, 1));
         snprintf(streams[i], 8, "%s", keys[i]);
+        positions[i] = r.first_position; /* dense on some stores, not on others */
     }
 }
 
@@ -43,13 +45,14 @@ static void test_verify_detects_every_flipped_field(void **state)
         for (uint64_t pos = 1; pos <= EVENTS; pos++) {
             tu_store ts;
             char streams[EVENTS][8];
+            uint64_t positions[EVENTS];
             tu_open(&ts);
-            fill(ts.st, streams);
+            fill(ts.st, streams, positions);
             es_verify_result v;
             TU_EXPECT_OK(es_verify(&v, ts.st, NULL, 0));
             assert_true(v.ok);
             size_t offset = (size_t)tu_rand_below(&rng, 64);
-            int rc = ts.st->ops->tamper(ts.st->be, pos, field, offset);
+            int rc = ts.st->ops->tamper(ts.st->be, positions[pos - 1], field, offset);
             if (rc)
                 fail_msg("tamper %s of event %llu: %s", field_names[field],
                          (unsigned long long)pos, es_error_last());
@@ -60,6 +63,14 @@ static void test_verify_detects_every_flipped_field(void **state)
                          field_names[field], (unsigned long long)pos, offset);
             /* the stream the event belongs to fails alone too (the position
              * lives in the log; a stream walk sees it through the index) */
+            /* On postgres a position exists once, in the event's row, and
+             * positions are not hashed: only the whole-log walk (above) sees
+             * a moved position, as an event out of order. */
+            if (field == ES__F_POSITION && strcmp(tu_backend, "pg") == 0) {
+                cases++;
+                tu_close(&ts);
+                continue;
+            }
             es_verify_result sv;
             const char *k = streams[pos - 1];
             rc = es_verify(&sv, ts.st, k, strlen(k));
@@ -79,13 +90,14 @@ static void test_verify_reports_the_first_bad_event(void **state)
     (void)state;
     tu_store ts;
     char streams[EVENTS][8];
+    uint64_t positions[EVENTS];
     tu_open(&ts);
-    fill(ts.st, streams);
-    TU_EXPECT_OK(ts.st->ops->tamper(ts.st->be, 3, ES__F_DATA, 4));
+    fill(ts.st, streams, positions);
+    TU_EXPECT_OK(ts.st->ops->tamper(ts.st->be, positions[2], ES__F_DATA, 4));
     es_verify_result v;
     TU_EXPECT_OK(es_verify(&v, ts.st, NULL, 0));
     assert_false(v.ok);
-    assert_int_equal(v.bad_position, 3);
+    assert_int_equal(v.bad_position, positions[2]);
     assert_int_equal(v.bad_seq, 2);
     assert_int_equal(v.bad_stream_len, 1);
     assert_memory_equal(v.bad_stream, "a", 1);
