@@ -333,6 +333,19 @@ ES_EXTERN int es_store_last_position(uint64_t *out, es_store *store);
  */
 ES_EXTERN int es_log_wait(es_store *store, uint64_t after, int timeout_ms);
 
+/**
+ * Wait until the global log, read through any handle, shows every event this
+ * handle has had acknowledged (read your writes on the log).  Stream reads
+ * and heads always show an acknowledged append at once; the global log may
+ * lag: on postgres it shows an event only once every transaction that
+ * started before it has ended (milliseconds, or as long as a long
+ * transaction elsewhere lasts).  mem and lmdb: returns at once.
+ * @param timeout_ms  0..86400000
+ * @return 0, ES_EUNAVAILABLE (the log did not catch up in time), ES_EINVAL,
+ *         ES_EIO.
+ */
+ES_EXTERN int es_log_catch_up(es_store *store, int timeout_ms);
+
 /* ------------------------------------------------------------------ */
 /* Cursors                                                              */
 /* ------------------------------------------------------------------ */

@@ -29,7 +29,9 @@ trap cleanup EXIT INT TERM
 if [ -z "${ES_TEST_PG_URI:-}" ] && [ -x scripts/pg-temp.sh ] && ./scripts/pg-temp.sh available; then
     pg_started=$(mktemp -d /tmp/es-pg-XXXXXX)
     ES_TEST_PG_URI=$(./scripts/pg-temp.sh start "$pg_started")
-    export ES_TEST_PG_URI
+    # the restart test bounces this server mid-run
+    ES_TEST_PG_RESTART="$PWD/scripts/pg-temp.sh restart $pg_started"
+    export ES_TEST_PG_URI ES_TEST_PG_RESTART
     echo "test: started a throwaway PostgreSQL at $ES_TEST_PG_URI"
 fi
 

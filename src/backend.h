@@ -96,6 +96,10 @@ typedef struct es__backend {
     /* Optional: wait until the log's last position is past `after` (0) or
      * timeout_ms passes (ES_ITEROVER).  NULL: the library polls. */
     int (*wait)(void *be, uint64_t after, int timeout_ms);
+    /* Optional: a position that no event committed so far can have or pass
+     * (postgres: the next transaction id's first position).  NULL: the last
+     * position plus one (stores that commit in position order). */
+    int (*position_ceiling)(void *be, uint64_t *out);
     /* Test hook: flip byte `offset` (mod the field's size) of one field of the
      * event at `position`, below the API, as a disk fault or an attacker would. */
     int (*tamper)(void *be, uint64_t position, int field, size_t offset);

@@ -124,15 +124,34 @@ static void check_event(es_verify_result *r, vstream *vs, const es_event *ev)
     digest_step(vs->pos_digest, ev->seq, ev->position);
 }
 
+/*
+ * Walk one stream through its index and check every event's chain.  `head`
+ * is the stream's head read before the walk: the walk must reach it
+ * (appends made meanwhile only add events).  With `expect` (the whole-store
+ * check), the stream's events up to global position `cut` — the end of the
+ * log walk — must be exactly those the log walk saw; events after the cut
+ * were appended (or became visible) since, and are checked on their own.
+ */
+/* The event with the highest position past the cut, checked at the end
+ * against the store's position ceiling. */
+typedef struct beyond {
+    uint64_t position, seq;
+    uint8_t stream[ES_MAX_KEY];
+    size_t stream_len;
+} beyond;
+
 static int verify_stream(es_verify_result *r, es_store *st, const void *stream, size_t len,
-                         const vstream *expect)
+                         uint64_t head, const vstream *expect, uint64_t cut, beyond *far)
 {
     es_cursor *c = NULL;
     const es_event *ev;
     vstream vs;
+    uint64_t upto_seq = 0;
+    uint8_t upto_digest[ES_HASH_SIZE];
     int rc;
 
     memset(&vs, 0, sizeof vs);
+    memset(upto_digest, 0, sizeof upto_digest);
     if ((rc = es_stream_cursor(&c, st, stream, len, NULL)) < 0)
         return rc;
     while ((rc = es_cursor_next(&ev, c)) == 0) {
@@ -141,30 +160,33 @@ static int verify_stream(es_verify_result *r, es_store *st, const void *stream, 
             break;
         }
         check_event(r, &vs, ev);
-        if (!expect)
-            r->events_checked++;
         if (!r->ok)
             break;
+        if (expect && ev->position <= cut) {
+            upto_seq = vs.seq;
+            memcpy(upto_digest, vs.pos_digest, ES_HASH_SIZE);
+        } else {
+            r->events_checked++;
+            if (far && ev->position > far->position) {
+                far->position = ev->position;
+                far->seq = ev->seq;
+                far->stream_len = len;
+                memcpy(far->stream, stream, len);
+            }
+        }
     }
     es_cursor_free(c);
     if (rc != ES_ITEROVER && rc < 0)
         return rc;
     if (r->ok && expect &&
-        (vs.seq != expect->seq ||
-         memcmp(vs.pos_digest, expect->pos_digest, ES_HASH_SIZE) != 0)) {
-        es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq};
+        (upto_seq != expect->seq || memcmp(upto_digest, expect->pos_digest, ES_HASH_SIZE) != 0)) {
+        es_event e = {.stream = stream, .stream_len = len, .seq = upto_seq};
         fail(r, &e, "stream index and global log disagree");
     }
-    if (r->ok && !expect) {
-        /* alone, a stream must still reach its recorded head */
-        uint64_t head;
-        if ((rc = es_stream_head(&head, st, stream, len)) < 0)
-            return rc;
-        if (head != vs.seq) {
-            es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq + 1};
-            fail(r, &e, "stream head is %llu but its events end at seq %llu",
-                 (unsigned long long)head, (unsigned long long)vs.seq);
-        }
+    if (r->ok && vs.seq < head) {
+        es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq + 1};
+        fail(r, &e, "stream head is %llu but its events end at seq %llu",
+             (unsigned long long)head, (unsigned long long)vs.seq);
     }
     r->streams_checked++;
     return 0;
@@ -174,26 +196,25 @@ typedef struct walk_ctx {
     es_verify_result *r;
     es_store *st;
     es__map *seen;
-    uint64_t listed;
+    uint64_t cut;
+    uint64_t listed; /* listed streams that the log walk saw */
+    beyond far;
 } walk_ctx;
 
 static int verify_listed(const uint8_t *stream, size_t len, uint64_t head, void *payload)
 {
+    static const vstream none; /* a stream the log walk did not see */
     walk_ctx *w = payload;
     vstream *vs = es__map_get(w->seen, stream, len);
-    w->listed++;
-    if (!vs) {
-        es_event e = {.stream = stream, .stream_len = len, .seq = head};
-        fail(w->r, &e, "stream is listed but has no event in the global log");
-        return 1;
-    }
-    if (vs->seq != head) {
+    if (vs)
+        w->listed++;
+    if (vs && head < vs->seq) {
         es_event e = {.stream = stream, .stream_len = len, .seq = head};
         fail(w->r, &e, "stream head %llu but the global log holds %llu events",
              (unsigned long long)head, (unsigned long long)vs->seq);
         return 1;
     }
-    int rc = verify_stream(w->r, w->st, stream, len, vs);
+    int rc = verify_stream(w->r, w->st, stream, len, head, vs ? vs : &none, w->cut, &w->far);
     if (rc < 0)
         return rc;
     return w->r->ok ? 0 : 1;
@@ -214,7 +235,10 @@ int es_verify(es_verify_result *out, es_store *st, const void *stream, size_t st
     if (stream) {
         if (stream_len == 0 || stream_len > ES_MAX_KEY)
             return es__err(stream_len ? ES_ETOOBIG : ES_EINVAL, "es_verify: bad stream key length");
-        return verify_stream(out, st, stream, stream_len, NULL);
+        uint64_t head;
+        if ((rc = es_stream_head(&head, st, stream, stream_len)) < 0)
+            return rc;
+        return verify_stream(out, st, stream, stream_len, head, NULL, 0, NULL);
     }
 
     /* Pass 1: the global log, in position order. */
@@ -252,10 +276,28 @@ int es_verify(es_verify_result *out, es_store *st, const void *stream, size_t st
         goto done;
 
     /* Pass 2: every stream through its index; it must agree with the log. */
-    walk_ctx w = {out, st, &seen, 0};
+    walk_ctx w = {out, st, &seen, last_pos, 0, {0}};
     if ((rc = es_streams(st, NULL, 0, verify_listed, &w)) < 0 && rc != ES_EUSER)
         goto done;
     rc = 0;
+    /* Events past the cut were committed after the log walk, or are still
+     * behind the log's horizon; none may sit where no commit can be yet
+     * (a position moved into the future hides an event from readers). */
+    if (out->ok && w.far.position) {
+        uint64_t ceiling;
+        if (st->ops->position_ceiling)
+            rc = st->ops->position_ceiling(st->be, &ceiling);
+        else if ((rc = st->ops->last_position(st->be, &ceiling)) == 0)
+            ceiling++;
+        if (rc < 0)
+            goto done;
+        if (w.far.position >= ceiling) {
+            es_event e = {.stream = w.far.stream, .stream_len = w.far.stream_len,
+                          .seq = w.far.seq, .position = w.far.position};
+            fail(out, &e, "position %llu is past every position assigned so far",
+                 (unsigned long long)w.far.position);
+        }
+    }
     if (out->ok && w.listed != seen.count) {
         out->ok = 0;
         snprintf(out->reason, sizeof out->reason,

@@ -9,6 +9,7 @@
 #include "eventsrc.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -29,6 +30,8 @@ struct es_store {
     es_clock_fn clock;
     void *clock_payload;
     unsigned flags;
+    /* the highest position this handle has had acknowledged (catch-up) */
+    _Atomic uint64_t max_acked;
 };
 
 /* A new event id: time-ordered (the UUIDv7 layout: 48-bit ms time, then

@@ -342,6 +342,15 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     rc = st->ops->append(st->be, reqs, n_ops, outs);
     if (rc > 0)
         rc = 0;
+    if (rc == 0) {
+        uint64_t top = 0;
+        for (size_t i = 0; i < n_ops; i++)
+            if (outs[i].last_position > top)
+                top = outs[i].last_position;
+        uint64_t cur = atomic_load(&st->max_acked);
+        while (top > cur && !atomic_compare_exchange_weak(&st->max_acked, &cur, top))
+            ;
+    }
 done:
     free(sorted);
     free(reqs);
@@ -399,6 +408,25 @@ int es_log_wait(es_store *st, uint64_t after, int timeout_ms)
         struct timespec nap = {0, 5000000};
         nanosleep(&nap, NULL);
     }
+}
+
+int es_log_catch_up(es_store *st, int timeout_ms)
+{
+    if (!st)
+        return es__err(ES_EINVAL, "es_log_catch_up: store is NULL");
+    if (timeout_ms < 0 || timeout_ms > 86400000)
+        return es__err(ES_EINVAL, "es_log_catch_up: timeout_ms must be 0..86400000, not %d",
+                       timeout_ms);
+    uint64_t top = atomic_load(&st->max_acked);
+    if (top == 0)
+        return 0;
+    int rc = es_log_wait(st, top - 1, timeout_ms);
+    if (rc == ES_ITEROVER)
+        return es__err(ES_EUNAVAILABLE,
+                       "es_log_catch_up: the global log did not reach position %llu within %d ms "
+                       "(a long transaction elsewhere may hold its horizon back)",
+                       (unsigned long long)top, timeout_ms);
+    return rc;
 }
 
 int es_store_last_position(uint64_t *out, es_store *st)

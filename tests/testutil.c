@@ -131,6 +131,7 @@ uint64_t tu_count_log(es_store *st)
     es_cursor *c;
     const es_event *ev;
     uint64_t n = 0;
+    TU_EXPECT_OK(es_log_catch_up(st, 60000));
     TU_EXPECT_OK(es_log_cursor(&c, st, NULL));
     int rc;
     while ((rc = es_cursor_next(&ev, c)) == 0)

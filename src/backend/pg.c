@@ -72,6 +72,7 @@ enum {
     S_HEAD,
     S_ID,
     S_LASTPOS,
+    S_CEILING,
     S_STREAM_FWD,
     S_STREAM_BWD,
     S_LOG,
@@ -103,6 +104,10 @@ static const struct {
     [S_HEAD] = {"es_head", "SELECT head FROM @.streams WHERE stream = $1", 1, {OID_BYTEA}},
     [S_ID] = {"es_id", "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1", 1,
               {OID_BYTEA}},
+    [S_CEILING] = {"es_ceiling",
+                   "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint * 16384",
+                   0,
+                   {0}},
     [S_LASTPOS] = {"es_lastpos",
                    "SELECT coalesce(max(position), 0)::bigint FROM @.events WHERE position < "
                    HORIZON,
@@ -1292,6 +1297,15 @@ static int pg_last_position(void *be, uint64_t *out)
     return rc;
 }
 
+static int pg_position_ceiling(void *be, uint64_t *out)
+{
+    int64_t v;
+    int rc = simple_i64(be, S_CEILING, NULL, &v, 1);
+    if (rc == 0)
+        *out = (uint64_t)v;
+    return rc;
+}
+
 static int pg_stats(void *be, es_store_stats *out)
 {
     int64_t v[5];
@@ -1755,5 +1769,6 @@ const es__backend es__backend_pg = {
     .snap_list = pg_snap_list,
     .snap_del = pg_snap_del,
     .wait = pg_wait,
+    .position_ceiling = pg_position_ceiling,
     .tamper = pg_tamper,
 };
