@@ -472,15 +472,15 @@ static int finish_query(pg_store *s, pg_conn *pc, PGresult **out)
         *out = res;
         return 0;
     }
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    char m[240];
+    char m[240], state[8];
     snprintf(m, sizeof m, "%s", msg ? msg : PQresStatus(st));
+    snprintf(state, sizeof state, "%s", sqlstate ? sqlstate : "");
     PQclear(res);
+    res = NULL;
     if (PQstatus(c) != CONNECTION_OK)
         goto lost;
-    if (!state)
-        state = "";
     if (!strcmp(state, "23505") || !strcmp(state, "40001") || !strcmp(state, "40P01"))
         return ES__PG_RETRY;
     if (!strncmp(state, "08", 2) || !strncmp(state, "57P", 3)) {
