@@ -724,6 +724,66 @@ static void test_multi_stream_append_is_all_or_nothing(void **state)
     assert_true(v.ok);
 }
 
+/* A commit of many requests (more than a postgres pipeline chunk): streams
+ * repeated across it, a conflict deep inside that leaves nothing, then the
+ * whole call again with the same ids answered from the original. */
+static void test_large_multi_append(void **state)
+{
+    enum { OPS = 700, STREAMS = 90 };
+    static es_append_op ops[OPS];
+    static es_event_new evs[OPS];
+    static es_append_result r[OPS];
+    static uint8_t ids[OPS][16];
+    static char keys[OPS][16], data[OPS][16];
+    uint64_t seen[STREAMS] = {0};
+    for (int i = 0; i < OPS; i++) {
+        int st = (i * 7) % STREAMS;
+        snprintf(keys[i], sizeof keys[i], "m-%02d", st);
+        snprintf(data[i], sizeof data[i], "%d", i);
+        for (int b = 0; b < 16; b++)
+            ids[i][b] = (uint8_t)(i >> (b % 2 ? 8 : 0)) ^ (uint8_t)(b * 29);
+        evs[i] = (es_event_new){.type = "Many", .data = data[i], .data_len = strlen(data[i]),
+                                .id = ids[i]};
+        /* exact expectations: the stream's seq before this op */
+        ops[i] = (es_append_op){keys[i], strlen(keys[i]), seen[st], &evs[i], 1};
+        seen[st]++;
+    }
+    /* op 555 expects a seq its stream will not be at */
+    uint64_t keep = ops[555].expected;
+    ops[555].expected = keep + 3;
+    assert_int_equal(es_append_multi(r, ST, ops, OPS, 0), ES_ECONFLICT);
+    /* the head the op met: its stream as the commit's earlier ops left it */
+    assert_int_equal(r[555].head, keep);
+    assert_int_equal(head_of(ST, keys[0]), 0);
+    assert_int_equal(head_of(ST, keys[554]), 0);
+    ops[555].expected = keep;
+    TU_EXPECT_OK(es_append_multi(r, ST, ops, OPS, 0));
+    uint64_t prev_pos = 0;
+    for (int i = 0; i < OPS; i++) {
+        assert_int_equal(r[i].first_seq, ops[i].expected + 1);
+        assert_true(r[i].first_position > prev_pos);
+        assert_int_equal(r[i].time_us, r[0].time_us);
+        assert_int_equal(r[i].replayed, 0);
+        prev_pos = r[i].first_position;
+    }
+    for (int st = 0; st < STREAMS; st++) {
+        char k[16];
+        snprintf(k, sizeof k, "m-%02d", st);
+        assert_int_equal(head_of(ST, k), seen[st]);
+    }
+    es_append_result again[OPS];
+    TU_EXPECT_OK(es_append_multi(again, ST, ops, OPS, 0));
+    for (int i = 0; i < OPS; i++) {
+        assert_int_equal(again[i].replayed, 1);
+        assert_int_equal(again[i].first_position, r[i].first_position);
+    }
+    assert_int_equal(tu_count_log(ST), OPS);
+    es_verify_result v;
+    TU_EXPECT_OK(es_verify(&v, ST, NULL, 0));
+    assert_true(v.ok);
+    assert_int_equal(v.events_checked, OPS);
+}
+
 static void test_reopen_keeps_everything(void **state)
 {
     tu_store *ts = *state;
@@ -773,6 +833,7 @@ int main(int argc, char **argv)
         T(test_verify_clean_store),
         T(test_threads_share_a_store),
         T(test_multi_stream_append_is_all_or_nothing),
+        T(test_large_multi_append),
         T(test_reopen_keeps_everything),
     };
     char name[64];

@@ -70,6 +70,7 @@
 enum {
     S_APPEND,
     S_HEAD,
+    S_LOCK,
     S_ID,
     S_LASTPOS,
     S_CEILING,
@@ -101,6 +102,11 @@ static const struct {
                   {OID_BYTEA, OID_INT8, OID_INT8, OID_BYTEA, OID_INT8, OID_BOOL, OID_INT4,
                    OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY,
                    OID_BYTEA_ARRAY, OID_INT4, OID_BOOL}},
+    [S_LOCK] = {"es_lock",
+                "SELECT stream, head, hash, time_us FROM @.streams WHERE stream = ANY($1) "
+                "ORDER BY stream FOR UPDATE",
+                1,
+                {OID_BYTEA_ARRAY}},
     [S_HEAD] = {"es_head", "SELECT head FROM @.streams WHERE stream = $1", 1, {OID_BYTEA}},
     [S_ID] = {"es_id", "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1", 1,
               {OID_BYTEA}},
@@ -982,6 +988,43 @@ static int64_t local_us(void)
 /* One attempt at the whole commit.  Returns 0 done, 2 go again (stale
  * cache or a race), 3 some ids already landed (resolve, then go again), or
  * an error. */
+/* Requests sent before their answers are read, at most (a chunk's answers
+ * must fit the socket buffers while the next chunk is sent). */
+#define PG_PIPE_CHUNK 250
+
+/* Sync a pipeline, read every answer left up to the sync point, and leave
+ * pipeline mode. */
+static int pipe_end(pg_store *s, pg_conn *pc)
+{
+    PGconn *c = pc->c;
+    int64_t deadline = mono_ms() + s->timeout_ms + 2000;
+    if (!PQpipelineSync(c))
+        return es__err(ES_EUNAVAILABLE, "postgres: cannot sync a pipeline: %s", pq_msg(c));
+    for (;;) {
+        int f;
+        while ((f = PQflush(c)) == 1) {
+            if (wait_sock(c, POLLOUT | POLLIN, deadline) < 0 || !PQconsumeInput(c))
+                return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
+        }
+        while (PQisBusy(c)) {
+            if (wait_sock(c, POLLIN, deadline) < 0 || !PQconsumeInput(c))
+                return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            continue; /* the end of one request's answers */
+        ExecStatusType st = PQresultStatus(r);
+        PQclear(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            break;
+        if (PQstatus(c) != CONNECTION_OK)
+            return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
+    }
+    if (!PQexitPipelineMode(c))
+        return es__err(ES_EIO, "postgres: cannot leave pipeline mode: %s", pq_msg(c));
+    return 0;
+}
+
 static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
                    const bool *skip, es_append_result *outs, es_buf *arr)
 {
@@ -1011,10 +1054,76 @@ static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t 
         free(pd);
         return es__err(ES_ENOMEM, "out of memory for an append");
     }
+    uint64_t *prev_head = calloc(n, sizeof *prev_head);
+    size_t *queue = calloc(n, sizeof *queue);
+    size_t nq = 0, failed = n;
+    bool piped = false, check_time = false;
+    int64_t t = 0;
+    if (!prev_head || !queue) {
+        rc = es__err(ES_ENOMEM, "out of memory for an append");
+        goto out_free;
+    }
+
+    /* A commit of several requests is pipelined: BEGIN, then one statement
+     * that locks every stream row of the commit in key order (so two such
+     * commits never deadlock) and returns their heads, then the requests in
+     * chunks without waiting for answers, then COMMIT once every answer is
+     * in.  A batch of 1000 takes a handful of round trips, not 1000, and
+     * chain hashes are computed from heads that cannot move meanwhile. */
+    if (multi) {
+        es_buf keys = ES_BUF_INIT;
+        uint8_t hdr[20], l4[4];
+        es__put_u32(hdr, 1);
+        es__put_u32(hdr + 4, 0);
+        es__put_u32(hdr + 8, OID_BYTEA);
+        es__put_u32(hdr + 12, (uint32_t)live);
+        es__put_u32(hdr + 16, 1);
+        int bad = es_buf_put(&keys, hdr, 20) < 0;
+        for (size_t k = 0; k < n && !bad; k++) {
+            if (skip[k])
+                continue;
+            es__put_u32(l4, (uint32_t)reqs[k].stream_len);
+            bad = es_buf_put(&keys, l4, 4) < 0 ||
+                  es_buf_put(&keys, reqs[k].stream, reqs[k].stream_len) < 0;
+        }
+        if (bad) {
+            es_buf_free(&keys);
+            rc = es__err(ES_ENOMEM, "out of memory for an append");
+            goto out_free;
+        }
+        pgp p = {0};
+        p_bytes(&p, keys.data, keys.len);
+        if (!PQenterPipelineMode(pc->c) ||
+            !PQsendQueryParams(pc->c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
+            !PQsendQueryPrepared(pc->c, stmts[S_LOCK].name, p.n, p.v, p.l, p.f, 1) ||
+            !PQsendFlushRequest(pc->c)) {
+            es_buf_free(&keys);
+            pc->broken = true;
+            rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s", pq_msg(pc->c));
+            goto out_free;
+        }
+        es_buf_free(&keys);
+        piped = true;
+        PGresult *r;
+        if ((rc = finish_query(s, pc, &r)) != 0)
+            goto end_pipe;
+        PQclear(r);
+        if ((rc = finish_query(s, pc, &r)) != 0)
+            goto end_pipe;
+        /* the heads, now locked; streams without a row are empty */
+        for (size_t k = 0; k < n; k++)
+            if (!skip[k])
+                cache_put(s, reqs[k].stream, reqs[k].stream_len, 0, NULL, 0, INT64_MIN);
+        for (int i = 0; i < PQntuples(r); i++)
+            cache_put(s, (const uint8_t *)PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0),
+                      PQgetisnull(r, i, 1) ? 0 : (uint64_t)g_i64(r, i, 1),
+                      PQgetisnull(r, i, 2) ? NULL : PQgetvalue(r, i, 2),
+                      PQgetisnull(r, i, 2) ? 0 : (size_t)PQgetlength(r, i, 2),
+                      PQgetisnull(r, i, 3) ? INT64_MIN : g_i64(r, i, 3));
+        PQclear(r);
+    }
 
     /* the commit time: one per commit, never before any of its streams' */
-    int64_t t;
-    bool check_time = false;
     if (reqs[0].keep_time) {
         t = reqs[0].events[0].time_us;
     } else if (s->st->clock) {
@@ -1041,147 +1150,188 @@ static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t 
                              "kept commit time %lld is before the stream's latest commit time "
                              "%lld",
                              (long long)t, (long long)e->h.time_us);
-                goto out;
+                goto end_pipe;
             }
             t = e->h.time_us;
         }
     }
 
-    if (multi && (rc = run_sql(s, pc, "BEGIN", NULL)) < 0)
-        goto out;
+    /* Each request's chain hashes are computed from the state the earlier
+     * requests of the commit will leave. */
     uint32_t base = 0;
-    size_t failed = n;
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < n && rc == 0; k++) {
         const es__append_req *req = &reqs[k];
-        if (skip[k])
+        if (!skip[k]) {
+            /* the previous state: an earlier request of this commit, or the cache */
+            cached_head prev = pd[k].h;
+            bool known = pd[k].known;
+            for (size_t j = 0; j < k; j++) {
+                if (!skip[j] && reqs[j].stream_len == req->stream_len &&
+                    !memcmp(reqs[j].stream, req->stream, req->stream_len)) {
+                    prev.head = prev_head[j] + reqs[j].n;
+                    prev.time_us = t;
+                    memcpy(prev.hash, pd[j].h.hash, ES_HASH_SIZE);
+                    known = pd[j].known;
+                }
+            }
+            prev_head[k] = prev.head;
+            pd[k].known = known;
+            const uint8_t *ph = known && prev.head ? prev.hash : NULL;
+            for (size_t i = 0; i < req->n; i++) {
+                const es_event_new *e = &req->events[i];
+                es__chain_hash(hashes[i], i ? hashes[i - 1] : ph, req->stream, req->stream_len,
+                               prev.head + 1 + i, t, req->ids[i], e->type, strlen(e->type),
+                               e->data, e->data_len, e->meta, e->meta_len);
+            }
+            /* what the stream's head hash will be once this request lands */
+            memcpy(pd[k].h.hash, hashes[req->n - 1], ES_HASH_SIZE);
+            pgp p = {0};
+            es_buf ids = ES_BUF_INIT, types = ES_BUF_INIT, data = ES_BUF_INIT, meta = ES_BUF_INIT,
+                   hs = ES_BUF_INIT;
+            p_bytes(&p, req->stream, req->stream_len);
+            p_i64(&p, req->expected == ES_EXPECT_ANY      ? -1
+                      : req->expected == ES_EXPECT_EXISTS ? -2
+                                                          : (int64_t)req->expected);
+            p_i64(&p, known ? (int64_t)prev.head : -1);
+            if (ph)
+                p_bytes(&p, ph, ES_HASH_SIZE);
+            else
+                p_null(&p);
+            p_i64(&p, t);
+            p_bool(&p, check_time);
+            p_i32(&p, (int32_t)base);
+            base += (uint32_t)req->n;
+            if (build_array(&ids, req, el_id) < 0 || build_array(&types, req, el_type) < 0 ||
+                build_array(&data, req, el_data) < 0 || build_array(&meta, req, el_meta) < 0)
+                rc = es__err(ES_ENOMEM, "out of memory for an append");
+            if (!rc) {
+                /* hashes as a bytea[] */
+                uint8_t hdr[20], l4[4];
+                es__put_u32(hdr, 1);
+                es__put_u32(hdr + 4, 0);
+                es__put_u32(hdr + 8, OID_BYTEA);
+                es__put_u32(hdr + 12, (uint32_t)req->n);
+                es__put_u32(hdr + 16, 1);
+                es__put_u32(l4, ES_HASH_SIZE);
+                if (es_buf_put(&hs, hdr, 20) < 0)
+                    rc = es__err(ES_ENOMEM, "out of memory for an append");
+                for (size_t i = 0; !rc && i < req->n; i++)
+                    if (es_buf_put(&hs, l4, 4) < 0 ||
+                        es_buf_put(&hs, hashes[i], ES_HASH_SIZE) < 0)
+                        rc = es__err(ES_ENOMEM, "out of memory for an append");
+            }
+            if (!rc) {
+                p_bytes(&p, ids.data, ids.len);
+                p_bytes(&p, types.data, types.len);
+                p_bytes(&p, data.data, data.len);
+                p_bytes(&p, meta.data, meta.len);
+                p_bytes(&p, hs.data, hs.len);
+                p_i32(&p, s->commit_delay_ms);
+                p_bool(&p, s->notify);
+                if (!PQsendQueryPrepared(pc->c, stmts[S_APPEND].name, p.n, p.v, p.l, p.f, 1)) {
+                    pc->broken = true;
+                    rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s",
+                                 pq_msg(pc->c));
+                }
+            }
+            es_buf_free(&ids);
+            es_buf_free(&types);
+            es_buf_free(&data);
+            es_buf_free(&meta);
+            es_buf_free(&hs);
+            (void)arr;
+            if (rc)
+                break;
+            queue[nq++] = k;
+        }
+        /* collect the answers of a full chunk, or of the last one */
+        bool last = true;
+        for (size_t j = k + 1; j < n; j++)
+            if (!skip[j]) {
+                last = false;
+                break;
+            }
+        if (nq == 0 || (nq < PG_PIPE_CHUNK && !last))
             continue;
-        failed = k;
-        /* the previous state: an earlier request of this commit, or the cache */
-        cached_head prev = pd[k].h;
-        bool known = pd[k].known;
-        for (size_t j = 0; j < k; j++) {
-            if (!skip[j] && reqs[j].stream_len == req->stream_len &&
-                !memcmp(reqs[j].stream, req->stream, req->stream_len)) {
-                prev.head = outs[j].last_seq;
-                prev.time_us = t;
-                memcpy(prev.hash, pd[j].h.hash, ES_HASH_SIZE);
-                known = true;
+        if (piped && !PQsendFlushRequest(pc->c)) {
+            pc->broken = true;
+            rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s", pq_msg(pc->c));
+            break;
+        }
+        for (size_t q = 0; q < nq && rc == 0; q++) {
+            size_t kk = queue[q];
+            const es__append_req *rq = &reqs[kk];
+            PGresult *r = NULL;
+            failed = kk;
+            rc = finish_query(s, pc, &r);
+            if (rc != 0)
+                break;
+            int status = g_i32(r, 0, 0);
+            uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
+            const void *hh = PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2);
+            size_t hl = hh ? (size_t)PQgetlength(r, 0, 2) : 0;
+            int64_t ht = PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3);
+            int64_t server_us = g_i64(r, 0, 5);
+            if (check_time) {
+                pthread_mutex_lock(&s->cache_lock);
+                if (status == 2 && (t > server_us + 500000 || t < server_us - 500000))
+                    s->clock_offset = server_us - local_us();
+                pthread_mutex_unlock(&s->cache_lock);
+            }
+            if (status == 0) {
+                outs[kk].first_seq = prev_head[kk] + 1;
+                outs[kk].last_seq = head;
+                outs[kk].head = head;
+                outs[kk].first_position = (uint64_t)g_i64(r, 0, 4);
+                outs[kk].last_position = outs[kk].first_position + rq->n - 1;
+                outs[kk].time_us = t;
+                outs[kk].replayed = 0;
+                PQclear(r);
+                continue;
+            }
+            if (head || hh)
+                cache_put(s, rq->stream, rq->stream_len, head, hh, hl, ht);
+            PQclear(r);
+            if (status == 1) {
+                memset(&outs[kk], 0, sizeof outs[kk]);
+                outs[kk].head = head;
+                rc = es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
+                             n > 1 ? "one of the append's streams: " : "",
+                             (unsigned long long)head);
+            } else if (status == 2) {
+                if (!head) /* the stream is empty: forget a wrong guess */
+                    cache_put(s, rq->stream, rq->stream_len, 0, NULL, 0, INT64_MIN);
+                rc = 2;
+            } else {
+                rc = 3;
             }
         }
-        const uint8_t *ph = known && prev.head ? prev.hash : NULL;
-        for (size_t i = 0; i < req->n; i++) {
-            const es_event_new *e = &req->events[i];
-            es__chain_hash(hashes[i], i ? hashes[i - 1] : ph, req->stream, req->stream_len,
-                           prev.head + 1 + i, t, req->ids[i], e->type, strlen(e->type), e->data,
-                           e->data_len, e->meta, e->meta_len);
-        }
-        pgp p = {0};
-        es_buf ids = ES_BUF_INIT, types = ES_BUF_INIT, data = ES_BUF_INIT, meta = ES_BUF_INIT,
-               hs = ES_BUF_INIT;
-        p_bytes(&p, req->stream, req->stream_len);
-        p_i64(&p, req->expected == ES_EXPECT_ANY      ? -1
-                  : req->expected == ES_EXPECT_EXISTS ? -2
-                                                      : (int64_t)req->expected);
-        p_i64(&p, known ? (int64_t)prev.head : -1);
-        if (ph)
-            p_bytes(&p, ph, ES_HASH_SIZE);
-        else
-            p_null(&p);
-        p_i64(&p, t);
-        p_bool(&p, check_time);
-        p_i32(&p, (int32_t)base);
-        rc = 0;
-        if (build_array(&ids, req, el_id) < 0 || build_array(&types, req, el_type) < 0 ||
-            build_array(&data, req, el_data) < 0 || build_array(&meta, req, el_meta) < 0)
-            rc = es__err(ES_ENOMEM, "out of memory for an append");
-        if (!rc) {
-            /* hashes as a bytea[] */
-            uint8_t hdr[20], l4[4];
-            es__put_u32(hdr, 1);
-            es__put_u32(hdr + 4, 0);
-            es__put_u32(hdr + 8, OID_BYTEA);
-            es__put_u32(hdr + 12, (uint32_t)req->n);
-            es__put_u32(hdr + 16, 1);
-            es__put_u32(l4, ES_HASH_SIZE);
-            if (es_buf_put(&hs, hdr, 20) < 0)
-                rc = es__err(ES_ENOMEM, "out of memory for an append");
-            for (size_t i = 0; !rc && i < req->n; i++)
-                if (es_buf_put(&hs, l4, 4) < 0 || es_buf_put(&hs, hashes[i], ES_HASH_SIZE) < 0)
-                    rc = es__err(ES_ENOMEM, "out of memory for an append");
-        }
-        PGresult *r = NULL;
-        if (!rc) {
-            p_bytes(&p, ids.data, ids.len);
-            p_bytes(&p, types.data, types.len);
-            p_bytes(&p, data.data, data.len);
-            p_bytes(&p, meta.data, meta.len);
-            p_bytes(&p, hs.data, hs.len);
-            p_i32(&p, s->commit_delay_ms);
-            p_bool(&p, s->notify);
-            rc = run(s, pc, S_APPEND, &p, &r);
-        }
-        es_buf_free(&ids);
-        es_buf_free(&types);
-        es_buf_free(&data);
-        es_buf_free(&meta);
-        es_buf_free(&hs);
-        (void)arr;
-        if (rc == ES__PG_RETRY) {
-            rc = 2;
-            goto rollback;
-        }
-        if (rc < 0)
-            goto rollback;
-        int status = g_i32(r, 0, 0);
-        uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
-        const void *hh = PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2);
-        size_t hl = hh ? (size_t)PQgetlength(r, 0, 2) : 0;
-        int64_t ht = PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3);
-        int64_t server_us = g_i64(r, 0, 5);
-        if (check_time) {
-            pthread_mutex_lock(&s->cache_lock);
-            if (status == 2 && (t > server_us + 500000 || t < server_us - 500000))
-                s->clock_offset = server_us - local_us();
-            pthread_mutex_unlock(&s->cache_lock);
-        }
-        if (status == 0) {
-            outs[k].first_seq = prev.head + 1;
-            outs[k].last_seq = head;
-            outs[k].head = head;
-            outs[k].first_position = (uint64_t)g_i64(r, 0, 4);
-            outs[k].last_position = outs[k].first_position + req->n - 1;
-            outs[k].time_us = t;
-            outs[k].replayed = 0;
-            memcpy(pd[k].h.hash, hashes[req->n - 1], ES_HASH_SIZE);
-            base += (uint32_t)req->n;
-            PQclear(r);
-            continue;
-        }
-        if (head || hh)
-            cache_put(s, req->stream, req->stream_len, head, hh, hl, ht);
-        PQclear(r);
-        if (status == 1) {
-            memset(&outs[k], 0, sizeof outs[k]);
-            outs[k].head = head;
-            rc = es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
-                         n > 1 ? "one of the append's streams: " : "", (unsigned long long)head);
-        } else if (status == 2) {
-            if (!head) /* the stream is empty: forget a wrong guess */
-                cache_put(s, req->stream, req->stream_len, 0, NULL, 0, INT64_MIN);
-            rc = 2;
-        } else {
-            rc = 3;
-        }
-        goto rollback;
+        nq = 0;
     }
+end_pipe:
+    if (rc == ES__PG_RETRY)
+        rc = 2;
+    if (piped && !pc->broken) {
+        /* end the pipeline: every answer up to the sync point is read */
+        int save = rc;
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", es_error_last());
+        if (pipe_end(s, pc) < 0)
+            pc->broken = true;
+        rc = save;
+        if (rc < 0)
+            es__err(rc, "%s", msg);
+    }
+    if (rc != 0)
+        goto rollback;
     if (multi && (rc = run_sql(s, pc, "COMMIT", NULL)) < 0)
-        goto out;
+        goto out_free;
     for (size_t k = 0; k < n; k++)
         if (!skip[k])
             cache_put(s, reqs[k].stream, reqs[k].stream_len, outs[k].last_seq, pd[k].h.hash,
                       ES_HASH_SIZE, t);
     rc = 0;
-    goto out;
+    goto out_free;
 rollback:
     /* nothing of the commit landed: only a conflict's head is reported */
     for (size_t j = 0; j < n; j++) {
@@ -1202,7 +1352,9 @@ rollback:
         if (rc < 0)
             es__err(rc, "%s", msg);
     }
-out:
+out_free:
+    free(prev_head);
+    free(queue);
     free(pd);
     free(hashes);
     return rc;
