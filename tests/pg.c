@@ -439,7 +439,7 @@ static void *open_and_append(void *arg)
     return rc ? (void *)2 : NULL;
 }
 
-/* Pipelined multi-stream commits racing on the same streams from two
+/* Multi-stream commits racing on the same streams from two
  * handles (each with its own head cache): every commit lands whole, after
  * the library retries stale caches and lost races. */
 typedef struct batcher {
@@ -475,7 +475,7 @@ static void *append_batches(void *arg)
     return NULL;
 }
 
-static void test_pipelined_batches_race(void **state)
+static void test_batches_race(void **state)
 {
     (void)state;
     char uri[600];
@@ -558,7 +558,7 @@ static void test_log_wait_wakes_with_and_without_notify(void **state)
     for (int notify = 1; notify >= 0; notify--) {
         static later l;
         char uri[600];
-        shared_uri(uri, sizeof uri, notify ? NULL : "notify=0");
+        shared_uri(uri, sizeof uri, notify ? "notify=1" : NULL);
         es_store *st;
         open_uri(&st, uri);
         uint64_t last;
@@ -591,7 +591,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_down_server_is_unavailable),
         cmocka_unit_test(test_uri_options_are_checked),
         cmocka_unit_test(test_hostile_bytes_round_trip),
-        cmocka_unit_test(test_pipelined_batches_race),
+        cmocka_unit_test(test_batches_race),
         cmocka_unit_test(test_concurrent_opens_migrate_once),
         cmocka_unit_test(test_log_wait_wakes_with_and_without_notify),
         cmocka_unit_test(test_restart_mid_run_loses_nothing),

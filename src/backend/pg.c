@@ -39,6 +39,17 @@
  * that fails is dropped; the call in flight returns ES_EUNAVAILABLE (an
  * append's outcome is then unknown: retry it with the same event ids) and
  * the next call connects again.  Every wait is bounded by the timeout.
+ *
+ * Waiting for new events (es_log_wait) polls the log's horizon, every 5 ms
+ * at first and backing off to 100 ms.  With `notify=1` writers also
+ * NOTIFY a channel the waiter LISTENs on, which wakes it at once; it is off
+ * by default because PostgreSQL serialises the commits of notifying
+ * transactions (one global lock through the WAL flush), which undoes group
+ * commit for concurrent writers.
+ *
+ * Our connections run with enable_seqscan=off (and the SQL functions carry
+ * it too): every statement is an index lookup or a range scan, and a plan
+ * cached while the store was small must not stay a sequential scan.
  */
 #define _GNU_SOURCE
 #include "../internal.h"
@@ -53,7 +64,7 @@
 #include <string.h>
 #include <time.h>
 
-#define PG_SCHEMA_VERSION 1
+#define PG_SCHEMA_VERSION 2
 #define PG_POS_SHIFT 16384 /* positions per transaction id */
 #define PG_PAGE 2000       /* rows per cursor round trip */
 #define PG_MAX_TRIES 20    /* stale-cache and race retries of one append */
@@ -64,13 +75,16 @@
 #define OID_INT8 20
 #define OID_INT4 23
 #define OID_BYTEA_ARRAY 1001
+#define OID_INT4_ARRAY 1007
+#define OID_INT8_ARRAY 1016
 
 /* ---- statements ---- */
 
 enum {
     S_APPEND,
     S_HEAD,
-    S_LOCK,
+    S_HEADS,
+    S_APPEND_BATCH,
     S_ID,
     S_LASTPOS,
     S_CEILING,
@@ -102,11 +116,17 @@ static const struct {
                   {OID_BYTEA, OID_INT8, OID_INT8, OID_BYTEA, OID_INT8, OID_BOOL, OID_INT4,
                    OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY,
                    OID_BYTEA_ARRAY, OID_INT4, OID_BOOL}},
-    [S_LOCK] = {"es_lock",
-                "SELECT stream, head, hash, time_us FROM @.streams WHERE stream = ANY($1) "
-                "ORDER BY stream FOR UPDATE",
-                1,
-                {OID_BYTEA_ARRAY}},
+    [S_HEADS] = {"es_heads",
+                 "SELECT stream, head, hash, time_us FROM @.streams WHERE stream = ANY($1)",
+                 1,
+                 {OID_BYTEA_ARRAY}},
+    [S_APPEND_BATCH] = {"es_append_batch",
+                        "SELECT status, bad, head, base, server_us FROM @.es_append_batch($1, $2,"
+                        " $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                        14,
+                        {OID_BYTEA_ARRAY, OID_INT8_ARRAY, OID_INT8_ARRAY, OID_BYTEA_ARRAY,
+                         OID_INT4_ARRAY, OID_INT8, OID_BOOL, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY,
+                         OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_INT4, OID_BOOL}},
     [S_HEAD] = {"es_head", "SELECT head FROM @.streams WHERE stream = $1", 1, {OID_BYTEA}},
     [S_ID] = {"es_id", "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1", 1,
               {OID_BYTEA}},
@@ -242,6 +262,98 @@ static const char *const migration1 =
     "END\n"
     "$es$;\n";
 
+/*
+ * Version 2: es_append_batch, a commit of several requests in one call.
+ * Every stream row of the commit is locked in key order (two batches never
+ * deadlock); each request is checked against the head the earlier requests
+ * of the commit leave; then all events go in with one INSERT and the heads
+ * with one upsert.  Answers status 0 (done: base is the first position of
+ * the commit), 1 (request `bad` met head `head`), 2 (the client's heads or
+ * time are stale: nothing written), 3 (some ids exist).
+ */
+static const char *const migration2 =
+    "CREATE FUNCTION @.es_append_batch(p_streams bytea[], p_expected bigint[],"
+    " p_prev_seq bigint[], p_prev_hash bytea[], p_counts integer[], p_time bigint,"
+    " p_check_time boolean, p_ids bytea[], p_types bytea[], p_data bytea[], p_meta bytea[],"
+    " p_hashes bytea[], p_delay_ms integer, p_notify boolean,"
+    " OUT status integer, OUT bad integer, OUT head bigint, OUT base bigint,"
+    " OUT server_us bigint)\n"
+    "LANGUAGE plpgsql AS $es$\n"
+    "DECLARE\n"
+    "  v_before bigint[]; v_off integer[]; v_head bigint[];\n"
+    "  k_stream bytea[]; k_head bigint[]; k_hash bytea[]; k_time bigint[];\n"
+    "BEGIN\n"
+    "  server_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n"
+    "  status := 0; bad := -1; head := 0; base := 0;\n"
+    /* lock the rows and read the heads in one pass */
+    "  SELECT array_agg(l.stream), array_agg(l.head), array_agg(l.hash), array_agg(l.time_us)\n"
+    "    INTO k_stream, k_head, k_hash, k_time\n"
+    "    FROM (SELECT st.stream, st.head, st.hash, st.time_us FROM @.streams st\n"
+    "           WHERE st.stream = ANY (p_streams) ORDER BY st.stream FOR UPDATE) l;\n"
+    "  IF EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids)) THEN\n"
+    "    status := 3; RETURN;\n"
+    "  END IF;\n"
+    /* per request: the stream's head before it, its first event's index,
+     * and the stream's head on the server */
+    "  SELECT array_agg(x.bef ORDER BY x.i), array_agg(x.off ORDER BY x.i),\n"
+    "         array_agg(x.cur ORDER BY x.i)\n"
+    "    INTO v_before, v_off, v_head\n"
+    "    FROM (SELECT o.i, coalesce(c.head, 0) AS cur,\n"
+    "                 coalesce(c.head, 0) + coalesce(sum(o.cnt) OVER (PARTITION BY o.stream\n"
+    "                   ORDER BY o.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bef,\n"
+    "                 (coalesce(sum(o.cnt) OVER (ORDER BY o.i\n"
+    "                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::integer AS off\n"
+    "            FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
+    "            LEFT JOIN unnest(k_stream, k_head) AS c(stream, head)\n"
+    "              ON c.stream = o.stream) x;\n"
+    "  SELECT (o.i - 1)::integer, v_before[o.i] INTO bad, head\n"
+    "    FROM unnest(p_expected) WITH ORDINALITY AS o(exp, i)\n"
+    "   WHERE (o.exp = -2 AND v_before[o.i] = 0)\n"
+    "      OR (o.exp >= 0 AND v_before[o.i] <> o.exp)\n"
+    "   ORDER BY o.i LIMIT 1;\n"
+    "  IF FOUND THEN status := 1; RETURN; END IF;\n"
+    "  bad := -1; head := 0;\n"
+    /* the client's view: every request's head, and for a stream's first
+     * request of the commit its hash and time */
+    "  IF EXISTS (SELECT 1\n"
+    "    FROM unnest(p_streams, p_prev_seq, p_prev_hash) WITH ORDINALITY AS o(stream, ps, ph, i)\n"
+    "    LEFT JOIN unnest(k_stream, k_hash, k_time) AS c(stream, hash, time_us)\n"
+    "      ON c.stream = o.stream\n"
+    "   WHERE o.ps <> v_before[o.i]\n"
+    "      OR (v_before[o.i] = v_head[o.i] AND (o.ph IS DISTINCT FROM c.hash\n"
+    "          OR p_time < c.time_us\n"
+    "          OR (p_check_time AND p_time IS DISTINCT FROM c.time_us\n"
+    "              AND abs(p_time - server_us) > 500000)))) THEN\n"
+    "    status := 2; RETURN;\n"
+    "  END IF;\n"
+    "  base := (pg_current_xact_id()::text::bigint) * 16384;\n"
+    /* the event arrays are joined, not subscripted: a subscript of an
+     * array of variable-length elements walks it from the start */
+    "  INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
+    "  SELECT base + ev.k - 1, o.stream, v_before[o.i] + ev.k - v_off[o.i], p_time,\n"
+    "         ev.id, ev.type, ev.data, ev.meta, ev.hash\n"
+    "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
+    "   CROSS JOIN LATERAL generate_series(v_off[o.i] + 1, v_off[o.i] + o.cnt) AS g(k)\n"
+    "    JOIN unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
+    "         WITH ORDINALITY AS ev(id, type, data, meta, hash, k) ON ev.k = g.k;\n"
+    "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
+    "  SELECT DISTINCT ON (o.stream) o.stream, v_before[o.i] + o.cnt, hh.hash, p_time\n"
+    "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
+    "    JOIN unnest(p_hashes) WITH ORDINALITY AS hh(hash, k) ON hh.k = v_off[o.i] + o.cnt\n"
+    "   ORDER BY o.stream, o.i DESC\n"
+    "  ON CONFLICT (stream) DO UPDATE\n"
+    "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
+    "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
+    "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
+    "END\n"
+    "$es$ SET enable_seqscan = off;\n"
+    /* plpgsql caches a generic plan after a few calls, planned for the
+     * tables as they were then: on a new store, a sequential scan of events
+     * for the id check, whose cost then grows with the store */
+    "ALTER FUNCTION @.es_append(bytea, bigint, bigint, bytea, bigint, boolean, integer,"
+    " bytea[], bytea[], bytea[], bytea[], bytea[], integer, boolean)"
+    " SET enable_seqscan = off;\n";
+
 /* ---- the store ---- */
 
 typedef struct pg_conn {
@@ -370,51 +482,6 @@ static int32_t g_i32(const PGresult *r, int row, int col)
     return (int32_t)es__get_u32((const uint8_t *)PQgetvalue(r, row, col));
 }
 
-/* Binary one-dimensional bytea[] of n elements. */
-typedef const void *(*elem_fn)(const es__append_req *req, size_t i, size_t *len);
-
-static int build_array(es_buf *b, const es__append_req *req, elem_fn fn)
-{
-    uint8_t hdr[20];
-    es_buf_reset(b);
-    es__put_u32(hdr, 1);                 /* dimensions */
-    es__put_u32(hdr + 4, 0);             /* no NULLs */
-    es__put_u32(hdr + 8, OID_BYTEA);     /* element type */
-    es__put_u32(hdr + 12, (uint32_t)req->n);
-    es__put_u32(hdr + 16, 1); /* lower bound */
-    if (es_buf_put(b, hdr, 20) < 0)
-        return ES_ENOMEM;
-    for (size_t i = 0; i < req->n; i++) {
-        size_t len;
-        const void *v = fn(req, i, &len);
-        uint8_t l4[4];
-        es__put_u32(l4, (uint32_t)len);
-        if (es_buf_put(b, l4, 4) < 0 || (len && es_buf_put(b, v, len) < 0))
-            return ES_ENOMEM;
-    }
-    return 0;
-}
-
-static const void *el_id(const es__append_req *r, size_t i, size_t *len)
-{
-    *len = ES_ID_SIZE;
-    return r->ids[i];
-}
-static const void *el_type(const es__append_req *r, size_t i, size_t *len)
-{
-    *len = strlen(r->events[i].type);
-    return r->events[i].type;
-}
-static const void *el_data(const es__append_req *r, size_t i, size_t *len)
-{
-    *len = r->events[i].data_len;
-    return r->events[i].data;
-}
-static const void *el_meta(const es__append_req *r, size_t i, size_t *len)
-{
-    *len = r->events[i].meta_len;
-    return r->events[i].meta;
-}
 
 /* ---- connections ---- */
 
@@ -558,7 +625,11 @@ static int connect_one(pg_store *s, pg_conn **out)
 {
     char tmo[16], opt[128];
     snprintf(tmo, sizeof tmo, "%d", (s->timeout_ms + 999) / 1000);
-    snprintf(opt, sizeof opt, "-c statement_timeout=%d -c client_min_messages=warning",
+    /* enable_seqscan=off: every statement of ours is an index lookup or
+     * range scan; a plan cached while the tables were small must not stay a
+     * sequential scan once they are large */
+    snprintf(opt, sizeof opt,
+             "-c statement_timeout=%d -c client_min_messages=warning -c enable_seqscan=off",
              s->timeout_ms);
     const char *kw[] = {"connect_timeout", "application_name", "options", "dbname", NULL};
     const char *val[] = {tmo, "eventsrc", opt, s->conninfo, NULL};
@@ -788,8 +859,9 @@ static int migrate(pg_store *s, pg_conn *pc)
                      s->schema, version, PG_SCHEMA_VERSION);
         goto fail;
     }
-    if (version < 1) {
-        char *m = sql_for(s, migration1);
+    static const char *const *const steps[] = {&migration1, &migration2};
+    for (int v = version; v < PG_SCHEMA_VERSION; v++) {
+        char *m = sql_for(s, *steps[v]);
         if (!m) {
             rc = es__err(ES_ENOMEM, "out of memory migrating");
             goto fail;
@@ -826,7 +898,7 @@ static int pg_open(void **out, const char *uri, const es_open_options *opts, es_
     snprintf(s->schema, sizeof s->schema, "eventsrc");
     s->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 10000;
     s->pool_max = 16;
-    s->notify = true;
+    s->notify = false;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_mutex_init(&s->cache_lock, NULL);
@@ -988,142 +1060,141 @@ static int64_t local_us(void)
 /* One attempt at the whole commit.  Returns 0 done, 2 go again (stale
  * cache or a race), 3 some ids already landed (resolve, then go again), or
  * an error. */
-/* Requests sent before their answers are read, at most (a chunk's answers
- * must fit the socket buffers while the next chunk is sent). */
-#define PG_PIPE_CHUNK 250
-
-/* Sync a pipeline, read every answer left up to the sync point, and leave
- * pipeline mode. */
-static int pipe_end(pg_store *s, pg_conn *pc)
+/* Append arrays in PostgreSQL's binary format (one dimension). */
+static int arr_head(es_buf *b, Oid elem, size_t n, bool nulls)
 {
-    PGconn *c = pc->c;
-    int64_t deadline = mono_ms() + s->timeout_ms + 2000;
-    if (!PQpipelineSync(c))
-        return es__err(ES_EUNAVAILABLE, "postgres: cannot sync a pipeline: %s", pq_msg(c));
-    for (;;) {
-        int f;
-        while ((f = PQflush(c)) == 1) {
-            if (wait_sock(c, POLLOUT | POLLIN, deadline) < 0 || !PQconsumeInput(c))
-                return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
-        }
-        while (PQisBusy(c)) {
-            if (wait_sock(c, POLLIN, deadline) < 0 || !PQconsumeInput(c))
-                return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
-        }
-        PGresult *r = PQgetResult(c);
-        if (!r)
-            continue; /* the end of one request's answers */
-        ExecStatusType st = PQresultStatus(r);
-        PQclear(r);
-        if (st == PGRES_PIPELINE_SYNC)
-            break;
-        if (PQstatus(c) != CONNECTION_OK)
-            return es__err(ES_EUNAVAILABLE, "postgres: lost the connection: %s", pq_msg(c));
-    }
-    if (!PQexitPipelineMode(c))
-        return es__err(ES_EIO, "postgres: cannot leave pipeline mode: %s", pq_msg(c));
+    uint8_t hdr[20];
+    es_buf_reset(b);
+    es__put_u32(hdr, 1);
+    es__put_u32(hdr + 4, nulls ? 1 : 0);
+    es__put_u32(hdr + 8, elem);
+    es__put_u32(hdr + 12, (uint32_t)n);
+    es__put_u32(hdr + 16, 1);
+    return es_buf_put(b, hdr, 20) < 0 ? ES_ENOMEM : 0;
+}
+
+static int arr_add(es_buf *b, const void *v, size_t len)
+{
+    uint8_t l4[4];
+    es__put_u32(l4, v ? (uint32_t)len : UINT32_MAX); /* -1: NULL */
+    if (es_buf_put(b, l4, 4) < 0 || (v && len && es_buf_put(b, v, len) < 0))
+        return ES_ENOMEM;
     return 0;
 }
 
+static int arr_add_i64(es_buf *b, int64_t v)
+{
+    uint8_t x[8];
+    es__put_u64(x, (uint64_t)v);
+    return arr_add(b, x, 8);
+}
+
+static int arr_add_i32(es_buf *b, int32_t v)
+{
+    uint8_t x[4];
+    es__put_u32(x, (uint32_t)v);
+    return arr_add(b, x, 4);
+}
+
+/* The expectation as the SQL functions take it. */
+static int64_t expected_arg(uint64_t expected)
+{
+    return expected == ES_EXPECT_ANY      ? -1
+           : expected == ES_EXPECT_EXISTS ? -2
+                                          : (int64_t)expected;
+}
+
+/* Refresh the cached heads of every stream of a commit (after a stale
+ * answer): one query for all of them; streams without a row are empty. */
+static int refresh_heads(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
+                         const bool *skip)
+{
+    es_buf keys = ES_BUF_INIT;
+    size_t live = 0;
+    int rc;
+    for (size_t k = 0; k < n; k++)
+        live += !skip[k];
+    rc = arr_head(&keys, OID_BYTEA, live, false);
+    for (size_t k = 0; k < n && rc == 0; k++)
+        if (!skip[k])
+            rc = arr_add(&keys, reqs[k].stream, reqs[k].stream_len);
+    if (rc) {
+        es_buf_free(&keys);
+        return es__err(ES_ENOMEM, "out of memory for an append");
+    }
+    pgp p = {0};
+    PGresult *r;
+    p_bytes(&p, keys.data, keys.len);
+    rc = run(s, pc, S_HEADS, &p, &r);
+    es_buf_free(&keys);
+    if (rc == ES__PG_RETRY)
+        return 2;
+    if (rc < 0)
+        return rc;
+    for (size_t k = 0; k < n; k++)
+        if (!skip[k])
+            cache_put(s, reqs[k].stream, reqs[k].stream_len, 0, NULL, 0, INT64_MIN);
+    for (int i = 0; i < PQntuples(r); i++)
+        cache_put(s, (const uint8_t *)PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0),
+                  (uint64_t)g_i64(r, i, 1), PQgetvalue(r, i, 2), (size_t)PQgetlength(r, i, 2),
+                  g_i64(r, i, 3));
+    PQclear(r);
+    return 0;
+}
+
+/* Learn the server's clock from an answer that refused our time. */
+static void learn_clock(pg_store *s, int64_t t, int64_t server_us)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    if (t > server_us + 500000 || t < server_us - 500000)
+        s->clock_offset = server_us - local_us();
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+/*
+ * One try at a commit.  The chain hashes are computed here from the cached
+ * head of each stream (and, for a stream appended to twice in the commit,
+ * from the earlier request).  One request: one call of es_append(); several:
+ * one call of es_append_batch(), which checks every request set-wise and
+ * writes all events with one INSERT.  Either is one round trip and its own
+ * transaction.  Returns 0, an error, or 2 (stale cache or lost race: try
+ * again), 3 (some event ids exist: look them up).
+ */
 static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
                    const bool *skip, es_append_result *outs, es_buf *arr)
 {
-    bool multi = false;
-    size_t live = 0;
+    (void)arr;
+    size_t live = 0, events = 0;
     for (size_t k = 0; k < n; k++)
-        live += !skip[k];
-    multi = live > 1;
+        if (!skip[k]) {
+            live++;
+            events += reqs[k].n;
+        }
     if (live == 0)
         return 0;
+    bool multi = live > 1;
 
-    /* expected state of each stream, as this commit will leave it */
     typedef struct pend {
-        cached_head h;
+        cached_head h; /* the stream before this request, then after it */
         bool known;
+        uint64_t before;
+        uint32_t off; /* index of its first event in the commit */
     } pend;
     pend *pd = calloc(n, sizeof *pd);
-    uint8_t(*hashes)[ES_HASH_SIZE] = NULL;
-    size_t maxn = 0;
+    uint8_t(*hashes)[ES_HASH_SIZE] = malloc(events * sizeof *hashes);
+    es_buf b[10];
+    for (int i = 0; i < 10; i++)
+        b[i] = (es_buf)ES_BUF_INIT;
+    PGresult *r = NULL;
     int rc = 0;
-    if (!pd)
-        return es__err(ES_ENOMEM, "out of memory for an append");
-    for (size_t k = 0; k < n; k++)
-        if (reqs[k].n > maxn)
-            maxn = reqs[k].n;
-    if (!(hashes = malloc(maxn * sizeof *hashes))) {
-        free(pd);
-        return es__err(ES_ENOMEM, "out of memory for an append");
-    }
-    uint64_t *prev_head = calloc(n, sizeof *prev_head);
-    size_t *queue = calloc(n, sizeof *queue);
-    size_t nq = 0, failed = n;
-    bool piped = false, check_time = false;
-    int64_t t = 0;
-    if (!prev_head || !queue) {
+    if (!pd || !hashes) {
         rc = es__err(ES_ENOMEM, "out of memory for an append");
-        goto out_free;
-    }
-
-    /* A commit of several requests is pipelined: BEGIN, then one statement
-     * that locks every stream row of the commit in key order (so two such
-     * commits never deadlock) and returns their heads, then the requests in
-     * chunks without waiting for answers, then COMMIT once every answer is
-     * in.  A batch of 1000 takes a handful of round trips, not 1000, and
-     * chain hashes are computed from heads that cannot move meanwhile. */
-    if (multi) {
-        es_buf keys = ES_BUF_INIT;
-        uint8_t hdr[20], l4[4];
-        es__put_u32(hdr, 1);
-        es__put_u32(hdr + 4, 0);
-        es__put_u32(hdr + 8, OID_BYTEA);
-        es__put_u32(hdr + 12, (uint32_t)live);
-        es__put_u32(hdr + 16, 1);
-        int bad = es_buf_put(&keys, hdr, 20) < 0;
-        for (size_t k = 0; k < n && !bad; k++) {
-            if (skip[k])
-                continue;
-            es__put_u32(l4, (uint32_t)reqs[k].stream_len);
-            bad = es_buf_put(&keys, l4, 4) < 0 ||
-                  es_buf_put(&keys, reqs[k].stream, reqs[k].stream_len) < 0;
-        }
-        if (bad) {
-            es_buf_free(&keys);
-            rc = es__err(ES_ENOMEM, "out of memory for an append");
-            goto out_free;
-        }
-        pgp p = {0};
-        p_bytes(&p, keys.data, keys.len);
-        if (!PQenterPipelineMode(pc->c) ||
-            !PQsendQueryParams(pc->c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
-            !PQsendQueryPrepared(pc->c, stmts[S_LOCK].name, p.n, p.v, p.l, p.f, 1) ||
-            !PQsendFlushRequest(pc->c)) {
-            es_buf_free(&keys);
-            pc->broken = true;
-            rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s", pq_msg(pc->c));
-            goto out_free;
-        }
-        es_buf_free(&keys);
-        piped = true;
-        PGresult *r;
-        if ((rc = finish_query(s, pc, &r)) != 0)
-            goto end_pipe;
-        PQclear(r);
-        if ((rc = finish_query(s, pc, &r)) != 0)
-            goto end_pipe;
-        /* the heads, now locked; streams without a row are empty */
-        for (size_t k = 0; k < n; k++)
-            if (!skip[k])
-                cache_put(s, reqs[k].stream, reqs[k].stream_len, 0, NULL, 0, INT64_MIN);
-        for (int i = 0; i < PQntuples(r); i++)
-            cache_put(s, (const uint8_t *)PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0),
-                      PQgetisnull(r, i, 1) ? 0 : (uint64_t)g_i64(r, i, 1),
-                      PQgetisnull(r, i, 2) ? NULL : PQgetvalue(r, i, 2),
-                      PQgetisnull(r, i, 2) ? 0 : (size_t)PQgetlength(r, i, 2),
-                      PQgetisnull(r, i, 3) ? INT64_MIN : g_i64(r, i, 3));
-        PQclear(r);
+        goto out;
     }
 
     /* the commit time: one per commit, never before any of its streams' */
+    bool check_time = false;
+    int64_t t;
     if (reqs[0].keep_time) {
         t = reqs[0].events[0].time_us;
     } else if (s->st->clock) {
@@ -1150,211 +1221,212 @@ static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t 
                              "kept commit time %lld is before the stream's latest commit time "
                              "%lld",
                              (long long)t, (long long)e->h.time_us);
-                goto end_pipe;
+                goto out;
             }
             t = e->h.time_us;
         }
     }
 
-    /* Each request's chain hashes are computed from the state the earlier
-     * requests of the commit will leave. */
-    uint32_t base = 0;
-    for (size_t k = 0; k < n && rc == 0; k++) {
+    /* chain hashes, request by request */
+    uint32_t off = 0;
+    for (size_t k = 0; k < n; k++) {
         const es__append_req *req = &reqs[k];
-        if (!skip[k]) {
-            /* the previous state: an earlier request of this commit, or the cache */
-            cached_head prev = pd[k].h;
-            bool known = pd[k].known;
-            for (size_t j = 0; j < k; j++) {
-                if (!skip[j] && reqs[j].stream_len == req->stream_len &&
-                    !memcmp(reqs[j].stream, req->stream, req->stream_len)) {
-                    prev.head = prev_head[j] + reqs[j].n;
-                    prev.time_us = t;
-                    memcpy(prev.hash, pd[j].h.hash, ES_HASH_SIZE);
-                    known = pd[j].known;
-                }
-            }
-            prev_head[k] = prev.head;
-            pd[k].known = known;
-            const uint8_t *ph = known && prev.head ? prev.hash : NULL;
-            for (size_t i = 0; i < req->n; i++) {
-                const es_event_new *e = &req->events[i];
-                es__chain_hash(hashes[i], i ? hashes[i - 1] : ph, req->stream, req->stream_len,
-                               prev.head + 1 + i, t, req->ids[i], e->type, strlen(e->type),
-                               e->data, e->data_len, e->meta, e->meta_len);
-            }
-            /* what the stream's head hash will be once this request lands */
-            memcpy(pd[k].h.hash, hashes[req->n - 1], ES_HASH_SIZE);
-            pgp p = {0};
-            es_buf ids = ES_BUF_INIT, types = ES_BUF_INIT, data = ES_BUF_INIT, meta = ES_BUF_INIT,
-                   hs = ES_BUF_INIT;
-            p_bytes(&p, req->stream, req->stream_len);
-            p_i64(&p, req->expected == ES_EXPECT_ANY      ? -1
-                      : req->expected == ES_EXPECT_EXISTS ? -2
-                                                          : (int64_t)req->expected);
-            p_i64(&p, known ? (int64_t)prev.head : -1);
-            if (ph)
-                p_bytes(&p, ph, ES_HASH_SIZE);
-            else
-                p_null(&p);
-            p_i64(&p, t);
-            p_bool(&p, check_time);
-            p_i32(&p, (int32_t)base);
-            base += (uint32_t)req->n;
-            if (build_array(&ids, req, el_id) < 0 || build_array(&types, req, el_type) < 0 ||
-                build_array(&data, req, el_data) < 0 || build_array(&meta, req, el_meta) < 0)
-                rc = es__err(ES_ENOMEM, "out of memory for an append");
-            if (!rc) {
-                /* hashes as a bytea[] */
-                uint8_t hdr[20], l4[4];
-                es__put_u32(hdr, 1);
-                es__put_u32(hdr + 4, 0);
-                es__put_u32(hdr + 8, OID_BYTEA);
-                es__put_u32(hdr + 12, (uint32_t)req->n);
-                es__put_u32(hdr + 16, 1);
-                es__put_u32(l4, ES_HASH_SIZE);
-                if (es_buf_put(&hs, hdr, 20) < 0)
-                    rc = es__err(ES_ENOMEM, "out of memory for an append");
-                for (size_t i = 0; !rc && i < req->n; i++)
-                    if (es_buf_put(&hs, l4, 4) < 0 ||
-                        es_buf_put(&hs, hashes[i], ES_HASH_SIZE) < 0)
-                        rc = es__err(ES_ENOMEM, "out of memory for an append");
-            }
-            if (!rc) {
-                p_bytes(&p, ids.data, ids.len);
-                p_bytes(&p, types.data, types.len);
-                p_bytes(&p, data.data, data.len);
-                p_bytes(&p, meta.data, meta.len);
-                p_bytes(&p, hs.data, hs.len);
-                p_i32(&p, s->commit_delay_ms);
-                p_bool(&p, s->notify);
-                if (!PQsendQueryPrepared(pc->c, stmts[S_APPEND].name, p.n, p.v, p.l, p.f, 1)) {
-                    pc->broken = true;
-                    rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s",
-                                 pq_msg(pc->c));
-                }
-            }
-            es_buf_free(&ids);
-            es_buf_free(&types);
-            es_buf_free(&data);
-            es_buf_free(&meta);
-            es_buf_free(&hs);
-            (void)arr;
-            if (rc)
-                break;
-            queue[nq++] = k;
-        }
-        /* collect the answers of a full chunk, or of the last one */
-        bool last = true;
-        for (size_t j = k + 1; j < n; j++)
-            if (!skip[j]) {
-                last = false;
-                break;
-            }
-        if (nq == 0 || (nq < PG_PIPE_CHUNK && !last))
+        if (skip[k])
             continue;
-        if (piped && !PQsendFlushRequest(pc->c)) {
-            pc->broken = true;
-            rc = es__err(ES_EUNAVAILABLE, "postgres: cannot send a query: %s", pq_msg(pc->c));
-            break;
-        }
-        for (size_t q = 0; q < nq && rc == 0; q++) {
-            size_t kk = queue[q];
-            const es__append_req *rq = &reqs[kk];
-            PGresult *r = NULL;
-            failed = kk;
-            rc = finish_query(s, pc, &r);
-            if (rc != 0)
-                break;
-            int status = g_i32(r, 0, 0);
-            uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
-            const void *hh = PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2);
-            size_t hl = hh ? (size_t)PQgetlength(r, 0, 2) : 0;
-            int64_t ht = PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3);
-            int64_t server_us = g_i64(r, 0, 5);
-            if (check_time) {
-                pthread_mutex_lock(&s->cache_lock);
-                if (status == 2 && (t > server_us + 500000 || t < server_us - 500000))
-                    s->clock_offset = server_us - local_us();
-                pthread_mutex_unlock(&s->cache_lock);
+        cached_head prev = pd[k].h;
+        bool known = pd[k].known;
+        for (size_t j = 0; j < k; j++) {
+            if (!skip[j] && reqs[j].stream_len == req->stream_len &&
+                !memcmp(reqs[j].stream, req->stream, req->stream_len)) {
+                prev.head = pd[j].before + reqs[j].n;
+                memcpy(prev.hash, hashes[pd[j].off + reqs[j].n - 1], ES_HASH_SIZE);
+                known = pd[j].known;
             }
-            if (status == 0) {
-                outs[kk].first_seq = prev_head[kk] + 1;
-                outs[kk].last_seq = head;
-                outs[kk].head = head;
-                outs[kk].first_position = (uint64_t)g_i64(r, 0, 4);
-                outs[kk].last_position = outs[kk].first_position + rq->n - 1;
-                outs[kk].time_us = t;
-                outs[kk].replayed = 0;
-                PQclear(r);
+        }
+        pd[k].known = known;
+        pd[k].before = prev.head;
+        pd[k].off = off;
+        const uint8_t *ph = known && prev.head ? prev.hash : NULL;
+        memcpy(pd[k].h.hash, prev.hash, ES_HASH_SIZE); /* kept for the call below */
+        for (size_t i = 0; i < req->n; i++) {
+            const es_event_new *e = &req->events[i];
+            es__chain_hash(hashes[off + i], i ? hashes[off + i - 1] : ph, req->stream,
+                           req->stream_len, prev.head + 1 + i, t, req->ids[i], e->type,
+                           strlen(e->type), e->data, e->data_len, e->meta, e->meta_len);
+        }
+        off += (uint32_t)req->n;
+    }
+
+    /* the events, flattened in commit order */
+    rc = arr_head(&b[0], OID_BYTEA, events, false) || arr_head(&b[1], OID_BYTEA, events, false) ||
+         arr_head(&b[2], OID_BYTEA, events, false) || arr_head(&b[3], OID_BYTEA, events, false) ||
+         arr_head(&b[4], OID_BYTEA, events, false);
+    for (size_t k = 0; k < n && !rc; k++) {
+        if (skip[k])
+            continue;
+        const es__append_req *req = &reqs[k];
+        for (size_t i = 0; i < req->n && !rc; i++) {
+            const es_event_new *e = &req->events[i];
+            rc = arr_add(&b[0], req->ids[i], ES_ID_SIZE) ||
+                 arr_add(&b[1], e->type, strlen(e->type)) ||
+                 arr_add(&b[2], e->data_len ? e->data : "", e->data_len) ||
+                 arr_add(&b[3], e->meta_len ? e->meta : "", e->meta_len) ||
+                 arr_add(&b[4], hashes[pd[k].off + i], ES_HASH_SIZE);
+        }
+    }
+    if (rc) {
+        rc = es__err(ES_ENOMEM, "out of memory for an append");
+        goto out;
+    }
+
+    pgp p = {0};
+    int stmt;
+    if (!multi) {
+        size_t k = 0;
+        while (skip[k])
+            k++;
+        const es__append_req *req = &reqs[k];
+        p_bytes(&p, req->stream, req->stream_len);
+        p_i64(&p, expected_arg(req->expected));
+        p_i64(&p, pd[k].known ? (int64_t)pd[k].before : -1);
+        if (pd[k].known && pd[k].before)
+            p_bytes(&p, pd[k].h.hash, ES_HASH_SIZE);
+        else
+            p_null(&p);
+        p_i64(&p, t);
+        p_bool(&p, check_time);
+        p_i32(&p, 0);
+        stmt = S_APPEND;
+    } else {
+        /* the requests as arrays: stream, expectation, what the client
+         * believes the stream is at, and how many events it adds */
+        rc = arr_head(&b[5], OID_BYTEA, live, false) || arr_head(&b[6], OID_INT8, live, false) ||
+             arr_head(&b[7], OID_INT8, live, false) || arr_head(&b[8], OID_BYTEA, live, true) ||
+             arr_head(&b[9], OID_INT4, live, false);
+        for (size_t k = 0; k < n && !rc; k++) {
+            if (skip[k])
                 continue;
-            }
-            if (head || hh)
-                cache_put(s, rq->stream, rq->stream_len, head, hh, hl, ht);
-            PQclear(r);
-            if (status == 1) {
-                memset(&outs[kk], 0, sizeof outs[kk]);
-                outs[kk].head = head;
-                rc = es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
-                             n > 1 ? "one of the append's streams: " : "",
-                             (unsigned long long)head);
-            } else if (status == 2) {
-                if (!head) /* the stream is empty: forget a wrong guess */
-                    cache_put(s, rq->stream, rq->stream_len, 0, NULL, 0, INT64_MIN);
-                rc = 2;
-            } else {
-                rc = 3;
-            }
+            bool has_hash = pd[k].known && pd[k].before;
+            rc = arr_add(&b[5], reqs[k].stream, reqs[k].stream_len) ||
+                 arr_add_i64(&b[6], expected_arg(reqs[k].expected)) ||
+                 arr_add_i64(&b[7], pd[k].known ? (int64_t)pd[k].before : -1) ||
+                 arr_add(&b[8], has_hash ? pd[k].h.hash : NULL, ES_HASH_SIZE) ||
+                 arr_add_i32(&b[9], (int32_t)reqs[k].n);
         }
-        nq = 0;
+        if (rc) {
+            rc = es__err(ES_ENOMEM, "out of memory for an append");
+            goto out;
+        }
+        for (int i = 5; i < 10; i++)
+            p_bytes(&p, b[i].data, b[i].len);
+        p_i64(&p, t);
+        p_bool(&p, check_time);
+        stmt = S_APPEND_BATCH;
     }
-end_pipe:
-    if (rc == ES__PG_RETRY)
-        rc = 2;
-    if (piped && !pc->broken) {
-        /* end the pipeline: every answer up to the sync point is read */
-        int save = rc;
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", es_error_last());
-        if (pipe_end(s, pc) < 0)
-            pc->broken = true;
-        rc = save;
-        if (rc < 0)
-            es__err(rc, "%s", msg);
+    for (int i = 0; i < 5; i++)
+        p_bytes(&p, b[i].data, b[i].len);
+    p_i32(&p, s->commit_delay_ms);
+    p_bool(&p, s->notify);
+    rc = run(s, pc, stmt, &p, &r);
+    if (rc == ES__PG_RETRY) { /* a race on a new stream's first seq, or on an id */
+        rc = refresh_heads(s, pc, reqs, n, skip);
+        rc = rc < 0 ? rc : 2;
+        goto out;
     }
-    if (rc != 0)
-        goto rollback;
-    if (multi && (rc = run_sql(s, pc, "COMMIT", NULL)) < 0)
-        goto out_free;
+    if (rc < 0)
+        goto out;
+
+    /* status, head, hash, time_us, first_position, server_us; the batch
+     * answers status, bad (the request), head, base, server_us */
+    int status = g_i32(r, 0, 0);
+    if (!multi) {
+        size_t k = 0;
+        while (skip[k])
+            k++;
+        uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
+        if (check_time && status == 2)
+            learn_clock(s, t, g_i64(r, 0, 5));
+        if (status == 0) {
+            outs[k].first_seq = pd[k].before + 1;
+            outs[k].last_seq = head;
+            outs[k].head = head;
+            outs[k].first_position = (uint64_t)g_i64(r, 0, 4);
+            outs[k].last_position = outs[k].first_position + reqs[k].n - 1;
+            outs[k].time_us = t;
+            outs[k].replayed = 0;
+            cache_put(s, reqs[k].stream, reqs[k].stream_len, head, hashes[reqs[k].n - 1],
+                      ES_HASH_SIZE, t);
+            rc = 0;
+            goto out;
+        }
+        if (head || !PQgetisnull(r, 0, 2))
+            cache_put(s, reqs[k].stream, reqs[k].stream_len, head,
+                      PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2),
+                      PQgetisnull(r, 0, 2) ? 0 : (size_t)PQgetlength(r, 0, 2),
+                      PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3));
+        else if (status == 2) /* the stream is empty: forget a wrong guess */
+            cache_put(s, reqs[k].stream, reqs[k].stream_len, 0, NULL, 0, INT64_MIN);
+        if (status == 1) {
+            memset(&outs[k], 0, sizeof outs[k]);
+            outs[k].head = head;
+            rc = es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
+                         (unsigned long long)head);
+        } else {
+            rc = status == 2 ? 2 : 3;
+        }
+        goto out;
+    }
+
+    if (status == 0) {
+        uint64_t base = (uint64_t)g_i64(r, 0, 3);
+        for (size_t k = 0; k < n; k++) {
+            if (skip[k])
+                continue;
+            outs[k].first_seq = pd[k].before + 1;
+            outs[k].last_seq = outs[k].head = pd[k].before + reqs[k].n;
+            outs[k].first_position = base + pd[k].off;
+            outs[k].last_position = outs[k].first_position + reqs[k].n - 1;
+            outs[k].time_us = t;
+            outs[k].replayed = 0;
+        }
+        /* later requests of a stream overwrite earlier ones: the cache ends
+         * at each stream's last request */
+        for (size_t k = 0; k < n; k++)
+            if (!skip[k])
+                cache_put(s, reqs[k].stream, reqs[k].stream_len, outs[k].last_seq,
+                          hashes[pd[k].off + reqs[k].n - 1], ES_HASH_SIZE, t);
+        rc = 0;
+        goto out;
+    }
+    /* nothing of the commit landed */
     for (size_t k = 0; k < n; k++)
         if (!skip[k])
-            cache_put(s, reqs[k].stream, reqs[k].stream_len, outs[k].last_seq, pd[k].h.hash,
-                      ES_HASH_SIZE, t);
-    rc = 0;
-    goto out_free;
-rollback:
-    /* nothing of the commit landed: only a conflict's head is reported */
-    for (size_t j = 0; j < n; j++) {
-        if (skip[j])
-            continue;
-        uint64_t h = outs[j].head;
-        memset(&outs[j], 0, sizeof outs[j]);
-        if (rc == ES_ECONFLICT && j == failed)
-            outs[j].head = h;
+            memset(&outs[k], 0, sizeof outs[k]);
+    if (status == 1) {
+        int bad = g_i32(r, 0, 1);
+        uint64_t head = (uint64_t)g_i64(r, 0, 2);
+        size_t k = 0;
+        for (int live_i = -1; k < n; k++)
+            if (!skip[k] && ++live_i == bad)
+                break;
+        if (k < n)
+            outs[k].head = head;
+        rc = es__err(ES_ECONFLICT,
+                     "one of the append's streams: stream is at seq %llu, not at the expected "
+                     "state",
+                     (unsigned long long)head);
+    } else if (status == 2) {
+        if (check_time)
+            learn_clock(s, t, g_i64(r, 0, 4));
+        rc = refresh_heads(s, pc, reqs, n, skip);
+        rc = rc < 0 ? rc : 2;
+    } else {
+        rc = 3;
     }
-    if (multi && !pc->broken) {
-        int save = rc;
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", es_error_last());
-        if (run_sql(s, pc, "ROLLBACK", NULL) < 0)
-            pc->broken = true;
-        rc = save;
-        if (rc < 0)
-            es__err(rc, "%s", msg);
-    }
-out_free:
-    free(prev_head);
-    free(queue);
+out:
+    PQclear(r);
+    for (int i = 0; i < 10; i++)
+        es_buf_free(&b[i]);
     free(pd);
     free(hashes);
     return rc;
@@ -1794,7 +1866,7 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
 {
     pg_store *s = be;
     int64_t deadline = mono_ms() + timeout_ms;
-    int rc;
+    int rc, nap = 5; /* without notifications: poll at 5, 10, 20 … up to 100 ms */
     for (;;) {
         uint64_t last = 0;
         if ((rc = pg_last_position(s, &last)) < 0)
@@ -1807,7 +1879,11 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
         /* Sleep on the listener until a notification or the poll interval:
          * without notifications (a transaction-pooling proxy, notify=0) the
          * interval alone keeps tailing going. */
-        int slice = (int)(left < 250 ? left : 250);
+        int slice = s->notify ? 250 : nap;
+        if (slice > left)
+            slice = (int)left;
+        if (nap < 100)
+            nap *= 2;
         pthread_mutex_lock(&s->listen_lock);
         if (s->listener && PQstatus(s->listener) != CONNECTION_OK) {
             PQfinish(s->listener);

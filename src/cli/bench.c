@@ -10,6 +10,7 @@
  * eventsrc uses only the public API (and the users example for W7).
  */
 #define _GNU_SOURCE
+#include "bench.h"
 #include "cli.h"
 
 #include "users.h"
@@ -29,35 +30,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAYLOAD 150
-#define STREAMS 1000
-#define BATCH 1000
-#define ONE_STREAM_EVENTS 10000
-
-typedef struct result {
-    char workload[8];
-    char system[24];
-    double events_per_s;
-    double p50_us, p99_us;
-    long peak_rss_kb;
-    long extra_kb; /* W5: RSS added by the scan */
-    char note[96];
-    int ok;
-} result;
-
-typedef struct bench {
-    double scale;
-    char dir[512];
-    int json;
-    const char *only;
-    const char *systems;
-    result results[64];
-    int n_results;
-} bench;
-
 /* ---- helpers ---- */
 
-static double now_s(void)
+double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -82,7 +57,7 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void percentiles(double *lat, size_t n, result *r)
+void percentiles(double *lat, size_t n, result *r)
 {
     if (!n)
         return;
@@ -91,14 +66,14 @@ static void percentiles(double *lat, size_t n, result *r)
     r->p99_us = lat[(size_t)((double)(n - 1) * 0.99)] * 1e6;
 }
 
-static void stream_id(uint8_t out[16], unsigned i)
+void stream_id(uint8_t out[16], unsigned i)
 {
     char buf[17];
     snprintf(buf, sizeof buf, "stream-%09u", i);
     memcpy(out, buf, 16);
 }
 
-static void payload(uint8_t out[PAYLOAD], uint64_t n)
+void payload(uint8_t out[PAYLOAD], uint64_t n)
 {
     for (int i = 0; i < PAYLOAD; i++)
         out[i] = (uint8_t)('a' + (n + (uint64_t)i) % 26);
@@ -117,8 +92,7 @@ static void path_of(char *out, size_t cap, const bench *b, const char *name)
     snprintf(out, cap, "%s/%s", b->dir, name);
 }
 
-static int fail(result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(result *r, const char *fmt, ...)
+int fail(result *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -136,6 +110,17 @@ static int es_open_bench(es_store **st, const bench *b, const char *system, cons
     char uri[700];
     if (strcmp(system, "eventsrc-mem") == 0) {
         snprintf(uri, sizeof uri, "mem:");
+    } else if (strcmp(system, "eventsrc-pg") == 0) {
+        /* one schema per data set and run, on the --pg server */
+        char schema[64];
+        int n = snprintf(schema, sizeof schema, "bench%u_", b->run_id);
+        for (const char *c = name; *c && n < (int)sizeof schema - 1; c++)
+            schema[n++] = *c == '-' ? '_' : *c;
+        schema[n] = 0;
+        if (!b->pg_uri)
+            return fail(r, "eventsrc-pg needs --pg URI");
+        snprintf(uri, sizeof uri, "%s%cschema=%s", b->pg_uri, strchr(b->pg_uri, '?') ? '&' : '?',
+                 schema);
     } else {
         char p[600];
         path_of(p, sizeof p, b, name);
@@ -498,7 +483,7 @@ static void *raw_w7_thread(void *p)
 
 /* ---- workloads ---- */
 
-static uint64_t scaled(const bench *b, double full, uint64_t min)
+uint64_t scaled(const bench *b, double full, uint64_t min)
 {
     uint64_t n = (uint64_t)(full * b->scale);
     return n < min ? min : n;
@@ -626,10 +611,18 @@ out:
 }
 
 /* W3: batches of 1000 across 1000 streams; leaves the data for W4/W5. */
+uint64_t pg_w3_events(const bench *b)
+{
+    uint64_t n = scaled(b, 200000, 10000);
+    return n - n % BATCH;
+}
+
 static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
 {
     uint64_t n = scaled(b, 1000000, 10000);
     n -= n % BATCH;
+    if (strcmp(sys, "eventsrc-pg") == 0)
+        n = pg_w3_events(b);
     size_t nb = (size_t)(n / BATCH), nl = 0;
     double *lat = calloc(nb + 1, sizeof *lat);
     unsigned streams[BATCH];
@@ -706,7 +699,8 @@ static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
         sqlite3_close(db);
     }
     percentiles(lat, nl, r);
-    snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit", n);
+    if (r->ok)
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit", n);
 out:
     free(lat);
     return r->ok ? 0 : -1;
@@ -1022,8 +1016,8 @@ out:
 
 /* ---- driver ---- */
 
-static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw", "sqlite"};
-static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7"};
+static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw", "sqlite",
+                                      "eventsrc-pg",   "pg-raw",       "message-db"};
 
 static bool listed(const char *list, const char *item)
 {
@@ -1036,6 +1030,24 @@ static bool listed(const char *list, const char *item)
     return false;
 }
 
+static bool is_pg_baseline(const char *sys)
+{
+    return strcmp(sys, "pg-raw") == 0 || strcmp(sys, "message-db") == 0;
+}
+
+/* Systems of this run: those listed, or every one whose server was given. */
+static bool wanted(const bench *b, const char *sys)
+{
+    if (b->systems)
+        return listed(b->systems, sys);
+    if (strcmp(sys, "message-db") == 0)
+        return b->mdb_uri != NULL;
+    if (strcmp(sys, "eventsrc-pg") == 0 || strcmp(sys, "pg-raw") == 0)
+        return b->pg_uri != NULL;
+    return true;
+}
+static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7"};
+
 /* Run one (workload, system) in a child; record and print it unless `quiet`. */
 static void run_one(bench *b, const char *w, const char *sys, bool quiet)
 {
@@ -1046,6 +1058,9 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
     snprintf(r.system, sizeof r.system, "%s", sys);
     if ((strcmp(w, "W6") == 0) && strncmp(sys, "eventsrc", 8) != 0)
         return; /* views are eventsrc's: no baseline row */
+    if (is_pg_baseline(sys) && strcmp(w, "W1") && strcmp(w, "W2") && strcmp(w, "W3") &&
+        strcmp(w, "W4"))
+        return; /* the PostgreSQL baselines run W1–W4 */
     fflush(stdout);
     if (pipe(fds) != 0)
         return;
@@ -1054,7 +1069,13 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
         close(fds[0]);
         r.ok = 1;
         int rc;
-        if (strcmp(w, "W1") == 0)
+        if (is_pg_baseline(sys))
+#ifdef ES_HAVE_PG
+            rc = pgb_run(b, w, sys, &r);
+#else
+            rc = fail(&r, "esrc was built without PostgreSQL");
+#endif
+        else if (strcmp(w, "W1") == 0)
             rc = run_w1(b, sys, &r);
         else if (strcmp(w, "W2") == 0)
             rc = run_w2(b, sys, &r);
@@ -1121,6 +1142,13 @@ static void ratio(const bench *b, const char *what, const char *w1, const char *
         return;
     double v = by_time ? (x->p50_us / y->p50_us) : (x->events_per_s / y->events_per_s);
     bool met = higher_is_better ? v >= target : v <= target;
+    if (target == 0) { /* for comparison only */
+        if (b->json)
+            printf("{\"comparison\":\"%s\",\"ratio\":%.2f}\n", what, v);
+        else
+            printf("| %-44s | %7.2f | | |\n", what, v);
+        return;
+    }
     if (b->json)
         printf("{\"target\":\"%s\",\"ratio\":%.2f,\"goal\":%.2f,\"met\":%s}\n", what, v, target,
                met ? "true" : "false");
@@ -1138,10 +1166,12 @@ int esrc_bench(int json, int argc, char **argv)
                                           {"only", required_argument, NULL, 'o'},
                                           {"systems", required_argument, NULL, 'y'},
                                           {"keep", no_argument, NULL, 'k'},
+                                          {"pg", required_argument, NULL, 'p'},
+                                          {"message-db", required_argument, NULL, 'm'},
                                           {NULL, 0, NULL, 0}};
     static const char help[] =
         "usage: esrc bench [--scale F] [--only W1,W3,...] [--systems a,b] [--dir DIR]\n"
-        "                  [--keep] [--json]\n\n"
+        "                  [--pg URI] [--message-db URI] [--keep] [--json]\n\n"
         "Runs the workloads on eventsrc (lmdb and mem stores) and, in the same run\n"
         "on the same data, on raw LMDB and SQLite:\n"
         "  W1 durable one-event appends, 1 writer        W2 the same, 16 writer threads\n"
@@ -1150,7 +1180,11 @@ int esrc_bench(int json, int argc, char **argv)
         "  W7 saves with the unique-username rule, 4 threads on one company\n"
         "--scale sizes the work (1 = the full run, minutes; 0.02 = seconds).\n"
         "Data goes to --dir (default: a new temp dir), removed unless --keep.\n"
-        "Systems: eventsrc-lmdb, eventsrc-mem, lmdb-raw, sqlite.\n";
+        "Systems: eventsrc-lmdb, eventsrc-mem, lmdb-raw, sqlite; with --pg URI (a\n"
+        "PostgreSQL server) also eventsrc-pg and pg-raw, and with --message-db URI (the\n"
+        "database Message DB is installed in, on the same server) message-db.\n"
+        "PostgreSQL systems run W3 on a fifth of the events; pg-raw and message-db\n"
+        "run W1-W4.  scripts/bench.sh sets all of this up.\n";
     bench *b = calloc(1, sizeof *b);
     bool keep = false, made_dir = false;
     int c;
@@ -1158,6 +1192,7 @@ int esrc_bench(int json, int argc, char **argv)
         return ESRC_FAIL;
     b->scale = 1.0;
     b->json = json;
+    b->run_id = (unsigned)(time(NULL) % 100000000);
     optind = 1;
     while ((c = getopt_long(argc, argv, "+:h", longs, NULL)) != -1) {
         switch (c) {
@@ -1189,6 +1224,12 @@ int esrc_bench(int json, int argc, char **argv)
             break;
         case 'k':
             keep = true;
+            break;
+        case 'p':
+            b->pg_uri = optarg;
+            break;
+        case 'm':
+            b->mdb_uri = optarg;
             break;
         default:
             fprintf(stderr, "esrc: bench: unknown option or missing value in '%s' (see --help)\n",
@@ -1233,12 +1274,12 @@ int esrc_bench(int json, int argc, char **argv)
             if (access(probe, F_OK) != 0) {
                 fprintf(stderr, "esrc bench: loading W3's data first\n");
                 for (size_t s = 0; s < sizeof SYSTEMS / sizeof *SYSTEMS; s++)
-                    if (strcmp(SYSTEMS[s], "eventsrc-mem") != 0 && listed(b->systems, SYSTEMS[s]))
+                    if (strcmp(SYSTEMS[s], "eventsrc-mem") != 0 && wanted(b, SYSTEMS[s]))
                         run_one(b, "W3", SYSTEMS[s], true);
             }
         }
         for (size_t s = 0; s < sizeof SYSTEMS / sizeof *SYSTEMS; s++)
-            if (listed(b->systems, SYSTEMS[s]))
+            if (wanted(b, SYSTEMS[s]))
                 run_one(b, WORKLOADS[w], SYSTEMS[s], false);
     }
     if (!b->json)
@@ -1251,6 +1292,19 @@ int esrc_bench(int json, int argc, char **argv)
     ratio(b, "W4 eventsrc-lmdb time / lmdb-raw time", "W4", "eventsrc-lmdb", "W4", "lmdb-raw", 2.0,
           false, true);
     ratio(b, "W5 eventsrc-lmdb / lmdb-raw", "W5", "eventsrc-lmdb", "W5", "lmdb-raw", 0.5, true, false);
+    ratio(b, "W1 eventsrc-pg / message-db", "W1", "eventsrc-pg", "W1", "message-db", 0.9, true,
+          false);
+    ratio(b, "W2 eventsrc-pg / message-db (16 clients)", "W2", "eventsrc-pg", "W2", "message-db",
+          1.5, true, false);
+    ratio(b, "W3 eventsrc-pg / message-db (pipelined)", "W3", "eventsrc-pg", "W3", "message-db",
+          1.5, true, false);
+    ratio(b, "W4 eventsrc-pg time / message-db time", "W4", "eventsrc-pg", "W4", "message-db",
+          1.0 / 3, false, true);
+    ratio(b, "W1 eventsrc-pg / pg-raw", "W1", "eventsrc-pg", "W1", "pg-raw", 0, true, false);
+    ratio(b, "W2 eventsrc-pg / pg-raw", "W2", "eventsrc-pg", "W2", "pg-raw", 0, true, false);
+    ratio(b, "W3 eventsrc-pg / pg-raw", "W3", "eventsrc-pg", "W3", "pg-raw", 0, true, false);
+    ratio(b, "W4 eventsrc-pg time / pg-raw time", "W4", "eventsrc-pg", "W4", "pg-raw", 0, false,
+          true);
     const result *w6 = find(b, "W6", "eventsrc-lmdb"), *w5 = find(b, "W5", "eventsrc-lmdb");
     if (w6 && !b->json) {
         printf("| %-44s | %7.1f | <= 10 µs | %s |\n", "W6 warm get median (µs)", w6->p50_us,

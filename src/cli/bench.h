@@ -1,0 +1,56 @@
+/*
+ * bench.h — what the parts of `esrc bench` share: the workload's shape, a
+ * result row, the run's settings, and small helpers.
+ */
+#ifndef ESRC_BENCH_H
+#define ESRC_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PAYLOAD 150
+#define STREAMS 1000
+#define BATCH 1000
+#define ONE_STREAM_EVENTS 10000
+
+typedef struct result {
+    char workload[8];
+    char system[24];
+    double events_per_s;
+    double p50_us, p99_us;
+    long peak_rss_kb;
+    long extra_kb; /* W5: RSS added by the scan */
+    char note[96];
+    int ok;
+} result;
+
+typedef struct bench {
+    double scale;
+    char dir[512];
+    int json;
+    const char *only;
+    const char *systems;
+    const char *pg_uri;  /* the PostgreSQL server of eventsrc-pg and pg-raw */
+    const char *mdb_uri; /* the database Message DB is installed in */
+    unsigned run_id;     /* names this run's schemas and streams on the server */
+    result results[96];
+    int n_results;
+} bench;
+
+double now_s(void);
+void percentiles(double *lat, size_t n, result *r);
+/* A 16-byte stream id for stream number i. */
+void stream_id(uint8_t out[16], unsigned i);
+/* The 150 payload bytes of event n (printable). */
+void payload(uint8_t out[PAYLOAD], uint64_t n);
+int fail(result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+uint64_t scaled(const bench *b, double full, uint64_t min);
+
+/* Events W3 writes on PostgreSQL systems (a fifth of the embedded run's). */
+uint64_t pg_w3_events(const bench *b);
+
+/* W1–W4 on pg-raw and message-db (bench_pg.c). */
+int pgb_run(const bench *b, const char *w, const char *sys, result *r);
+
+#endif

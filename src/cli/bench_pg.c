@@ -1,0 +1,579 @@
+/*
+ * bench_pg.c — the PostgreSQL baselines of `esrc bench`, on the same
+ * server as eventsrc-pg:
+ *
+ *   pg-raw      what a user would hand-roll: an events table (bigserial
+ *               position, UNIQUE (stream, seq)), one INSERT per event, and
+ *               for batches one INSERT … SELECT FROM unnest(arrays) per 1000.
+ *   message-db  Message DB (the npm package @eventide/message-db, installed
+ *               by scripts/bench.sh): write_message() with an expected
+ *               version, get_stream_messages() to read.  Batches are its
+ *               best: 1000 write_message calls in one transaction, sent in a
+ *               libpq pipeline, so round trips do not count against it.
+ *
+ * Both use libpq directly with binary parameters where the types allow.
+ */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIPE_CHUNK 250
+
+/* ---- small libpq helpers ---- */
+
+static int pq_fail(result *r, const char *what, const char *msg)
+{
+    char m[80];
+    size_t n = 0;
+    for (; msg && msg[n] && n < sizeof m - 1; n++)
+        m[n] = msg[n] == '\n' ? ' ' : msg[n];
+    m[n] = 0;
+    return fail(r, "%s: %s", what, m);
+}
+
+static PGconn *connect_to(const char *uri, result *r)
+{
+    PGconn *c = PQconnectdb(uri);
+    if (PQstatus(c) != CONNECTION_OK) {
+        pq_fail(r, "connect", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(PQexec(c, "SET client_min_messages = warning"));
+    /* Message DB's functions call each other unqualified */
+    PQclear(PQexec(c, "SET search_path = message_store, public"));
+    return c;
+}
+
+static int exec_ok(PGconn *c, const char *sql, result *r)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        pq_fail(r, "sql", PQresultErrorMessage(res));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+static int prepare(PGconn *c, const char *name, const char *sql, int n, const Oid *types,
+                   result *r)
+{
+    PGresult *res = PQprepare(c, name, sql, n, types);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        pq_fail(r, "prepare", PQresultErrorMessage(res));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* Run a prepared statement; 0 when it answered rows or OK. */
+static int exec_prepared(PGconn *c, const char *name, int n, const char *const *v,
+                         const int *l, const int *f, result *r)
+{
+    PGresult *res = PQexecPrepared(c, name, n, v, l, f, 1);
+    ExecStatusType st = PQresultStatus(res);
+    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        pq_fail(r, name, PQresultErrorMessage(res));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+static void be64(uint8_t out[8], uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static void be32(uint8_t out[4], uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        out[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+/* A one-dimensional array in PostgreSQL's binary format. */
+typedef struct arr {
+    uint8_t *p;
+    size_t len, cap;
+} arr;
+
+static int arr_put(arr *a, const void *d, size_t n)
+{
+    if (a->len + n > a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 4096;
+        while (cap < a->len + n)
+            cap *= 2;
+        uint8_t *p = realloc(a->p, cap);
+        if (!p)
+            return -1;
+        a->p = p;
+        a->cap = cap;
+    }
+    memcpy(a->p + a->len, d, n);
+    a->len += n;
+    return 0;
+}
+
+static int arr_begin(arr *a, Oid elem, uint32_t n)
+{
+    uint8_t h[20];
+    a->len = 0;
+    be32(h, 1);
+    be32(h + 4, 0);
+    be32(h + 8, elem);
+    be32(h + 12, n);
+    be32(h + 16, 1);
+    return arr_put(a, h, 20);
+}
+
+static int arr_elem(arr *a, const void *d, uint32_t n)
+{
+    uint8_t l[4];
+    be32(l, n);
+    return arr_put(a, l, 4) || arr_put(a, d, n) ? -1 : 0;
+}
+
+/* ---- names on the server ---- */
+
+static void raw_table(char *out, size_t cap, const bench *b, const char *t)
+{
+    snprintf(out, cap, "pgraw_%u.%s", b->run_id, t);
+}
+
+static int raw_setup(PGconn *c, const bench *b, const char *t, result *r)
+{
+    char sql[600], tab[64];
+    raw_table(tab, sizeof tab, b, t);
+    snprintf(sql, sizeof sql,
+             "CREATE SCHEMA IF NOT EXISTS pgraw_%u;"
+             "CREATE TABLE IF NOT EXISTS %s (position bigserial PRIMARY KEY,"
+             " stream bytea NOT NULL, seq bigint NOT NULL, type text NOT NULL,"
+             " data bytea NOT NULL, time timestamptz NOT NULL DEFAULT now(),"
+             " UNIQUE (stream, seq))",
+             b->run_id, tab);
+    return exec_ok(c, sql, r);
+}
+
+/* Message DB stream name of stream i: category "benchN" and the workload
+ * (all workloads share Message DB's one table), id = hex. */
+static void mdb_stream(char out[64], const bench *b, const char *w, unsigned i)
+{
+    uint8_t id[16];
+    stream_id(id, i);
+    int n = snprintf(out, 64, "bench%u%s-", b->run_id, w);
+    for (int k = 0; k < 16; k++)
+        n += snprintf(out + n, (size_t)(64 - n), "%02x", id[k]);
+}
+
+static void mdb_uuid(char out[37], unsigned run, unsigned who, uint64_t n)
+{
+    snprintf(out, 37, "%08x-%04x-4000-8000-%012" PRIx64, run, who & 0xffff,
+             (uint64_t)(n & 0xffffffffffffULL));
+}
+
+static void mdb_json(char out[PAYLOAD + 16], uint64_t n)
+{
+    uint8_t d[PAYLOAD];
+    payload(d, n);
+    memcpy(out, "{\"p\":\"", 6);
+    memcpy(out + 6, d, PAYLOAD);
+    memcpy(out + 6 + PAYLOAD, "\"}", 3);
+}
+
+static const char MDB_WRITE[] =
+    "SELECT message_store.write_message($1, $2, 'Bench', $3::jsonb, NULL, $4::bigint)";
+
+/* One write_message's text parameters. */
+typedef struct mdb_msg {
+    char id[37], stream[64], data[PAYLOAD + 16], version[24];
+    const char *v[4];
+} mdb_msg;
+
+static void mdb_fill(mdb_msg *m, const bench *b, unsigned who, uint64_t n, unsigned stream,
+                     int64_t expected)
+{
+    mdb_uuid(m->id, b->run_id, who, n);
+    /* who: 100 = W1, 200.. = W2's writers, 300/301 = W3 */
+    mdb_stream(m->stream, b, who < 200 ? "w1" : who < 300 ? "w2" : "w3", stream);
+    mdb_json(m->data, n);
+    snprintf(m->version, sizeof m->version, "%" PRId64, expected);
+    m->v[0] = m->id;
+    m->v[1] = m->stream;
+    m->v[2] = m->data;
+    m->v[3] = m->version;
+}
+
+/* Read every answer up to and including a pipeline's sync point. */
+static int pipe_drain_to_sync(PGconn *c, result *r)
+{
+    int bad = 0;
+    for (;;) {
+        PGresult *res = PQgetResult(c);
+        if (!res) {
+            if (PQstatus(c) != CONNECTION_OK)
+                return pq_fail(r, "pipeline", PQerrorMessage(c));
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            break;
+        }
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !bad) {
+            if (r->ok) /* keep the first error */
+                pq_fail(r, "pipeline", PQresultErrorMessage(res));
+            bad = 1;
+        }
+        PQclear(res);
+    }
+    return bad ? -1 : 0;
+}
+
+/*
+ * One Message DB batch: BEGIN, n write_message calls, COMMIT, pipelined in
+ * chunks (a chunk's answers are read before the next chunk is sent).
+ */
+static int mdb_batch(PGconn *c, const bench *b, unsigned who, uint64_t base,
+                     const unsigned *streams, const int64_t *expected, size_t n, result *r)
+{
+    mdb_msg m;
+    if (!PQenterPipelineMode(c) || !PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
+        return pq_fail(r, "pipeline", PQerrorMessage(c));
+    int rc = 0;
+    size_t sent = 0, pending = 1; /* statements whose answers are not all read: BEGIN */
+    while (sent < n && rc == 0) {
+        size_t upto = sent + PIPE_CHUNK < n ? sent + PIPE_CHUNK : n;
+        for (; sent < upto; sent++, pending++) {
+            mdb_fill(&m, b, who, base + sent, streams[sent], expected[sent]);
+            if (!PQsendQueryPrepared(c, "mdb_write", 4, m.v, NULL, NULL, 0)) {
+                rc = pq_fail(r, "send", PQerrorMessage(c));
+                break;
+            }
+        }
+        if (rc || !PQsendFlushRequest(c) || PQflush(c) < 0) {
+            rc = rc ? rc : pq_fail(r, "flush", PQerrorMessage(c));
+            break;
+        }
+        while (pending > 0 && rc == 0) {
+            PGresult *res = PQgetResult(c);
+            if (!res) { /* the end of one statement's answers */
+                pending--;
+                continue;
+            }
+            ExecStatusType st = PQresultStatus(res);
+            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+                rc = pq_fail(r, "write_message", PQresultErrorMessage(res));
+            PQclear(res);
+        }
+    }
+    if (rc == 0 && !PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+        rc = pq_fail(r, "commit", PQerrorMessage(c));
+    if (!PQpipelineSync(c))
+        return pq_fail(r, "sync", PQerrorMessage(c));
+    if (pipe_drain_to_sync(c, r) < 0)
+        rc = -1;
+    PQexitPipelineMode(c);
+    if (rc)
+        exec_ok(c, "ROLLBACK", r);
+    return rc;
+}
+
+/* One pg-raw batch: a single INSERT … SELECT FROM unnest(…) (one statement,
+ * one transaction, one round trip). */
+typedef struct raw_batch {
+    arr s, q, d;
+} raw_batch;
+
+static int raw_insert_batch(PGconn *c, raw_batch *rb, const unsigned *streams,
+                            const uint64_t *seqs, size_t n, uint64_t base, result *r)
+{
+    uint8_t id[16], d[PAYLOAD], q[8];
+    if (arr_begin(&rb->s, 17, (uint32_t)n) || arr_begin(&rb->q, 20, (uint32_t)n) ||
+        arr_begin(&rb->d, 17, (uint32_t)n))
+        return fail(r, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        stream_id(id, streams[i]);
+        be64(q, seqs[i]);
+        payload(d, base + i);
+        if (arr_elem(&rb->s, id, 16) || arr_elem(&rb->q, q, 8) || arr_elem(&rb->d, d, PAYLOAD))
+            return fail(r, "out of memory");
+    }
+    const char *v[3] = {(const char *)rb->s.p, (const char *)rb->q.p, (const char *)rb->d.p};
+    int l[3] = {(int)rb->s.len, (int)rb->q.len, (int)rb->d.len}, f[3] = {1, 1, 1};
+    return exec_prepared(c, "raw_batch", 3, v, l, f, r);
+}
+
+static int raw_prepare_batch(PGconn *c, const bench *b, const char *t, result *r)
+{
+    char sql[400], tab[64];
+    raw_table(tab, sizeof tab, b, t);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s (stream, seq, type, data) SELECT s, q, 'Bench', d"
+             " FROM unnest($1::bytea[], $2::int8[], $3::bytea[]) AS u(s, q, d)",
+             tab);
+    return prepare(c, "raw_batch", sql, 0, NULL, r);
+}
+
+static int raw_prepare_one(PGconn *c, const bench *b, const char *t, result *r)
+{
+    char sql[300], tab[64];
+    raw_table(tab, sizeof tab, b, t);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s (stream, seq, type, data) VALUES ($1, $2, 'Bench', $3)", tab);
+    Oid types[3] = {17, 20, 17};
+    return prepare(c, "raw_one", sql, 3, types, r);
+}
+
+static int raw_insert_one(PGconn *c, unsigned stream, uint64_t seq, uint64_t n, result *r)
+{
+    uint8_t id[16], q[8], d[PAYLOAD];
+    stream_id(id, stream);
+    be64(q, seq);
+    payload(d, n);
+    const char *v[3] = {(const char *)id, (const char *)q, (const char *)d};
+    int l[3] = {16, 8, PAYLOAD}, f[3] = {1, 1, 1};
+    return exec_prepared(c, "raw_one", 3, v, l, f, r);
+}
+
+static int mdb_write_one(PGconn *c, const bench *b, unsigned who, uint64_t n, unsigned stream,
+                         int64_t expected, result *r)
+{
+    mdb_msg m;
+    mdb_fill(&m, b, who, n, stream, expected);
+    return exec_prepared(c, "mdb_write", 4, m.v, NULL, NULL, r);
+}
+
+/* ---- W1 and W2: one durable event per commit ---- */
+
+typedef struct writer {
+    const bench *b;
+    const char *sys;
+    int id;
+    uint64_t n;
+    double *lat;
+    result r;
+} writer;
+
+static void *write_ones(void *p)
+{
+    writer *w = p;
+    bool mdb = strcmp(w->sys, "message-db") == 0;
+    PGconn *c = connect_to(mdb ? w->b->mdb_uri : w->b->pg_uri, &w->r);
+    if (!c)
+        return NULL;
+    unsigned stream = w->id < 0 ? 7 : 5000 + (unsigned)w->id;
+    const char *table = w->id < 0 ? "w1" : "w2";
+    if (mdb ? prepare(c, "mdb_write", MDB_WRITE, 0, NULL, &w->r)
+            : raw_prepare_one(c, w->b, table, &w->r)) {
+        PQfinish(c);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < w->n && w->r.ok; i++) {
+        double t0 = now_s();
+        if (mdb)
+            mdb_write_one(c, w->b, w->id < 0 ? 100 : 200 + (unsigned)w->id, i, stream,
+                          (int64_t)i - 1, &w->r);
+        else
+            raw_insert_one(c, stream, i + 1, i, &w->r);
+        w->lat[i] = now_s() - t0;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static int run_writers(const bench *b, const char *sys, int threads, uint64_t per, result *r)
+{
+    writer *ws = calloc((size_t)threads, sizeof *ws);
+    pthread_t *th = calloc((size_t)threads, sizeof *th);
+    double *lat = calloc(per * (uint64_t)threads, sizeof *lat);
+    if (!ws || !th || !lat) {
+        free(ws);
+        free(th);
+        free(lat);
+        return fail(r, "out of memory");
+    }
+    if (strcmp(sys, "pg-raw") == 0) {
+        PGconn *c = connect_to(b->pg_uri, r);
+        if (!c || raw_setup(c, b, threads == 1 ? "w1" : "w2", r)) {
+            PQfinish(c);
+            goto out;
+        }
+        PQfinish(c);
+    }
+    double t0 = now_s();
+    for (int i = 0; i < threads; i++) {
+        ws[i] = (writer){.b = b, .sys = sys, .id = threads == 1 ? -1 : i, .n = per,
+                         .lat = lat + per * (uint64_t)i};
+        ws[i].r.ok = 1;
+        pthread_create(&th[i], NULL, write_ones, &ws[i]);
+    }
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    r->events_per_s = (double)(per * (uint64_t)threads) / (now_s() - t0);
+    for (int i = 0; i < threads; i++)
+        if (!ws[i].r.ok) {
+            fail(r, "%s", ws[i].r.note);
+            goto out;
+        }
+    percentiles(lat, per * (uint64_t)threads, r);
+    if (threads == 1)
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " appends", per);
+    else
+        snprintf(r->note, sizeof r->note, "%d connections x %" PRIu64 " appends", threads, per);
+out:
+    free(ws);
+    free(th);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+/* ---- W3: 1000-event commits over 1000 streams, then one stream of 10,000 ---- */
+
+static int run_w3(const bench *b, const char *sys, result *r)
+{
+    uint64_t n = pg_w3_events(b);
+    size_t nb = (size_t)(n / BATCH), nl = 0;
+    double *lat = calloc(nb + 1, sizeof *lat);
+    unsigned streams[BATCH], one[BATCH];
+    uint64_t seqs[BATCH];
+    int64_t expected[BATCH];
+    bool mdb = strcmp(sys, "message-db") == 0;
+    raw_batch rb = {{0}, {0}, {0}};
+    PGconn *c = NULL;
+    if (!lat)
+        return fail(r, "out of memory");
+    if (!(c = connect_to(mdb ? b->mdb_uri : b->pg_uri, r)))
+        goto out;
+    if (mdb ? prepare(c, "mdb_write", MDB_WRITE, 0, NULL, r)
+            : raw_setup(c, b, "data", r) || raw_prepare_batch(c, b, "data", r))
+        goto out;
+    for (unsigned i = 0; i < BATCH; i++) {
+        streams[i] = i % STREAMS;
+        one[i] = 999999;
+    }
+    double t0 = now_s();
+    for (size_t k = 0; k < nb && r->ok; k++) {
+        for (unsigned i = 0; i < BATCH; i++) {
+            seqs[i] = k + 1;
+            expected[i] = (int64_t)k - 1;
+        }
+        double s0 = now_s();
+        if (mdb)
+            mdb_batch(c, b, 300, k * BATCH, streams, expected, BATCH, r);
+        else
+            raw_insert_batch(c, &rb, streams, seqs, BATCH, k * BATCH, r);
+        lat[nl++] = now_s() - s0;
+    }
+    r->events_per_s = (double)n / (now_s() - t0);
+    /* W4's stream */
+    for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
+        for (unsigned i = 0; i < BATCH; i++) {
+            seqs[i] = done + i + 1;
+            expected[i] = (int64_t)(done + i) - 1;
+        }
+        if (mdb)
+            mdb_batch(c, b, 301, done, one, expected, BATCH, r);
+        else
+            raw_insert_batch(c, &rb, one, seqs, BATCH, done, r);
+    }
+    percentiles(lat, nl, r);
+    if (r->ok)
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit%s",
+                 n, mdb ? " (pipelined)" : "");
+out:
+    PQfinish(c);
+    free(rb.s.p);
+    free(rb.q.p);
+    free(rb.d.p);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
+/* ---- W4: read one stream of 10,000 ---- */
+
+static int run_w4(const bench *b, const char *sys, result *r)
+{
+    enum { REPS = 100 };
+    double lat[REPS];
+    bool mdb = strcmp(sys, "message-db") == 0;
+    uint64_t got = 0;
+    PGconn *c = connect_to(mdb ? b->mdb_uri : b->pg_uri, r);
+    if (!c)
+        return -1;
+    char sql[300], tab[64], name[64];
+    uint8_t id[16];
+    const char *v[1];
+    int l[1], f[1];
+    if (mdb) {
+        /* one call for the whole stream: Message DB's best */
+        if (prepare(c, "mdb_read",
+                    "SELECT id, stream_name, type, position, global_position, data, metadata, time"
+                    " FROM message_store.get_stream_messages($1, 0, 10000)",
+                    0, NULL, r))
+            goto out;
+        mdb_stream(name, b, "w3", 999999);
+        v[0] = name;
+        l[0] = 0;
+        f[0] = 0;
+    } else {
+        raw_table(tab, sizeof tab, b, "data");
+        snprintf(sql, sizeof sql, "SELECT seq, type, data FROM %s WHERE stream = $1 ORDER BY seq",
+                 tab);
+        Oid t[1] = {17};
+        if (prepare(c, "raw_read", sql, 1, t, r))
+            goto out;
+        stream_id(id, 999999);
+        v[0] = (const char *)id;
+        l[0] = 16;
+        f[0] = 1;
+    }
+    for (int k = 0; k < REPS && r->ok; k++) {
+        double t0 = now_s();
+        PGresult *res = PQexecPrepared(c, mdb ? "mdb_read" : "raw_read", 1, v, l, f, 1);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            pq_fail(r, "read", PQresultErrorMessage(res));
+            PQclear(res);
+            break;
+        }
+        uint64_t sum = 0;
+        int rows = PQntuples(res), col = mdb ? 5 : 2;
+        for (int i = 0; i < rows; i++)
+            sum += (uint8_t)PQgetvalue(res, i, col)[0];
+        PQclear(res);
+        lat[k] = now_s() - t0;
+        got = (uint64_t)rows + (sum == 0);
+    }
+    if (r->ok && got < ONE_STREAM_EVENTS)
+        fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
+    if (r->ok) {
+        percentiles(lat, REPS, r);
+        r->events_per_s = ONE_STREAM_EVENTS / (r->p50_us / 1e6);
+        snprintf(r->note, sizeof r->note, "latency = one read of the whole stream%s",
+                 mdb ? " (one get_stream_messages call)" : "");
+    }
+out:
+    PQfinish(c);
+    return r->ok ? 0 : -1;
+}
+
+int pgb_run(const bench *b, const char *w, const char *sys, result *r)
+{
+    if (!b->pg_uri || (strcmp(sys, "message-db") == 0 && !b->mdb_uri))
+        return fail(r, "no server given (--pg, --message-db)");
+    if (strcmp(w, "W1") == 0)
+        return run_writers(b, sys, 1, scaled(b, 3000, 100), r);
+    if (strcmp(w, "W2") == 0)
+        return run_writers(b, sys, 16, scaled(b, 1000, 20), r);
+    if (strcmp(w, "W3") == 0)
+        return run_w3(b, sys, r);
+    if (strcmp(w, "W4") == 0)
+        return run_w4(b, sys, r);
+    return fail(r, "no %s on %s", w, sys);
+}
