@@ -10,9 +10,63 @@
  */
 #include "view.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+
+/*
+ * Saves are optimistic: they run in parallel and the append's expected seq
+ * decides.  A save that has lost twice takes a striped lock (per store and
+ * stream, within the process) and keeps it until it is done; while any save
+ * waits for or holds it, new saves on that stripe queue for it from the
+ * start.  So saves of
+ * one process that keep colliding take turns and none starves (with backoff
+ * alone, a thread that sleeps keeps losing to threads that do not).  Saves
+ * from other processes or machines still race, and retry.  A save run by an
+ * operation of another save on the same stripe does not lock again.
+ */
+#define SAVE_STRIPES 64
+static pthread_mutex_t stripes[SAVE_STRIPES];
+static _Atomic int contended[SAVE_STRIPES]; /* saves that lost twice, per stripe */
+static pthread_once_t stripes_once = PTHREAD_ONCE_INIT;
+static _Thread_local uint64_t stripes_held;
+
+static void stripes_init(void)
+{
+    for (int i = 0; i < SAVE_STRIPES; i++)
+        pthread_mutex_init(&stripes[i], NULL);
+}
+
+static int stripe_of(const es_store *st, const uint8_t *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)(uintptr_t)st;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ key[i]) * 1099511628211ULL;
+    return (int)(h % SAVE_STRIPES);
+}
+
+/* Take the stripe unless this thread holds it; -1 when nothing was taken. */
+static int stripe_lock(int s)
+{
+    pthread_once(&stripes_once, stripes_init);
+    if (stripes_held & (1ULL << s))
+        return -1;
+    pthread_mutex_lock(&stripes[s]);
+    stripes_held |= 1ULL << s;
+    return s;
+}
+
+static void stripe_unlock(int s)
+{
+    if (s < 0)
+        return;
+    stripes_held &= ~(1ULL << s);
+    pthread_mutex_unlock(&stripes[s]);
+}
 
 typedef struct op_event {
     es_event_new ev;
@@ -253,7 +307,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
     es__fold base, work;
     es_event_new *batch = NULL;
     int64_t start = mono_us();
-    int rc;
+    int rc, locked = -1, stripe = 0;
+    bool counted = false;
 
     memset(&ctx, 0, sizeof ctx);
     memset(&base, 0, sizeof base);
@@ -284,8 +339,15 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         o.backoff_cap_us = 100000;
     if ((rc = es__view_keys(&k, v, vkey, vkey_len)) < 0)
         return rc;
+    stripe = stripe_of(v->st, k.stream, k.stream_len);
+    if (atomic_load(&contended[stripe]) > 0) {
+        /* others are taking turns on this stream: queue with them */
+        atomic_fetch_add(&contended[stripe], 1);
+        counted = true;
+        locked = stripe_lock(stripe);
+    }
     if ((rc = es__fold_load(&base, v, &k, UINT64_MAX, INT64_MAX)) < 0)
-        return rc;
+        goto done;
     if ((rc = es__fold_run(&base, v, &k, UINT64_MAX, INT64_MAX, NULL, NULL)) < 0)
         goto done;
 
@@ -347,8 +409,17 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
             goto done;
         /* Conflict: catch the base up with the new events only. */
         out->retries = attempt;
+        bool turn = false;
+        if (locked < 0 && !counted && attempt >= 2 && attempt < o.max_attempts) {
+            atomic_fetch_add(&contended[stripe], 1);
+            counted = true;
+            locked = stripe_lock(stripe);
+            turn = locked >= 0; /* waiting for the lock was the backoff */
+        }
         if ((rc = es__fold_run(&base, v, &k, UINT64_MAX, INT64_MAX, NULL, NULL)) < 0)
             goto done;
+        if (turn)
+            continue;
         uint64_t ceiling = (uint64_t)o.backoff_base_us << (attempt < 20 ? attempt : 20);
         if (ceiling > o.backoff_cap_us)
             ceiling = o.backoff_cap_us;
@@ -362,6 +433,9 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         sleep_us(pause);
     }
 done:
+    stripe_unlock(locked);
+    if (counted)
+        atomic_fetch_sub(&contended[stripe], 1);
     free(batch);
     es__fold_clear(&work, v);
     es__fold_clear(&base, v);

@@ -21,6 +21,7 @@ typedef struct result {
     double p50_us, p99_us;
     long peak_rss_kb;
     long extra_kb; /* W5: RSS added by the scan */
+    long anon_kb;  /* W5: anonymous memory added by the scan */
     char note[96];
     int ok;
 } result;
