@@ -66,7 +66,9 @@
 
 #define PG_SCHEMA_VERSION 2
 #define PG_POS_SHIFT 16384 /* positions per transaction id */
-#define PG_PAGE 2000       /* rows per cursor round trip */
+#define PG_PAGE 1000       /* rows of a cursor's first round trip */
+#define PG_PAGE_MAX 65536  /* pages grow ×4 up to this many rows… */
+#define PG_PAGE_BYTES (8u << 20) /* …while a page's data stays under this */
 #define PG_MAX_TRIES 20    /* stale-cache and race retries of one append */
 #define PG_CACHE_MAX 65536 /* streams whose head the client remembers */
 
@@ -1609,6 +1611,7 @@ typedef struct pg_cursor {
     size_t type_len;
     PGresult *page;
     int row, rows;
+    int page_rows; /* rows to ask for next */
     bool done;
     es_event ev;
     char type_buf[ES_MAX_TYPE + 1];
@@ -1623,10 +1626,12 @@ static int fetch_page(pg_cursor *c)
     PQclear(c->page);
     c->page = NULL;
     c->row = c->rows = 0;
-    int want = PG_PAGE;
+    if (c->page_rows == 0)
+        c->page_rows = PG_PAGE;
+    int want = c->page_rows;
     if (c->log) {
         p_i64(&p, (int64_t)c->next);
-        p_i64(&p, PG_PAGE);
+        p_i64(&p, want);
         if (c->type)
             p_bytes(&p, c->type, c->type_len);
         else
@@ -1654,6 +1659,12 @@ static int fetch_page(pg_cursor *c)
     c->rows = PQntuples(c->page);
     if (c->rows < want)
         c->done = true; /* a short page: the end, as of this read */
+    /* a long read takes fewer, larger round trips, within a memory bound */
+    size_t bytes = 0;
+    for (int i = 0; i < c->rows; i++)
+        bytes += (size_t)PQgetlength(c->page, i, 6) + (size_t)PQgetlength(c->page, i, 7);
+    if (c->page_rows < PG_PAGE_MAX && bytes < PG_PAGE_BYTES / 4)
+        c->page_rows *= 4;
     return 0;
 }
 
