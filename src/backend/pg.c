@@ -40,12 +40,14 @@
  * append's outcome is then unknown: retry it with the same event ids) and
  * the next call connects again.  Every wait is bounded by the timeout.
  *
- * Waiting for new events (es_log_wait) polls the log's horizon, every 5 ms
- * at first and backing off to 100 ms.  With `notify=1` writers also
- * NOTIFY a channel the waiter LISTENs on, which wakes it at once; it is off
- * by default because PostgreSQL serialises the commits of notifying
- * transactions (one global lock through the WAL flush), which undoes group
- * commit for concurrent writers.
+ * Waiting for new events (es_log_wait) LISTENs on the store's channel on a
+ * connection of its own and polls the log's horizon, every 5 ms at first,
+ * backing off to 100 ms; polling alone keeps it working behind a
+ * transaction-pooling proxy.  Writers opened with `notify=1` NOTIFY that
+ * channel, which wakes waiters at once; it is off by default because
+ * PostgreSQL serialises the commits of notifying transactions (one global
+ * lock through the WAL flush), which undoes group commit for concurrent
+ * writers.
  *
  * Our connections run with enable_seqscan=off (and the SQL functions carry
  * it too): every statement is an index lookup or a range scan, and a plan
@@ -1925,7 +1927,7 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
 {
     pg_store *s = be;
     int64_t deadline = mono_ms() + timeout_ms;
-    int rc, nap = 5; /* without notifications: poll at 5, 10, 20 … up to 100 ms */
+    int rc, nap = 5; /* poll at 5, 10, 20 … up to 100 ms; a notification wakes at once */
     for (;;) {
         uint64_t last = 0;
         if ((rc = pg_last_position(s, &last)) < 0)
@@ -1938,7 +1940,7 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
         /* Sleep on the listener until a notification or the poll interval:
          * without notifications (a transaction-pooling proxy, notify=0) the
          * interval alone keeps tailing going. */
-        int slice = s->notify ? 250 : nap;
+        int slice = nap;
         if (slice > left)
             slice = (int)left;
         if (nap < 100)
@@ -1948,7 +1950,7 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
             PQfinish(s->listener);
             s->listener = NULL;
         }
-        if (!s->listener && s->notify) {
+        if (!s->listener) {
             pg_conn *pc = NULL;
             if (connect_one(s, &pc) == 0) {
                 char sql[120];
