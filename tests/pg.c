@@ -385,6 +385,7 @@ static void test_hostile_bytes_round_trip(void **state)
                            .meta_len = cases[i].len};
         TU_EXPECT_OK(es_append(NULL, st, cases[i].key, cases[i].len, ES_EXPECT_NO_STREAM, &ev, 1));
     }
+    TU_EXPECT_OK(es_log_catch_up(st, 60000));
     for (size_t i = 0; i < n; i++) {
         es_cursor *c;
         const es_event *ev;

@@ -84,6 +84,9 @@ void tu_reopen(tu_store *ts)
     es_open_options o = ES_OPEN_OPTIONS_INIT;
     o.clock = tu_clock;
     o.clock_payload = ts;
+    /* the next handle reads the log as this one left it (postgres: once
+     * older transactions elsewhere have ended) */
+    TU_EXPECT_OK(es_log_catch_up(ts->st, 60000));
     es_store_close(ts->st);
     ts->st = NULL;
     int rc = es_store_open(&ts->st, ts->uri, &o);
