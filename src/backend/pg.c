@@ -11,7 +11,8 @@
  *       UNIQUE (stream, seq), UNIQUE (id)
  *   streams(stream PK, head, hash, time_us)    one row per stream: its head
  *   snapshots(skey, seq, state, time_us, data) PK (skey, seq)
- *   es_append(...)                             the append, as one function
+ *   es_append(...)                             one stream's append, as one call
+ *   es_append_batch(...)                       a commit of several streams (v2)
  *
  * Global positions never skip.  An event's position is its transaction's
  * id (pg_current_xact_id()) × 16384 + its index in the commit (a commit
@@ -26,7 +27,8 @@
  * Appends take one round trip: es_append() locks the stream's row, checks
  * the expectation and idempotency, and inserts the events whose chain
  * hashes the client computed from the stream's head hash, which it keeps
- * in a cache.  When the cache is stale the function says so, writes
+ * in a cache; es_append_batch() does the same for every stream of a
+ * multi-stream commit set-wise (rows locked in key order, one INSERT).  When the cache is stale the function says so, writes
  * nothing, and returns the head; the client recomputes and sends again.
  * Commit times come from the server's clock: the client proposes its
  * estimate (its clock plus an offset learned from the server) and the
