@@ -324,9 +324,10 @@ ES_EXTERN int es_store_last_position(uint64_t *out, es_store *store);
 
 /**
  * Wait until the global log has an event past `after` (its last position >
- * after), for tailing.  postgres: woken by LISTEN/NOTIFY, and polls every
- * 250 ms as well, so it works behind a transaction-pooling proxy too; lmdb
- * and mem: polls every 5 ms (another process may be the writer).
+ * after), for tailing.  postgres: polls from every 5 ms, backing off to
+ * 100 ms, and LISTENs as well, so writers opened with `notify=1` wake it at
+ * once (polling alone keeps it working behind a transaction-pooling proxy);
+ * lmdb and mem: polls every 5 ms (another process may be the writer).
  * @param timeout_ms  0..86400000
  * @return 0 (there is a new event), ES_ITEROVER (the timeout passed),
  *         ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.
