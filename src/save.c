@@ -27,7 +27,7 @@
  * one process that keep colliding take turns and none starves (with backoff
  * alone, a thread that sleeps keeps losing to threads that do not).  Saves
  * from other processes or machines still race, and retry.  A save run by an
- * operation of another save on the same stripe does not lock again.
+ * operation of another save never takes a lock.
  */
 #define SAVE_STRIPES 64
 static pthread_mutex_t stripes[SAVE_STRIPES];
@@ -49,11 +49,13 @@ static int stripe_of(const es_store *st, const uint8_t *key, size_t len)
     return (int)(h % SAVE_STRIPES);
 }
 
-/* Take the stripe unless this thread holds it; -1 when nothing was taken. */
+/* Take the stripe; -1 when nothing was taken.  A thread holds at most one
+ * stripe: a save run by an operation of another save stays optimistic, so
+ * two threads can never wait for each other's stripes. */
 static int stripe_lock(int s)
 {
     pthread_once(&stripes_once, stripes_init);
-    if (stripes_held & (1ULL << s))
+    if (stripes_held)
         return -1;
     pthread_mutex_lock(&stripes[s]);
     stripes_held |= 1ULL << s;
@@ -340,7 +342,7 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
     if ((rc = es__view_keys(&k, v, vkey, vkey_len)) < 0)
         return rc;
     stripe = stripe_of(v->st, k.stream, k.stream_len);
-    if (atomic_load(&contended[stripe]) > 0) {
+    if (atomic_load(&contended[stripe]) > 0 && !stripes_held) {
         /* others are taking turns on this stream: queue with them */
         atomic_fetch_add(&contended[stripe], 1);
         counted = true;
@@ -410,7 +412,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         /* Conflict: catch the base up with the new events only. */
         out->retries = attempt;
         bool turn = false;
-        if (locked < 0 && !counted && attempt >= 2 && attempt < o.max_attempts) {
+        if (locked < 0 && !counted && !stripes_held && attempt >= 2 &&
+            attempt < o.max_attempts) {
             atomic_fetch_add(&contended[stripe], 1);
             counted = true;
             locked = stripe_lock(stripe);
