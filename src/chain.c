@@ -124,14 +124,6 @@ static void check_event(es_verify_result *r, vstream *vs, const es_event *ev)
     digest_step(vs->pos_digest, ev->seq, ev->position);
 }
 
-/*
- * Walk one stream through its index and check every event's chain.  `head`
- * is the stream's head read before the walk: the walk must reach it
- * (appends made meanwhile only add events).  With `expect` (the whole-store
- * check), the stream's events up to global position `cut` — the end of the
- * log walk — must be exactly those the log walk saw; events after the cut
- * were appended (or became visible) since, and are checked on their own.
- */
 /* The event with the highest position past the cut, checked at the end
  * against the store's position ceiling. */
 typedef struct beyond {
@@ -140,6 +132,14 @@ typedef struct beyond {
     size_t stream_len;
 } beyond;
 
+/*
+ * Walk one stream through its index and check every event's chain.  `head`
+ * is the stream's head read before the walk: the walk must reach it
+ * (appends made meanwhile only add events).  With `expect` (the whole-store
+ * check), the stream's events up to global position `cut` — the end of the
+ * log walk — must be exactly those the log walk saw; events after the cut
+ * were appended (or became visible) since, and are checked on their own.
+ */
 static int verify_stream(es_verify_result *r, es_store *st, const void *stream, size_t len,
                          uint64_t head, const vstream *expect, uint64_t cut, beyond *far)
 {

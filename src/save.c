@@ -20,20 +20,20 @@
 
 /*
  * Saves are optimistic: they run in parallel and the append's expected seq
- * decides.  A save that has lost twice takes a striped lock (per store and
- * stream, within the process) and keeps it until it is done; while any save
- * waits for or holds it, new saves on that stripe queue for it from the
- * start.  So saves of
- * one process that keep colliding take turns and none starves (with backoff
- * alone, a thread that sleeps keeps losing to threads that do not).  Saves
- * from other processes or machines still race, and retry.  A save run by an
- * operation of another save never takes a lock.
+ * decides.  A save that has lost twice takes a turn lock (striped by store
+ * and stream, within the process) and keeps it until it is done; while any
+ * save waits for or holds one, new saves on that stripe queue for it from
+ * the start.  So saves of one process that keep colliding take turns and
+ * none starves (with backoff alone, a thread that sleeps keeps losing to
+ * threads that do not).  Saves from other processes or machines still race
+ * and retry.  A thread holds at most one turn: a save run by an operation of
+ * another save stays optimistic, so no two threads wait for each other.
  */
 #define SAVE_STRIPES 64
 static pthread_mutex_t stripes[SAVE_STRIPES];
-static _Atomic int contended[SAVE_STRIPES]; /* saves that lost twice, per stripe */
+static _Atomic int contended[SAVE_STRIPES]; /* saves waiting for or holding a turn */
 static pthread_once_t stripes_once = PTHREAD_ONCE_INIT;
-static _Thread_local uint64_t stripes_held;
+static _Thread_local bool holding_turn;
 
 static void stripes_init(void)
 {
@@ -49,25 +49,19 @@ static int stripe_of(const es_store *st, const uint8_t *key, size_t len)
     return (int)(h % SAVE_STRIPES);
 }
 
-/* Take the stripe; -1 when nothing was taken.  A thread holds at most one
- * stripe: a save run by an operation of another save stays optimistic, so
- * two threads can never wait for each other's stripes. */
-static int stripe_lock(int s)
+static void take_turn(int s)
 {
     pthread_once(&stripes_once, stripes_init);
-    if (stripes_held)
-        return -1;
+    atomic_fetch_add(&contended[s], 1);
     pthread_mutex_lock(&stripes[s]);
-    stripes_held |= 1ULL << s;
-    return s;
+    holding_turn = true;
 }
 
-static void stripe_unlock(int s)
+static void end_turn(int s)
 {
-    if (s < 0)
-        return;
-    stripes_held &= ~(1ULL << s);
+    holding_turn = false;
     pthread_mutex_unlock(&stripes[s]);
+    atomic_fetch_sub(&contended[s], 1);
 }
 
 typedef struct op_event {
@@ -309,8 +303,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
     es__fold base, work;
     es_event_new *batch = NULL;
     int64_t start = mono_us();
-    int rc, locked = -1, stripe = 0;
-    bool counted = false;
+    int rc, stripe = 0;
+    bool turn = false; /* this save holds its stream's turn */
 
     memset(&ctx, 0, sizeof ctx);
     memset(&base, 0, sizeof base);
@@ -342,11 +336,10 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
     if ((rc = es__view_keys(&k, v, vkey, vkey_len)) < 0)
         return rc;
     stripe = stripe_of(v->st, k.stream, k.stream_len);
-    if (atomic_load(&contended[stripe]) > 0 && !stripes_held) {
+    if (!holding_turn && atomic_load(&contended[stripe]) > 0) {
         /* others are taking turns on this stream: queue with them */
-        atomic_fetch_add(&contended[stripe], 1);
-        counted = true;
-        locked = stripe_lock(stripe);
+        take_turn(stripe);
+        turn = true;
     }
     if ((rc = es__fold_load(&base, v, &k, UINT64_MAX, INT64_MAX)) < 0)
         goto done;
@@ -411,18 +404,15 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
             goto done;
         /* Conflict: catch the base up with the new events only. */
         out->retries = attempt;
-        bool turn = false;
-        if (locked < 0 && !counted && !stripes_held && attempt >= 2 &&
-            attempt < o.max_attempts) {
-            atomic_fetch_add(&contended[stripe], 1);
-            counted = true;
-            locked = stripe_lock(stripe);
-            turn = locked >= 0; /* waiting for the lock was the backoff */
+        bool now = !turn && !holding_turn && attempt >= 2 && attempt < o.max_attempts;
+        if (now) {
+            take_turn(stripe);
+            turn = true;
         }
         if ((rc = es__fold_run(&base, v, &k, UINT64_MAX, INT64_MAX, NULL, NULL)) < 0)
             goto done;
-        if (turn)
-            continue;
+        if (now)
+            continue; /* waiting for the turn was the backoff */
         uint64_t ceiling = (uint64_t)o.backoff_base_us << (attempt < 20 ? attempt : 20);
         if (ceiling > o.backoff_cap_us)
             ceiling = o.backoff_cap_us;
@@ -436,9 +426,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         sleep_us(pause);
     }
 done:
-    stripe_unlock(locked);
-    if (counted)
-        atomic_fetch_sub(&contended[stripe], 1);
+    if (turn)
+        end_turn(stripe);
     free(batch);
     es__fold_clear(&work, v);
     es__fold_clear(&base, v);

@@ -246,21 +246,15 @@ static void *counter_racer(void *p)
     return NULL;
 }
 
-static void test_eight_threads_save_one_counter(void **state)
+/* THREADS threads, spread over the views, each making `per` saves on one
+ * counter: every save lands (threads that keep colliding take turns, and
+ * those on other handles retry).  Returns the number saved. */
+static int race_counter(es_view *const *views, int n_views, int per, const char *label)
 {
-    (void)state;
-    tu_store ts;
-    es_view *v;
     pthread_t th[THREADS];
     racer rs[THREADS];
-    tu_open(&ts);
-    es_view_def d = fv_def("counter", 1);
-    es_view_options vo = ES_VIEW_OPTIONS_INIT;
-    vo.snapshot_every = 16;
-    TU_EXPECT_OK(es_view_new(&v, ts.st, &d, &vo));
-    int per = strcmp(tu_backend, "mem") == 0 ? 200 : 40;
     for (int i = 0; i < THREADS; i++) {
-        rs[i] = (racer){.v = v, .id = i, .saves = per};
+        rs[i] = (racer){.v = views[i % n_views], .id = i, .saves = per};
         assert_int_equal(pthread_create(&th[i], NULL, counter_racer, &rs[i]), 0);
     }
     int saved = 0;
@@ -268,13 +262,28 @@ static void test_eight_threads_save_one_counter(void **state)
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
         assert_int_equal(rs[i].errors, 0);
+        assert_int_equal(rs[i].gave_up, 0);
         saved += rs[i].saved;
         retries += rs[i].retries;
     }
-    printf("   %d saves succeeded, %llu conflicts retried\n", saved,
+    printf("   %s: %d saves succeeded, %llu conflicts retried\n", label, saved,
            (unsigned long long)retries);
-    /* threads that keep colliding take turns: every save lands */
     assert_int_equal(saved, THREADS * per);
+    return saved;
+}
+
+static void test_eight_threads_save_one_counter(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_view *v;
+    tu_open(&ts);
+    es_view_def d = fv_def("counter", 1);
+    es_view_options vo = ES_VIEW_OPTIONS_INIT;
+    vo.snapshot_every = 16;
+    TU_EXPECT_OK(es_view_new(&v, ts.st, &d, &vo));
+    int per = strcmp(tu_backend, "mem") == 0 ? 200 : 40;
+    int saved = race_counter(&v, 1, per, "one handle");
     es_snapshot s;
     TU_EXPECT_OK(es_view_get(&s, v, "counter", 7, ES_LATEST_EVENT));
     assert_int_equal(count_of(&s), (uint64_t)saved);
@@ -321,30 +330,12 @@ static void test_two_handles_race_on_one_counter(void **state)
     tu_store ts;
     es_store *other;
     es_view *v[2];
-    pthread_t th[THREADS];
-    racer rs[THREADS];
     tu_open(&ts);
     TU_EXPECT_OK(es_store_open(&other, ts.uri, NULL));
     es_view_def d = fv_def("counter", 1);
     TU_EXPECT_OK(es_view_new(&v[0], ts.st, &d, NULL));
     TU_EXPECT_OK(es_view_new(&v[1], other, &d, NULL));
-    int per = 30;
-    for (int i = 0; i < THREADS; i++) {
-        rs[i] = (racer){.v = v[i % 2], .id = i, .saves = per};
-        assert_int_equal(pthread_create(&th[i], NULL, counter_racer, &rs[i]), 0);
-    }
-    int saved = 0;
-    uint64_t retries = 0;
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(rs[i].errors, 0);
-        assert_int_equal(rs[i].gave_up, 0);
-        saved += rs[i].saved;
-        retries += rs[i].retries;
-    }
-    printf("   two handles: %d saves, %llu conflicts retried\n", saved,
-           (unsigned long long)retries);
-    assert_int_equal(saved, THREADS * per);
+    int saved = race_counter(v, 2, 30, "two handles");
     es_snapshot snap;
     TU_EXPECT_OK(es_view_get(&snap, v[1], "counter", 7, ES_LATEST_EVENT));
     assert_int_equal(count_of(&snap), (uint64_t)saved);

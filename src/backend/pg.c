@@ -195,7 +195,13 @@ static const struct {
                     {OID_BYTEA, OID_INT8}},
 };
 
-/* Migration 1: the tables and the append function. */
+/*
+ * Migration 1: the tables and es_append, one stream's append in two
+ * statements: lock the stream's row and look for the ids, then write the
+ * events and the head.  Both functions carry enable_seqscan=off: plpgsql
+ * caches a generic plan after a few calls, planned for the tables as they
+ * were then (on a new store, a sequential scan of events for the id check).
+ */
 static const char *const migration1 =
     "CREATE TABLE @.events ("
     " position bigint PRIMARY KEY,"
@@ -221,27 +227,28 @@ static const char *const migration1 =
     " time_us bigint NOT NULL,"
     " data bytea NOT NULL,"
     " PRIMARY KEY (skey, seq));\n"
-    "CREATE FUNCTION @.es_append(p_stream bytea, p_expected bigint, p_prev_seq bigint,"
-    " p_prev_hash bytea, p_time bigint, p_check_time boolean, p_base integer,"
-    " p_ids bytea[], p_types bytea[], p_data bytea[], p_meta bytea[], p_hashes bytea[],"
-    " p_delay_ms integer, p_notify boolean,"
+    "CREATE FUNCTION @.es_append(p_stream bytea, p_expected bigint,"
+    " p_prev_seq bigint, p_prev_hash bytea, p_time bigint, p_check_time boolean,"
+    " p_base integer, p_ids bytea[], p_types bytea[], p_data bytea[], p_meta bytea[],"
+    " p_hashes bytea[], p_delay_ms integer, p_notify boolean,"
     " OUT status integer, OUT head bigint, OUT hash bytea, OUT time_us bigint,"
     " OUT first_position bigint, OUT server_us bigint)\n"
     "LANGUAGE plpgsql AS $es$\n"
     "#variable_conflict use_column\n"
     "DECLARE\n"
     "  n integer := cardinality(p_ids);\n"
-    "  h bigint; hh bytea; ht bigint;\n"
+    "  h bigint; hh bytea; ht bigint; dup boolean;\n"
     "BEGIN\n"
     "  server_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n"
-    "  SELECT s.head, s.hash, s.time_us INTO h, hh, ht FROM @.streams s\n"
-    "   WHERE s.stream = p_stream FOR UPDATE;\n"
-    "  IF NOT FOUND THEN h := 0; hh := NULL; ht := NULL; END IF;\n"
-    "  status := 0; head := h; hash := hh; time_us := ht;\n"
-    /* a retry of events that landed: the client works out the answer */
-    "  IF EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids)) THEN\n"
-    "    status := 3; RETURN;\n"
+    "  SELECT s.head, s.hash, s.time_us,\n"
+    "         EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids))\n"
+    "    INTO h, hh, ht, dup FROM @.streams s WHERE s.stream = p_stream FOR UPDATE;\n"
+    "  IF NOT FOUND THEN\n"
+    "    h := 0; hh := NULL; ht := NULL;\n"
+    "    dup := EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids));\n"
     "  END IF;\n"
+    "  status := 0; head := h; hash := hh; time_us := ht;\n"
+    "  IF dup THEN status := 3; RETURN; END IF;\n"
     "  IF (p_expected = -2 AND h = 0) OR (p_expected >= 0 AND h <> p_expected) THEN\n"
     "    status := 1; RETURN;\n"
     "  END IF;\n"
@@ -251,22 +258,21 @@ static const char *const migration1 =
     "    status := 2; RETURN;\n"
     "  END IF;\n"
     "  first_position := (pg_current_xact_id()::text::bigint) * 16384 + p_base;\n"
-    "  INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
-    "  SELECT first_position + i - 1, p_stream, h + i, p_time, p_ids[i], p_types[i],\n"
-    "         p_data[i], p_meta[i], p_hashes[i]\n"
-    "    FROM generate_series(1, n) AS i;\n"
-    "  IF h = 0 THEN\n"
-    "    INSERT INTO @.streams (stream, head, hash, time_us)\n"
-    "    VALUES (p_stream, n, p_hashes[n], p_time);\n"
-    "  ELSE\n"
-    "    UPDATE @.streams s SET head = h + n, hash = p_hashes[n], time_us = p_time\n"
-    "     WHERE s.stream = p_stream;\n"
-    "  END IF;\n"
+    "  WITH ins AS (\n"
+    "    INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
+    "    SELECT first_position + ev.i - 1, p_stream, h + ev.i, p_time, ev.id, ev.type,\n"
+    "           ev.data, ev.meta, ev.hash\n"
+    "      FROM unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
+    "           WITH ORDINALITY AS ev(id, type, data, meta, hash, i))\n"
+    "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
+    "  VALUES (p_stream, h + n, p_hashes[n], p_time)\n"
+    "  ON CONFLICT (stream) DO UPDATE\n"
+    "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
     "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
     "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
     "  head := h + n; hash := p_hashes[n]; time_us := p_time;\n"
     "END\n"
-    "$es$;\n";
+    "$es$ SET enable_seqscan = off;\n";
 
 /*
  * Version 2: es_append_batch, a commit of several requests in one call.
@@ -352,61 +358,7 @@ static const char *const migration2 =
     "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
     "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
     "END\n"
-    "$es$ SET enable_seqscan = off;\n"
-    /* plpgsql caches a generic plan after a few calls, planned for the
-     * tables as they were then: on a new store, a sequential scan of events
-     * for the id check, whose cost then grows with the store */
-    "ALTER FUNCTION @.es_append(bytea, bigint, bigint, bytea, bigint, boolean, integer,"
-    " bytea[], bytea[], bytea[], bytea[], bytea[], integer, boolean)"
-    " SET enable_seqscan = off;\n"
-    /* es_append in two statements instead of five: lock the stream's row and
-     * look for the ids in one, write the events and the head in the other */
-    "CREATE OR REPLACE FUNCTION @.es_append(p_stream bytea, p_expected bigint,"
-    " p_prev_seq bigint, p_prev_hash bytea, p_time bigint, p_check_time boolean,"
-    " p_base integer, p_ids bytea[], p_types bytea[], p_data bytea[], p_meta bytea[],"
-    " p_hashes bytea[], p_delay_ms integer, p_notify boolean,"
-    " OUT status integer, OUT head bigint, OUT hash bytea, OUT time_us bigint,"
-    " OUT first_position bigint, OUT server_us bigint)\n"
-    "LANGUAGE plpgsql AS $es$\n"
-    "#variable_conflict use_column\n"
-    "DECLARE\n"
-    "  n integer := cardinality(p_ids);\n"
-    "  h bigint; hh bytea; ht bigint; dup boolean;\n"
-    "BEGIN\n"
-    "  server_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n"
-    "  SELECT s.head, s.hash, s.time_us,\n"
-    "         EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids))\n"
-    "    INTO h, hh, ht, dup FROM @.streams s WHERE s.stream = p_stream FOR UPDATE;\n"
-    "  IF NOT FOUND THEN\n"
-    "    h := 0; hh := NULL; ht := NULL;\n"
-    "    dup := EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids));\n"
-    "  END IF;\n"
-    "  status := 0; head := h; hash := hh; time_us := ht;\n"
-    "  IF dup THEN status := 3; RETURN; END IF;\n"
-    "  IF (p_expected = -2 AND h = 0) OR (p_expected >= 0 AND h <> p_expected) THEN\n"
-    "    status := 1; RETURN;\n"
-    "  END IF;\n"
-    "  IF h <> p_prev_seq OR hh IS DISTINCT FROM p_prev_hash OR p_time < ht\n"
-    "     OR (p_check_time AND p_time IS DISTINCT FROM ht\n"
-    "         AND abs(p_time - server_us) > 500000) THEN\n"
-    "    status := 2; RETURN;\n"
-    "  END IF;\n"
-    "  first_position := (pg_current_xact_id()::text::bigint) * 16384 + p_base;\n"
-    "  WITH ins AS (\n"
-    "    INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
-    "    SELECT first_position + ev.i - 1, p_stream, h + ev.i, p_time, ev.id, ev.type,\n"
-    "           ev.data, ev.meta, ev.hash\n"
-    "      FROM unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
-    "           WITH ORDINALITY AS ev(id, type, data, meta, hash, i))\n"
-    "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
-    "  VALUES (p_stream, h + n, p_hashes[n], p_time)\n"
-    "  ON CONFLICT (stream) DO UPDATE\n"
-    "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
-    "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
-    "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
-    "  head := h + n; hash := p_hashes[n]; time_us := p_time;\n"
-    "END\n"
-    "$es$;\n";
+    "$es$ SET enable_seqscan = off;\n";
 
 /* ---- the store ---- */
 
@@ -1215,9 +1167,8 @@ static void learn_clock(pg_store *s, int64_t t, int64_t server_us)
  * again), 3 (some event ids exist: look them up).
  */
 static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
-                   const bool *skip, es_append_result *outs, es_buf *arr)
+                   const bool *skip, es_append_result *outs)
 {
-    (void)arr;
     size_t live = 0, events = 0;
     for (size_t k = 0; k < n; k++)
         if (!skip[k]) {
@@ -1491,7 +1442,6 @@ static int pg_append(void *be, const es__append_req *reqs, size_t n, es_append_r
     pg_store *s = be;
     pg_conn *pc;
     bool *skip = calloc(n, sizeof *skip);
-    es_buf arr = ES_BUF_INIT;
     int rc;
     if (!skip)
         return es__err(ES_ENOMEM, "out of memory for an append");
@@ -1500,7 +1450,7 @@ static int pg_append(void *be, const es__append_req *reqs, size_t n, es_append_r
         return rc;
     }
     for (int tries = 0;; tries++) {
-        rc = attempt(s, pc, reqs, n, skip, outs, &arr);
+        rc = attempt(s, pc, reqs, n, skip, outs);
         if (rc <= 0)
             break;
         if (tries >= PG_MAX_TRIES) {
