@@ -58,30 +58,47 @@ ES_EXTERN const char *es_version(void);
 /* Errors                                                               */
 /* ------------------------------------------------------------------ */
 
-/* One table makes both the codes and their messages (see es_strerror). */
+/*
+ * One table makes both the codes and their messages (see es_strerror).
+ *
+ * The library's codes live in a reserved band, ES_ERRNO_BASE - 1 down to
+ * ES__ERRNO_LAST + 1 (-30001 …), the way LMDB keeps its codes apart from
+ * errno values.  A callback of yours may hand one of these codes back and it
+ * reaches the caller as is; any other non-zero value (the common -1, an
+ * errno, a positive number) reaches the caller as ES_EUSER, with the value
+ * in es_error_last()'s message.  New codes are only ever added at the end.
+ */
+#define ES_ERRNO_BASE (-30000)
 #define ES_ERRNO_MAP(X)                                                        \
-    X(OK, 0, "success")                                                        \
-    X(EINVAL, -1, "invalid argument")                                          \
-    X(ECONFLICT, -2, "stream is not at the expected seq")                      \
-    X(ENOTFOUND, -3, "not found")                                              \
-    X(ETOOBIG, -4, "too big")                                                  \
-    X(ENOMEM, -5, "out of memory")                                             \
-    X(EIO, -6, "I/O error")                                                    \
-    X(EUNAVAILABLE, -7, "store unavailable")                                   \
-    X(ECORRUPT, -8, "data is corrupt")                                         \
-    X(ITEROVER, -9, "end of iteration")                                        \
-    X(EUSER, -10, "stopped by a callback")                                     \
-    X(EDUPLICATE, -11, "event id already used elsewhere")                      \
-    X(ENOTSUP, -12, "not supported by this store")                             \
-    X(EFULL, -13, "store or disk is full")                                     \
-    X(ERROR, -14, "error")
+    X(EINVAL, -30001, "invalid argument")                                      \
+    X(ECONFLICT, -30002, "stream is not at the expected seq")                  \
+    X(ENOTFOUND, -30003, "not found")                                          \
+    X(ETOOBIG, -30004, "too big")                                              \
+    X(ENOMEM, -30005, "out of memory")                                         \
+    X(EIO, -30006, "I/O error")                                                \
+    X(EUNAVAILABLE, -30007, "store unavailable")                               \
+    X(ECORRUPT, -30008, "data is corrupt")                                     \
+    X(ITEROVER, -30009, "end of iteration")                                    \
+    X(EUSER, -30010, "stopped by a callback")                                  \
+    X(EDUPLICATE, -30011, "event id already used elsewhere")                   \
+    X(ENOTSUP, -30012, "not supported by this store")                          \
+    X(EFULL, -30013, "store or disk is full")                                  \
+    X(ERROR, -30014, "error")                                                  \
+    X(ETIMEDOUT, -30015, "timed out")
 
 typedef enum es_errno {
+    ES_OK = 0, /* success */
 #define ES__ERRNO_ENUM(name, code, msg) ES_##name = code,
     ES_ERRNO_MAP(ES__ERRNO_ENUM)
 #undef ES__ERRNO_ENUM
-    ES__ERRNO_LAST = -15
 } es_errno;
+
+/* One below the map's last code, counted from the map (its codes are dense). */
+#define ES__ERRNO_COUNT_ONE(name, code, msg) +1
+#define ES__ERRNO_LAST (ES_ERRNO_BASE - (0 ES_ERRNO_MAP(ES__ERRNO_COUNT_ONE)) - 1)
+
+/** Is `code` one of the library's ES_E* codes (not ES_OK)? */
+#define ES_IS_ERRNO(code) ((code) < ES_ERRNO_BASE && (code) > ES__ERRNO_LAST)
 
 /** @return a static, human-readable name for an ES_* code ("unknown error"
  *  for codes this version does not know). Never NULL. */

@@ -19,6 +19,17 @@
 #define ES__PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define ES__PRINTF(a, b)
+/* Check an options struct's version: every version from 1 up to the one
+ * this library knows is accepted (older callers keep working; the caller
+ * copies only the fields that version has).  `what` names the struct. */
+static inline int es__check_version(unsigned version, unsigned current, const char *what)
+{
+    if (version >= 1 && version <= current)
+        return 0;
+    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
+                   current);
+}
+
 #endif
 
 /* Set the calling thread's last error and return `code`. */
@@ -60,6 +71,17 @@ static inline void es__put_u64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
         v >>= 8;
     }
+/* Check an options struct's version: every version from 1 up to the one
+ * this library knows is accepted (older callers keep working; the caller
+ * copies only the fields that version has).  `what` names the struct. */
+static inline int es__check_version(unsigned version, unsigned current, const char *what)
+{
+    if (version >= 1 && version <= current)
+        return 0;
+    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
+                   current);
+}
+
 #endif
 }
 static inline uint64_t es__get_u64(const uint8_t *p)
@@ -73,6 +95,17 @@ static inline uint64_t es__get_u64(const uint8_t *p)
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
+/* Check an options struct's version: every version from 1 up to the one
+ * this library knows is accepted (older callers keep working; the caller
+ * copies only the fields that version has).  `what` names the struct. */
+static inline int es__check_version(unsigned version, unsigned current, const char *what)
+{
+    if (version >= 1 && version <= current)
+        return 0;
+    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
+                   current);
+}
+
 #endif
 }
 static inline void es__put_u32(uint8_t *p, uint32_t v)
@@ -95,13 +128,24 @@ static inline bool es__has_prefix(const uint8_t *key, size_t len, const void *pr
 }
 
 
-/* Map a callback's non-zero return to what the API hands back: a known
- * negative ES_E* code as is, anything else ES_EUSER. */
+/* Map a callback's non-zero return to what the API hands back: one of the
+ * library's codes as is, anything else ES_EUSER (the value in the message). */
 static inline int es__cb_rc(int r)
 {
-    if (r < 0 && r > ES__ERRNO_LAST)
+    if (ES_IS_ERRNO(r))
         return es__err(r, "stopped by a callback (%s)", es_strerror(r));
     return es__err(ES_EUSER, "stopped by a callback that returned %d", r);
+}
+
+/* Check an options struct's version: every version from 1 up to the one
+ * this library knows is accepted (older callers keep working; the caller
+ * copies only the fields that version has).  `what` names the struct. */
+static inline int es__check_version(unsigned version, unsigned current, const char *what)
+{
+    if (version >= 1 && version <= current)
+        return 0;
+    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
+                   current);
 }
 
 #endif

@@ -267,7 +267,7 @@ static int run_ops(es_op_ctx *ctx, es_view *v, const es__vkeys *k, const es__fol
         if (v->def.shard_key)
             es_snapshot_clear(&snap, v);
         if (r)
-            return r < 0 ? r : es__cb_rc(r);
+            return es__cb_rc(r);
         if (ctx->n_reasons)
             return 0;
         /* Later operations see the events of the earlier ones. */
@@ -320,9 +320,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         if (!ops[i].run)
             return es__err(ES_EINVAL, "es_save: operation %zu has no run callback", i);
     if (opts) {
-        if (opts->version != ES_SAVE_OPTIONS_VERSION)
-            return es__err(ES_EINVAL, "es_save_options.version is %u; this library knows %d",
-                           opts->version, ES_SAVE_OPTIONS_VERSION);
+        if ((rc = es__check_version(opts->version, ES_SAVE_OPTIONS_VERSION, "es_save_options")) < 0)
+            return rc;
         o = *opts;
     }
     if (!o.max_attempts)

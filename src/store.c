@@ -69,9 +69,8 @@ int es_store_open(es_store **out, const char *uri, const es_open_options *opts)
         return es__err(ES_EINVAL, "es_store_open: empty store URI");
     if (!opts)
         opts = &defaults;
-    if (opts->version != ES_OPEN_OPTIONS_VERSION)
-        return es__err(ES_EINVAL, "es_open_options.version is %u; this library knows %d",
-                       opts->version, ES_OPEN_OPTIONS_VERSION);
+    if ((rc = es__check_version(opts->version, ES_OPEN_OPTIONS_VERSION, "es_open_options")) < 0)
+            return rc;
     if (opts->flags & ~(unsigned)(ES_OPEN_NOSYNC | ES_OPEN_READONLY | ES_OPEN_NOCREATE))
         return es__err(ES_EINVAL, "es_open_options.flags has unknown bits 0x%x", opts->flags);
     if (opts->timeout_ms < 0)
@@ -404,7 +403,8 @@ int es_log_wait(es_store *st, uint64_t after, int timeout_ms)
         clock_gettime(CLOCK_MONOTONIC, &now);
         int64_t ms = (int64_t)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
         if (ms >= timeout_ms)
-            return ES_ITEROVER;
+            return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms",
+                           (unsigned long long)after, timeout_ms);
         struct timespec nap = {0, 5000000};
         nanosleep(&nap, NULL);
     }
@@ -421,8 +421,8 @@ int es_log_catch_up(es_store *st, int timeout_ms)
     if (top == 0)
         return 0;
     int rc = es_log_wait(st, top - 1, timeout_ms);
-    if (rc == ES_ITEROVER)
-        return es__err(ES_EUNAVAILABLE,
+    if (rc == ES_ETIMEDOUT)
+        return es__err(ES_ETIMEDOUT,
                        "es_log_catch_up: the global log did not reach position %llu within %d ms "
                        "(a long transaction elsewhere may hold its horizon back)",
                        (unsigned long long)top, timeout_ms);
@@ -453,9 +453,8 @@ int es_stream_cursor(es_cursor **out, es_store *st, const void *stream, size_t s
     if ((rc = check_stream(stream, stream_len)) < 0)
         return rc;
     if (opts) {
-        if (opts->version != ES_READ_OPTIONS_VERSION)
-            return es__err(ES_EINVAL, "es_read_options.version is %u; this library knows %d",
-                           opts->version, ES_READ_OPTIONS_VERSION);
+        if ((rc = es__check_version(opts->version, ES_READ_OPTIONS_VERSION, "es_read_options")) < 0)
+            return rc;
         o = *opts;
     }
     if (o.backward != 0 && o.backward != 1)
@@ -490,9 +489,8 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
     if (!st)
         return es__err(ES_EINVAL, "es_log_cursor: store is NULL");
     if (opts) {
-        if (opts->version != ES_LOG_OPTIONS_VERSION)
-            return es__err(ES_EINVAL, "es_log_options.version is %u; this library knows %d",
-                           opts->version, ES_LOG_OPTIONS_VERSION);
+        if ((rc = es__check_version(opts->version, ES_LOG_OPTIONS_VERSION, "es_log_options")) < 0)
+            return rc;
         o = *opts;
     }
     if (!o.prefix && o.prefix_len)

@@ -18,15 +18,15 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
     es_view_options o = ES_VIEW_OPTIONS_INIT;
     es_view *v;
     size_t nl;
+    int rc;
 
     if (!out)
         return es__err(ES_EINVAL, "es_view_new: out is NULL");
     *out = NULL;
     if (!st || !def)
         return es__err(ES_EINVAL, "es_view_new: NULL store or definition");
-    if (def->version != ES_VIEW_DEF_VERSION)
-        return es__err(ES_EINVAL, "es_view_def.version is %u; this library knows %d", def->version,
-                       ES_VIEW_DEF_VERSION);
+    if ((rc = es__check_version(def->version, ES_VIEW_DEF_VERSION, "es_view_def")) < 0)
+            return rc;
     if (!def->name || (nl = strnlen(def->name, ES_MAX_VIEW_NAME + 1)) == 0 ||
         nl > ES_MAX_VIEW_NAME)
         return es__err(ES_EINVAL, "view name must be 1..%d bytes", ES_MAX_VIEW_NAME);
@@ -39,9 +39,8 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
     if (def->shard_key && !def->select)
         return es__err(ES_EINVAL, "view '%s' is sharded but has no select callback", def->name);
     if (opts) {
-        if (opts->version != ES_VIEW_OPTIONS_VERSION)
-            return es__err(ES_EINVAL, "es_view_options.version is %u; this library knows %d",
-                           opts->version, ES_VIEW_OPTIONS_VERSION);
+        if ((rc = es__check_version(opts->version, ES_VIEW_OPTIONS_VERSION, "es_view_options")) < 0)
+            return rc;
         o = *opts;
     }
     if (o.keep > ES__KEEP_MAX)
@@ -76,14 +75,14 @@ int es__view_keys(es__vkeys *k, const es_view *v, const void *vkey, size_t vkey_
     k->vkey_len = vkey_len;
     k->stream_len = 0;
     if ((rc = v->def.stream_key(k->stream, &k->stream_len, vkey, vkey_len, v->def.payload)) != 0)
-        return rc < 0 ? rc : es__cb_rc(rc);
+        return es__cb_rc(rc);
     if (k->stream_len == 0 || k->stream_len > ES_MAX_KEY)
         return es__err(ES_EINVAL, "view '%s' mapped a key to a stream key of %zu bytes", v->name,
                        k->stream_len);
     if (v->def.shard_key) {
         k->fkey_len = 0;
         if ((rc = v->def.shard_key(k->fkey, &k->fkey_len, vkey, vkey_len, v->def.payload)) != 0)
-            return rc < 0 ? rc : es__cb_rc(rc);
+            return es__cb_rc(rc);
         if (k->fkey_len == 0 || k->fkey_len > ES_MAX_VIEW_KEY)
             return es__err(ES_EINVAL, "view '%s' mapped a key to a shard key of %zu bytes",
                            v->name, k->fkey_len);
@@ -106,7 +105,7 @@ int es__fold_init(es__fold *f, es_view *v, const es__vkeys *k)
     memset(f, 0, sizeof *f);
     f->state = ES_SNAP_NONE;
     if ((rc = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0)
-        return rc < 0 ? rc : es__cb_rc(rc);
+        return es__cb_rc(rc);
     return 0;
 }
 
@@ -137,11 +136,11 @@ int es__fold_load(es__fold *f, es_view *v, const es__vkeys *k, uint64_t max_seq,
     }
     if (s.state == ES_SNAP_VALUE) {
         if ((rc = v->def.decode(&f->acc, s.data, s.len, v->def.payload)) != 0) {
-            rc = rc < 0 ? rc : es__cb_rc(rc);
+            rc = es__cb_rc(rc);
             goto done;
         }
     } else if ((rc = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0) {
-        rc = rc < 0 ? rc : es__cb_rc(rc);
+        rc = es__cb_rc(rc);
         goto done;
     }
     f->state = (es_snap_state)s.state;
@@ -166,11 +165,11 @@ int es__fold_apply(es__fold *f, es_view *v, const es__vkeys *k, const es_event *
         v->def.free_value(f->acc, v->def.payload);
         f->acc = NULL;
         if ((r = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0)
-            return r < 0 ? r : es__cb_rc(r);
+            return es__cb_rc(r);
         f->state = ES_SNAP_DELETED;
         break;
     default:
-        return r < 0 ? r
+        return r < 0 ? es__cb_rc(r)
                      : es__err(ES_EINVAL, "view '%s': apply returned %d, not an es_fold", v->name,
                                r);
     }
@@ -261,7 +260,7 @@ int es__fold_maybe_persist(es__fold *f, es_view *v, const es__vkeys *k)
     if (v->st->flags & ES_OPEN_READONLY)
         return 0;
     if (f->state == ES_SNAP_VALUE && (rc = v->def.encode(&buf, f->acc, v->def.payload)) != 0) {
-        rc = rc < 0 ? rc : es__cb_rc(rc);
+        rc = es__cb_rc(rc);
         goto done;
     }
     es__snap s = {(uint8_t)f->state, f->seq, f->time_us, buf.data, buf.len};
@@ -315,11 +314,11 @@ int es__fold_clone(es__fold *dst, es_view *v, const es__vkeys *k, const es__fold
     *dst = *src;
     dst->acc = NULL;
     if ((rc = v->def.encode(&buf, src->acc, v->def.payload)) != 0) {
-        rc = rc < 0 ? rc : es__cb_rc(rc);
+        rc = es__cb_rc(rc);
         goto done;
     }
     if ((rc = v->def.decode(&dst->acc, buf.data, buf.len, v->def.payload)) != 0)
-        rc = rc < 0 ? rc : es__cb_rc(rc);
+        rc = es__cb_rc(rc);
 done:
     (void)k;
     es_buf_free(&buf);

@@ -49,8 +49,8 @@
 #define LINGER_NS 150000L /* about one sync of this machine's disk */
 #define FILL_NS 50000L
 
-/* LMDB's own codes are below ES__ERRNO_LAST, errno values above 0. */
-#define IS_ES(rc) ((rc) <= 0 && (rc) > ES__ERRNO_LAST)
+/* Our codes are a band of their own; LMDB's are below it, errno values above 0. */
+#define IS_ES(rc) ((rc) == 0 || ES_IS_ERRNO(rc))
 
 typedef struct lm_req lm_req;
 

@@ -1888,7 +1888,7 @@ static int pg_wait(void *be, uint64_t after, int timeout_ms)
             return 0;
         int64_t left = deadline - mono_ms();
         if (left <= 0)
-            return ES_ITEROVER;
+            return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms", (unsigned long long)after, timeout_ms);
         /* Sleep on the listener until a notification or the poll interval:
          * without notifications (a transaction-pooling proxy, notify=0) the
          * interval alone keeps tailing going. */
