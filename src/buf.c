@@ -18,7 +18,7 @@ int es_buf_put(es_buf *buf, const void *data, size_t n)
         size_t cap = buf->cap ? buf->cap : 64;
         while (cap < buf->len + n)
             cap *= 2;
-        uint8_t *p = realloc(buf->data, cap);
+        uint8_t *p = es__realloc(buf->data, cap);
         if (!p)
             return es__err(ES_ENOMEM, "out of memory growing a buffer to %zu bytes", cap);
         buf->data = p;

@@ -254,7 +254,7 @@ int es_verify(es_verify_result *out, es_store *st, const void *stream, size_t st
         last_pos = ev->position;
         vstream *vs = es__map_get(&seen, ev->stream, ev->stream_len);
         if (!vs) {
-            if (!(vs = calloc(1, sizeof *vs))) {
+            if (!(vs = es__calloc(1, sizeof *vs))) {
                 rc = es__err(ES_ENOMEM, "out of memory verifying");
                 goto done;
             }

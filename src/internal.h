@@ -32,6 +32,17 @@ static inline int es__check_version(unsigned version, unsigned current, const ch
 
 #endif
 
+/* Allocation (alloc.c): malloc and friends, with failure injection for the
+ * tests.  Memory from these is released with free(). */
+void *es__malloc(size_t n);
+void *es__calloc(size_t n, size_t size);
+void *es__realloc(void *p, size_t n);
+char *es__strdup(const char *s);
+/* Tests: let n allocations succeed, fail the next one, then succeed again
+ * (n < 0: never fail); resets es__alloc_count(). */
+void es__alloc_fail_after(long n);
+unsigned long es__alloc_count(void);
+
 /* Set the calling thread's last error and return `code`. */
 int es__err(int code, const char *fmt, ...) ES__PRINTF(2, 3);
 

@@ -38,7 +38,7 @@ void *es__map_get(const es__map *m, const void *key, size_t len)
 
 static int grow_to(es__map *m, size_t cap)
 {
-    es__map_slot *slots = calloc(cap, sizeof *slots);
+    es__map_slot *slots = es__calloc(cap, sizeof *slots);
     if (!slots)
         return es__err(ES_ENOMEM, "out of memory growing a map to %zu slots", cap);
     es__map old = *m;
@@ -75,7 +75,7 @@ int es__map_put(es__map *m, const void *key, size_t len, void *value)
     uint64_t h = hash_bytes(key, len);
     es__map_slot *s = find(m, key, len, h);
     if (!s->key) {
-        uint8_t *k = malloc(len ? len : 1);
+        uint8_t *k = es__malloc(len ? len : 1);
         if (!k)
             return es__err(ES_ENOMEM, "out of memory copying a map key");
         if (len)

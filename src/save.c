@@ -104,7 +104,7 @@ static void ctx_free(es_op_ctx *c)
 
 static void *dup_bytes(const void *p, size_t n)
 {
-    void *q = malloc(n ? n : 1);
+    void *q = es__malloc(n ? n : 1);
     if (q && n)
         memcpy(q, p, n);
     return q;
@@ -128,7 +128,7 @@ int es_op_emit(es_op_ctx *c, const es_event_new *ev)
         return es__err(ES_ETOOBIG, "es_op_emit: the save's events exceed one append's limits");
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 8;
-        op_event *p = realloc(c->evs, cap * sizeof *p);
+        op_event *p = es__realloc(c->evs, cap * sizeof *p);
         if (!p)
             return es__err(ES_ENOMEM, "out of memory emitting an event");
         c->evs = p;
@@ -162,14 +162,14 @@ int es_op_reject(es_op_ctx *c, const char *reason)
         return es__err(ES_EINVAL, "es_op_reject: NULL argument");
     if (c->n_reasons == c->cap_reasons) {
         size_t cap = c->cap_reasons ? c->cap_reasons * 2 : 4;
-        char **p = realloc(c->reasons, cap * sizeof *p);
+        char **p = es__realloc(c->reasons, cap * sizeof *p);
         if (!p)
             return es__err(ES_ENOMEM, "out of memory rejecting");
         c->reasons = p;
         c->cap_reasons = cap;
     }
     size_t n = strnlen(reason, 4096);
-    char *r = malloc(n + 1);
+    char *r = es__malloc(n + 1);
     if (!r)
         return es__err(ES_ENOMEM, "out of memory rejecting");
     memcpy(r, reason, n);
@@ -366,7 +366,7 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
             goto done;
         }
         free(batch);
-        if (!(batch = malloc(ctx.n * sizeof *batch))) {
+        if (!(batch = es__malloc(ctx.n * sizeof *batch))) {
             rc = es__err(ES_ENOMEM, "out of memory for a save's batch");
             goto done;
         }

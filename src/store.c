@@ -87,7 +87,7 @@ int es_store_open(es_store **out, const char *uri, const es_open_options *opts)
     }
     if (sodium_init() < 0)
         return es__err(ES_ERROR, "libsodium failed to initialise");
-    if (!(st = calloc(1, sizeof *st)))
+    if (!(st = es__calloc(1, sizeof *st)))
         return es__err(ES_ENOMEM, "out of memory opening a store");
     st->ops = ops;
     st->clock = opts->clock;
@@ -296,7 +296,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     if ((flags & ES_APPEND_KEEP_TIME) && ops[0].events[0].time_us <= 0)
         return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
 
-    if (!(ids = malloc(count * sizeof *ids)) || !(reqs = calloc(n_ops, sizeof *reqs))) {
+    if (!(ids = es__malloc(count * sizeof *ids)) || !(reqs = es__calloc(n_ops, sizeof *reqs))) {
         rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);
         goto done;
     }
@@ -325,7 +325,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
         at += op->n;
     }
     if (count > 1) {
-        if (!(sorted = malloc(count * sizeof *sorted))) {
+        if (!(sorted = es__malloc(count * sizeof *sorted))) {
             rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);
             goto done;
         }
@@ -506,13 +506,13 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
         return rc;
     c->limit = o.limit;
     if (o.prefix_len) {
-        if (!(c->prefix = malloc(o.prefix_len)))
+        if (!(c->prefix = es__malloc(o.prefix_len)))
             goto nomem;
         memcpy(c->prefix, o.prefix, o.prefix_len);
         c->prefix_len = o.prefix_len;
     }
     if (o.type) {
-        if (!(c->type = malloc(tl + 1)))
+        if (!(c->type = es__malloc(tl + 1)))
             goto nomem;
         memcpy(c->type, o.type, tl + 1);
         c->type_len = tl;

@@ -46,7 +46,7 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
     if (o.keep > ES__KEEP_MAX)
         return es__err(ES_EINVAL, "es_view_options.keep is %u; the limit is %d", o.keep,
                        ES__KEEP_MAX);
-    if (!(v = calloc(1, sizeof *v)))
+    if (!(v = es__calloc(1, sizeof *v)))
         return es__err(ES_ENOMEM, "out of memory for a view");
     v->st = st;
     v->def = *def;

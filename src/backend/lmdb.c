@@ -415,7 +415,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
         }
     }
     size_t pl = strlen(path);
-    if (!(e = calloc(1, sizeof *e + pl + 1))) {
+    if (!(e = es__calloc(1, sizeof *e + pl + 1))) {
         pthread_mutex_unlock(&envs_lock);
         return es__err(ES_ENOMEM, "out of memory opening %s", path);
     }
@@ -534,7 +534,7 @@ static int lm_open(void **out, const char *path, const es_open_options *opts, es
         return es__err(ES_EINVAL, "lmdb: needs a directory, e.g. lmdb:./eventsrc.db");
     if (strlen(path) > 4000)
         return es__err(ES_EINVAL, "lmdb: path is too long");
-    if (!(dir = strdup(path)))
+    if (!(dir = es__strdup(path)))
         return es__err(ES_ENOMEM, "out of memory opening %s", path);
     char *q = strchr(dir, '?');
     if (q) {
@@ -544,7 +544,7 @@ static int lm_open(void **out, const char *path, const es_open_options *opts, es
             return rc;
         }
     }
-    if (!(s = calloc(1, sizeof *s))) {
+    if (!(s = es__calloc(1, sizeof *s))) {
         free(dir);
         return es__err(ES_ENOMEM, "out of memory opening %s", path);
     }
@@ -1016,7 +1016,7 @@ static int cur_push(lm_cursor *c, const MDB_val *rec, uint64_t pos)
 {
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 64;
-        es_event *r = realloc(c->evs, cap * sizeof *r);
+        es_event *r = es__realloc(c->evs, cap * sizeof *r);
         if (!r)
             return es__err(ES_ENOMEM, "out of memory reading");
         c->evs = r;
@@ -1183,7 +1183,7 @@ static const es__cursor_ops log_ops = {log_next, cur_free};
 static int lm_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
                             const es_read_options *o)
 {
-    lm_cursor *c = calloc(1, sizeof *c);
+    lm_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &stream_ops;
@@ -1201,7 +1201,7 @@ static int lm_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, si
 
 static int lm_log_cursor(es_cursor **out, void *be, const es_log_options *o)
 {
-    lm_cursor *c = calloc(1, sizeof *c);
+    lm_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &log_ops;
@@ -1236,7 +1236,7 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             uint8_t k[ES_MAX_KEY];
             size_t len;
             uint64_t head;
-        } *keys = malloc(1024 * sizeof *keys);
+        } *keys = es__malloc(1024 * sizeof *keys);
         size_t n = 0;
         MDB_txn *txn;
         MDB_cursor *c;
@@ -1512,7 +1512,7 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
     MDB_val k = {8, kb};
     if ((rc = mdb_get(txn, e->log, &k, &v)))
         return rc == MDB_NOTFOUND ? es__err(ES_ENOTFOUND, "no event there") : rc;
-    uint8_t *r = malloc(v.mv_size);
+    uint8_t *r = es__malloc(v.mv_size);
     if (!r)
         return ES_ENOMEM;
     memcpy(r, v.mv_data, v.mv_size);

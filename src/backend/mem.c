@@ -54,7 +54,7 @@ static int mem_open(void **out, const char *path, const es_open_options *opts, e
 {
     (void)path;
     (void)opts;
-    mem_store *m = calloc(1, sizeof *m);
+    mem_store *m = es__calloc(1, sizeof *m);
     if (!m)
         return es__err(ES_ENOMEM, "out of memory opening a mem: store");
     if (pthread_rwlock_init(&m->lock, NULL) != 0) {
@@ -111,7 +111,7 @@ static int grow_u64(uint64_t **v, uint64_t *cap, uint64_t need)
     uint64_t c = *cap ? *cap : 8;
     while (c < need)
         c *= 2;
-    uint64_t *p = realloc(*v, c * sizeof *p);
+    uint64_t *p = es__realloc(*v, c * sizeof *p);
     if (!p)
         return es__err(ES_ENOMEM, "out of memory growing an index");
     *v = p;
@@ -145,7 +145,7 @@ static mem_event *build_event(const es__append_req *req, size_t i, uint64_t seq,
 {
     const es_event_new *in = &req->events[i];
     size_t tl = strlen(in->type);
-    mem_event *e = malloc(sizeof *e + req->stream_len + tl + 1 + in->data_len + in->meta_len);
+    mem_event *e = es__malloc(sizeof *e + req->stream_len + tl + 1 + in->data_len + in->meta_len);
     if (!e)
         return NULL;
     uint8_t *p = e->blob;
@@ -183,7 +183,7 @@ static mem_event *build_event(const es__append_req *req, size_t i, uint64_t seq,
 static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_result *outs)
 {
     mem_store *m = be;
-    plan *p = calloc(n, sizeof *p);
+    plan *p = es__calloc(n, sizeof *p);
     es__map batch_streams = {0}; /* streams new in this append */
     uint8_t **keys = NULL;       /* owned map keys: ids, then new streams */
     size_t total = 0, nkeys = 0, new_streams = 0;
@@ -225,7 +225,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
             goto fail;
         }
         if (!s) {
-            if (!(s = calloc(1, sizeof *s)) ||
+            if (!(s = es__calloc(1, sizeof *s)) ||
                 es__map_put(&batch_streams, req->stream, req->stream_len, s) < 0) {
                 free(s);
                 rc = es__err(ES_ENOMEM, "out of memory for a new stream");
@@ -243,7 +243,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
         uint64_t c = m->cap ? m->cap : 64;
         while (c < m->n + total)
             c *= 2;
-        mem_event **ev = realloc(m->events, c * sizeof *ev);
+        mem_event **ev = es__realloc(m->events, c * sizeof *ev);
         if (!ev) {
             rc = es__err(ES_ENOMEM, "out of memory growing the log");
             goto fail;
@@ -252,7 +252,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
         m->cap = c;
     }
     if (es__map_reserve(&m->ids, total) < 0 || es__map_reserve(&m->streams, new_streams) < 0 ||
-        !(keys = calloc(total + new_streams + 1, sizeof *keys))) {
+        !(keys = es__calloc(total + new_streams + 1, sizeof *keys))) {
         rc = es__err(ES_ENOMEM, "out of memory for an append");
         goto fail;
     }
@@ -262,7 +262,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
             continue;
         if ((rc = grow_u64(&p[k].s->positions, &p[k].s->cap, p[k].head + req->n)) < 0)
             goto fail;
-        if (!(p[k].made = calloc(req->n, sizeof *p[k].made))) {
+        if (!(p[k].made = es__calloc(req->n, sizeof *p[k].made))) {
             rc = es__err(ES_ENOMEM, "out of memory for an append");
             goto fail;
         }
@@ -273,7 +273,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
                 prev = p[j].made[reqs[j].n - 1]->ev.hash;
         for (size_t i = 0; i < req->n; i++) {
             mem_event *e = build_event(req, i, p[k].head + 1 + i, ++pos, t, prev);
-            uint8_t *key = malloc(ES_ID_SIZE);
+            uint8_t *key = es__malloc(ES_ID_SIZE);
             if (!e || !key) {
                 free(e);
                 free(key);
@@ -290,7 +290,7 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
         es__map_slot *sl = &batch_streams.slots[i];
         if (!sl->key)
             continue;
-        uint8_t *key = malloc(sl->len);
+        uint8_t *key = es__malloc(sl->len);
         if (!key) {
             rc = es__err(ES_ENOMEM, "out of memory for a new stream");
             goto fail;
@@ -450,7 +450,7 @@ static const es__cursor_ops log_ops = {log_next, cursor_free};
 static int mem_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
                              const es_read_options *o)
 {
-    mem_cursor *c = calloc(1, sizeof *c);
+    mem_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &stream_ops;
@@ -468,7 +468,7 @@ static int mem_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, s
 
 static int mem_log_cursor(es_cursor **out, void *be, const es_log_options *o)
 {
-    mem_cursor *c = calloc(1, sizeof *c);
+    mem_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &log_ops;
@@ -504,7 +504,7 @@ static int mem_streams(void *be, const void *prefix, size_t prefix_len, es_strea
 
     /* Copy the keys out so the callback may call back into the store. */
     pthread_rwlock_rdlock(&m->lock);
-    keys = malloc((m->streams.count ? m->streams.count : 1) * sizeof *keys);
+    keys = es__malloc((m->streams.count ? m->streams.count : 1) * sizeof *keys);
     if (!keys) {
         pthread_rwlock_unlock(&m->lock);
         return es__err(ES_ENOMEM, "out of memory listing streams");
@@ -547,7 +547,7 @@ static int mem_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__s
 {
     mem_store *m = be;
     int rc = 0;
-    uint8_t *copy = malloc(snap->len ? snap->len : 1);
+    uint8_t *copy = es__malloc(snap->len ? snap->len : 1);
     if (!copy)
         return es__err(ES_ENOMEM, "out of memory for a snapshot");
     if (snap->len)
@@ -555,7 +555,7 @@ static int mem_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__s
     pthread_rwlock_wrlock(&m->lock);
     mem_snaps *ss = es__map_get(&m->snaps, skey, sklen);
     if (!ss) {
-        if (!(ss = calloc(1, sizeof *ss)) ||
+        if (!(ss = es__calloc(1, sizeof *ss)) ||
             es__map_put(&m->snaps, skey, sklen, ss) < 0) {
             free(ss);
             rc = es__err(ES_ENOMEM, "out of memory for a snapshot");
@@ -570,7 +570,7 @@ static int mem_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__s
     } else {
         if (ss->n == ss->cap) {
             size_t c = ss->cap ? ss->cap * 2 : 4;
-            mem_snap *p = realloc(ss->v, c * sizeof *p);
+            mem_snap *p = es__realloc(ss->v, c * sizeof *p);
             if (!p) {
                 rc = es__err(ES_ENOMEM, "out of memory for a snapshot");
                 goto done;

@@ -427,7 +427,7 @@ static char *sql_for(const pg_store *s, const char *tmpl)
     size_t at = 0, sl = strlen(s->schema) + 2, cl = strlen(s->channel);
     for (const char *p = tmpl; *p; p++)
         at += *p == '@' || *p == '^';
-    char *out = malloc(strlen(tmpl) + at * (sl > cl ? sl : cl) + 1), *o = out;
+    char *out = es__malloc(strlen(tmpl) + at * (sl > cl ? sl : cl) + 1), *o = out;
     if (!out)
         return NULL;
     for (const char *p = tmpl; *p; p++) {
@@ -639,7 +639,7 @@ static int connect_one(pg_store *s, pg_conn **out)
              s->timeout_ms);
     const char *kw[] = {"connect_timeout", "application_name", "options", "dbname", NULL};
     const char *val[] = {tmo, "eventsrc", opt, s->conninfo, NULL};
-    pg_conn *pc = calloc(1, sizeof *pc);
+    pg_conn *pc = es__calloc(1, sizeof *pc);
     if (!pc)
         return es__err(ES_ENOMEM, "out of memory for a connection");
     pc->c = PQconnectdbParams(kw, val, 1);
@@ -784,7 +784,7 @@ static int parse_int_opt(const char *name, const char *v, int lo, int hi, int *o
 static int parse_uri(pg_store *s, const char *uri)
 {
     size_t n = strlen(uri);
-    char *copy = strdup(uri), *out = malloc(n + 1);
+    char *copy = es__strdup(uri), *out = es__malloc(n + 1);
     int rc = 0;
     if (!copy || !out) {
         free(copy);
@@ -895,7 +895,7 @@ static void pg_close(void *be);
 
 static int pg_open(void **out, const char *uri, const es_open_options *opts, es_store *st)
 {
-    pg_store *s = calloc(1, sizeof *s);
+    pg_store *s = es__calloc(1, sizeof *s);
     pg_conn *pc = NULL;
     int rc;
     if (!s)
@@ -917,7 +917,7 @@ static int pg_open(void **out, const char *uri, const es_open_options *opts, es_
                                 "the server instead)");
         goto fail;
     }
-    if (!(s->idle = calloc((size_t)s->pool_max, sizeof *s->idle))) {
+    if (!(s->idle = es__calloc((size_t)s->pool_max, sizeof *s->idle))) {
         rc = es__err(ES_ENOMEM, "out of memory opening a store");
         goto fail;
     }
@@ -994,7 +994,7 @@ static void cache_put(pg_store *s, const uint8_t *stream, size_t len, uint64_t h
             es__map_free(&s->cache, free_cached);
             memset(&s->cache, 0, sizeof s->cache);
         }
-        if ((c = calloc(1, sizeof *c)) && es__map_put(&s->cache, stream, len, c) < 0) {
+        if ((c = es__calloc(1, sizeof *c)) && es__map_put(&s->cache, stream, len, c) < 0) {
             free(c);
             c = NULL;
         }
@@ -1185,8 +1185,8 @@ static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t 
         uint64_t before;
         uint32_t off; /* index of its first event in the commit */
     } pend;
-    pend *pd = calloc(n, sizeof *pd);
-    uint8_t(*hashes)[ES_HASH_SIZE] = malloc(events * sizeof *hashes);
+    pend *pd = es__calloc(n, sizeof *pd);
+    uint8_t(*hashes)[ES_HASH_SIZE] = es__malloc(events * sizeof *hashes);
     es_buf b[10];
     for (int i = 0; i < 10; i++)
         b[i] = (es_buf)ES_BUF_INIT;
@@ -1441,7 +1441,7 @@ static int pg_append(void *be, const es__append_req *reqs, size_t n, es_append_r
 {
     pg_store *s = be;
     pg_conn *pc;
-    bool *skip = calloc(n, sizeof *skip);
+    bool *skip = es__calloc(n, sizeof *skip);
     int rc;
     if (!skip)
         return es__err(ES_ENOMEM, "out of memory for an append");
@@ -1692,7 +1692,7 @@ static int64_t clamp_i64(uint64_t v)
 static int pg_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
                             const es_read_options *opts)
 {
-    pg_cursor *c = calloc(1, sizeof *c);
+    pg_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &pg_cursor_ops;
@@ -1709,7 +1709,7 @@ static int pg_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, si
 
 static int pg_log_cursor(es_cursor **out, void *be, const es_log_options *opts)
 {
-    pg_cursor *c = calloc(1, sizeof *c);
+    pg_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
         return es__err(ES_ENOMEM, "out of memory for a cursor");
     c->base.ops = &pg_cursor_ops;
@@ -1717,14 +1717,14 @@ static int pg_log_cursor(es_cursor **out, void *be, const es_log_options *opts)
     c->log = true;
     c->next = (uint64_t)clamp_i64(opts->from_position);
     if (opts->prefix_len) {
-        if (!(c->prefix = malloc(opts->prefix_len)))
+        if (!(c->prefix = es__malloc(opts->prefix_len)))
             goto nomem;
         memcpy(c->prefix, opts->prefix, opts->prefix_len);
         c->prefix_len = opts->prefix_len;
     }
     if (opts->type) {
         c->type_len = strlen(opts->type);
-        if (!(c->type = strdup(opts->type)))
+        if (!(c->type = es__strdup(opts->type)))
             goto nomem;
     }
     *out = &c->base;
