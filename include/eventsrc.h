@@ -50,6 +50,10 @@ extern "C" {
 #define ES_VERSION_STRING "0.1.0"
 /** ES_VERSION_NUMBER is (major * 10000 + minor * 100 + patch). */
 #define ES_VERSION_NUMBER (ES_VERSION_MAJOR * 10000 + ES_VERSION_MINOR * 100 + ES_VERSION_PATCH)
+/** True when the header is version major.minor.patch or later, e.g.
+ *  `#if ES_VERSION_CHECK(0, 2, 0)` around code that needs 0.2's calls. */
+#define ES_VERSION_CHECK(major, minor, patch)                                                    \
+    (ES_VERSION_NUMBER >= ((major) * 10000 + (minor) * 100 + (patch)))
 
 /** @return the version of the library linked at run time, e.g. "0.1.0". */
 ES_EXTERN const char *es_version(void);
@@ -207,8 +211,11 @@ typedef struct es_event_new {
 
 typedef struct es_store es_store;
 
-/** A clock: µs since the Unix epoch.  Called with the store's write lock
- *  held, so it must be quick and must not call back into the store. */
+/** A clock: µs since the Unix epoch.  Called once per commit, from the
+ *  appending thread (any thread that appends), possibly while the store's
+ *  write transaction is open: it must be quick and thread-safe and must not
+ *  call back into the store.  A clock that goes back is harmless: a commit's
+ *  time is never below the store's latest commit time. */
 typedef int64_t (*es_clock_fn)(void *payload);
 
 #define ES_OPEN_OPTIONS_VERSION 1
@@ -224,7 +231,8 @@ typedef struct es_open_options {
     unsigned flags;     /* ES_OPEN_* */
     es_clock_fn clock;  /* NULL: the system's real-time clock */
     void *clock_payload;
-    uint64_t map_size;  /* lmdb: initial map size in bytes (0: 64 MiB); grows by itself */
+    uint64_t map_size;  /* lmdb: initial map size in bytes (0: 1 GiB of address
+                           space, not of disk); grows by itself */
     int timeout_ms;     /* postgres: connect/statement timeout (0: 10000) */
 } es_open_options;
 
@@ -271,6 +279,8 @@ typedef struct es_append_result {
     uint64_t head;   /* the stream's head: after the append, or the actual
                         head when the call returned ES_ECONFLICT */
     int replayed;    /* 1 when this was a retry answered from the original */
+    uint64_t reserved_[4]; /* zeroed; later fields come from here, so the size
+                              of this struct never changes */
 } es_append_result;
 
 /**
@@ -298,7 +308,13 @@ ES_EXTERN int es_append(es_append_result *out, es_store *store, const void *stre
 /* Flags for es_append_ex. */
 #define ES_APPEND_KEEP_TIME 0x1u /* use events[0].time_us as the commit time
                                     (imports); it must be >= the store's latest
-                                    commit time, else ES_EINVAL */
+                                    commit time and at most ES_MAX_TIME_AHEAD_US
+                                    past the store's clock, else ES_EINVAL.  A
+                                    retry of an append that landed is answered
+                                    from the original whatever its time. */
+/* How far past its clock a kept time may be: a day.  A time far in the
+ * future would pin every later commit time of the store to it. */
+#define ES_MAX_TIME_AHEAD_US ((int64_t)86400 * 1000000)
 
 /** es_append with flags (ES_APPEND_*). */
 ES_EXTERN int es_append_ex(es_append_result *out, es_store *store, const void *stream,
@@ -392,7 +408,7 @@ typedef struct es_read_options {
 ES_EXTERN int es_stream_cursor(es_cursor **out, es_store *store, const void *stream,
                                size_t stream_len, const es_read_options *opts);
 
-#define ES_LOG_OPTIONS_VERSION 1
+#define ES_LOG_OPTIONS_VERSION 2
 
 typedef struct es_log_options {
     unsigned version;
@@ -401,9 +417,16 @@ typedef struct es_log_options {
     size_t prefix_len;
     const char *type; /* only events of this type; NULL: all */
     uint64_t limit;   /* 0: no limit */
+    /* version 2: a commit-time range, µs since the epoch (both inclusive;
+     * 0: unbounded).  On stores whose commit times never go back along the
+     * log (mem, lmdb) the cursor starts at the first event at or after
+     * from_time_us by a binary search and stops at the first one past
+     * to_time_us; elsewhere (postgres) the range is a filter. */
+    int64_t from_time_us;
+    int64_t to_time_us;
 } es_log_options;
 
-#define ES_LOG_OPTIONS_INIT {ES_LOG_OPTIONS_VERSION, 0, NULL, 0, NULL, 0}
+#define ES_LOG_OPTIONS_INIT {ES_LOG_OPTIONS_VERSION, 0, NULL, 0, NULL, 0, 0, 0}
 
 /**
  * Open a cursor over the global log, in position order.  The log never
@@ -439,6 +462,7 @@ typedef struct es_store_stats {
     uint64_t last_position; /* last global position */
     uint64_t snapshots;     /* persisted snapshots */
     uint64_t bytes;         /* bytes used on disk or in memory (approximate) */
+    uint64_t reserved_[8];  /* zeroed; later fields come from here */
 } es_store_stats;
 
 ES_EXTERN int es_store_stats_get(es_store_stats *out, es_store *store);
@@ -457,6 +481,7 @@ typedef struct es_verify_result {
     uint64_t bad_seq;
     uint64_t bad_position;
     char reason[128];
+    uint64_t reserved_[8]; /* zeroed; later fields come from here */
 } es_verify_result;
 
 /**
@@ -474,7 +499,7 @@ ES_EXTERN int es_event_hash(uint8_t out[ES_HASH_SIZE], const uint8_t *prev,
                             const es_event *ev);
 
 /* ------------------------------------------------------------------ */
-/* Views: folds over a stream (the seed's QueryAPI)                     */
+/* Views: folds over a stream                                           */
 /* ------------------------------------------------------------------ */
 
 typedef enum es_snap_state {
@@ -490,7 +515,7 @@ typedef enum es_fold {
     ES_FOLD_DELETED = 2,   /* the value is gone; the library resets the accumulator */
 } es_fold;
 
-#define ES_VIEW_DEF_VERSION 1
+#define ES_VIEW_DEF_VERSION 2
 
 /**
  * A view.  A view key (bytes) maps to the stream holding its events
@@ -508,8 +533,18 @@ typedef enum es_fold {
  *    accumulator; return 1 when found, 0 when absent, or a negative code.
  *  - free_selected: free a value made by select (NULL: free_value).
  *
- * Callbacks return 0 (or an es_fold for apply) on success; a negative code
- * aborts the call that ran them and is returned as is.
+ * Callbacks return 0 (or an es_fold for apply) on success; a non-zero code
+ * aborts the call that ran them (see the conventions at the top for how it
+ * reaches the caller).
+ *
+ * Simple views need only `apply` (version 2):
+ *  - stream_key NULL: the view key is the stream key.
+ *  - value_size > 0 (with init, encode, decode and free_value NULL): the
+ *    value is a plain struct of that many bytes with no pointers inside,
+ *    zeroed by init and stored in snapshots byte for byte (same machine
+ *    layout; change view_version when the struct changes).  `apply` gets a
+ *    pointer to it.
+ *  - a JSON value (a jansson json_t *): see eventsrc_json.h.
  */
 typedef struct es_view_def {
     unsigned version; /* ES_VIEW_DEF_VERSION */
@@ -529,6 +564,7 @@ typedef struct es_view_def {
                   void *payload);
     void (*free_selected)(void *value, void *payload);
     void *payload;
+    size_t value_size; /* version 2: plain-old-data values (see above); 0: none */
 } es_view_def;
 
 typedef struct es_view es_view;
@@ -601,7 +637,7 @@ ES_EXTERN int es_view_history(es_view *view, const void *vkey, size_t vkey_len,
                               uint64_t from_seq, es_history_fn fn, void *payload);
 
 /* ------------------------------------------------------------------ */
-/* Save: operations appended atomically (the seed's SaveAPI)            */
+/* Save: operations appended atomically                                 */
 /* ------------------------------------------------------------------ */
 
 typedef struct es_op_ctx es_op_ctx;
@@ -625,6 +661,20 @@ struct es_op {
 
 /** Emit an event (copied).  @return 0, ES_EINVAL, ES_ETOOBIG, ES_ENOMEM. */
 ES_EXTERN int es_op_emit(es_op_ctx *ctx, const es_event_new *ev);
+/**
+ * Emit an event (copied) for ANOTHER stream than the view key's, appended in
+ * the same atomic commit as the save's own events, with its own expectation
+ * (ES_EXPECT_NO_STREAM, a seq, …).  Consecutive events for one stream and
+ * expectation are one request.  If that stream is not as expected, the
+ * save conflicts and runs its operations again, like a conflict on its own
+ * stream: an operation that claims something elsewhere (a unique username
+ * as the stream "username/homer", expected no stream) must look at that
+ * stream itself each time it runs and reject when the claim is taken.
+ * @return 0, ES_EINVAL (NULL, empty key, or the view key's own stream),
+ *         ES_ETOOBIG, ES_ENOMEM.
+ */
+ES_EXTERN int es_op_emit_to(es_op_ctx *ctx, const void *stream, size_t stream_len,
+                            uint64_t expected, const es_event_new *ev);
 /** Reject with a reason (copied). @return 0, ES_EINVAL, ES_ENOMEM. */
 ES_EXTERN int es_op_reject(es_op_ctx *ctx, const char *reason);
 

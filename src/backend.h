@@ -48,6 +48,10 @@ struct es_cursor {
     size_t prefix_len;
     char *type;
     size_t type_len;
+    /* commit-time range (inclusive); to_time_us INT64_MAX when unbounded */
+    int64_t from_time_us, to_time_us;
+    bool time_ordered; /* the backend's log never goes back in time: stop past to_time_us */
+    bool done;
 };
 
 /* Fields for the tamper hook (tests of es_verify). */
@@ -103,6 +107,10 @@ typedef struct es__backend {
     /* Test hook: flip byte `offset` (mod the field's size) of one field of the
      * event at `position`, below the API, as a disk fault or an attacker would. */
     int (*tamper)(void *be, uint64_t position, int field, size_t offset);
+    /* Commit times never go back along the global log (a single writer
+     * assigns positions and times in commit order): time-range reads may
+     * then seek and stop early. */
+    bool log_time_ordered;
 } es__backend;
 
 /*

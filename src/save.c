@@ -1,5 +1,5 @@
 /*
- * save.c — the seed's SaveAPI: run operations against the latest snapshot
+ * save.c — save: run operations against the latest snapshot
  * of a view key and append everything they emit as ONE conditional append
  * at exactly snapshot.seq + 1.  On a conflict, catch the snapshot up with
  * the new events only and run the operations again, after a full-jitter
@@ -70,11 +70,18 @@ typedef struct op_event {
     char *type;
     uint8_t *data;
     uint8_t *meta;
+    /* es_op_emit_to: another stream and its expectation (stream NULL: the
+     * view key's own stream, at the snapshot's seq + 1) */
+    uint8_t *stream;
+    size_t stream_len;
+    uint64_t expected;
 } op_event;
 
 struct es_op_ctx {
     op_event *evs;
     size_t n, cap;
+    size_t n_side;                 /* events for other streams */
+    const es__vkeys *k;            /* the view key's streams */
     size_t first_of_op; /* index of the first event of the running op */
     size_t bytes;
     char **reasons;
@@ -87,8 +94,10 @@ static void ctx_reset(es_op_ctx *c)
         free(c->evs[i].type);
         free(c->evs[i].data);
         free(c->evs[i].meta);
+        free(c->evs[i].stream);
     }
     c->n = 0;
+    c->n_side = 0;
     c->bytes = 0;
     for (size_t i = 0; i < c->n_reasons; i++)
         free(c->reasons[i]);
@@ -110,7 +119,8 @@ static void *dup_bytes(const void *p, size_t n)
     return q;
 }
 
-int es_op_emit(es_op_ctx *c, const es_event_new *ev)
+static int emit(es_op_ctx *c, const es_event_new *ev, const uint8_t *stream, size_t stream_len,
+                uint64_t expected)
 {
     size_t tl;
     if (!c || !ev || !ev->type)
@@ -141,10 +151,14 @@ int es_op_emit(es_op_ctx *c, const es_event_new *ev)
     e->type = dup_bytes(ev->type, tl + 1);
     e->data = dup_bytes(ev->data, ev->data_len);
     e->meta = dup_bytes(ev->meta, ev->meta_len);
-    if (!e->type || !e->data || !e->meta) {
+    e->stream = stream ? dup_bytes(stream, stream_len) : NULL;
+    e->stream_len = stream ? stream_len : 0;
+    e->expected = expected;
+    if (!e->type || !e->data || !e->meta || (stream && !e->stream)) {
         free(e->type);
         free(e->data);
         free(e->meta);
+        free(e->stream);
         return es__err(ES_ENOMEM, "out of memory emitting an event");
     }
     if (ev->id)
@@ -152,8 +166,30 @@ int es_op_emit(es_op_ctx *c, const es_event_new *ev)
     else
         es__new_id(e->id);
     c->n++;
+    c->n_side += stream != NULL;
     c->bytes += tl + ev->data_len + ev->meta_len;
     return 0;
+}
+
+int es_op_emit(es_op_ctx *c, const es_event_new *ev)
+{
+    return emit(c, ev, NULL, 0, 0);
+}
+
+int es_op_emit_to(es_op_ctx *c, const void *stream, size_t stream_len, uint64_t expected,
+                  const es_event_new *ev)
+{
+    if (!c || !stream)
+        return es__err(ES_EINVAL, "es_op_emit_to: NULL argument");
+    if (stream_len == 0)
+        return es__err(ES_EINVAL, "es_op_emit_to: stream key is empty");
+    if (stream_len > ES_MAX_KEY)
+        return es__err(ES_ETOOBIG, "es_op_emit_to: stream key is %zu bytes; the limit is %d",
+                       stream_len, ES_MAX_KEY);
+    if (c->k && stream_len == c->k->stream_len && memcmp(stream, c->k->stream, stream_len) == 0)
+        return es__err(ES_EINVAL, "es_op_emit_to: that is the view key's own stream; use "
+                                  "es_op_emit, which appends at the snapshot's seq");
+    return emit(c, ev, stream, stream_len, expected);
 }
 
 int es_op_reject(es_op_ctx *c, const char *reason)
@@ -247,6 +283,74 @@ static es_event pending_event(const es__vkeys *k, const op_event *e, uint64_t se
     return ev;
 }
 
+/* The append of a save: the view key's own events at exactly base_seq + 1
+ * and, in the same atomic commit, the events emitted for other streams with
+ * their expectations (consecutive events for one stream and expectation make
+ * one request).  *own gets the own stream's result (zeros when it had no
+ * events).  *batch is the caller's to free. */
+static int append_emitted(es_append_result *own, es_store *st, const es__vkeys *k,
+                          uint64_t base_seq, const es_op_ctx *ctx, es_event_new **batch)
+{
+    es_append_op *ops = NULL;
+    es_append_result *res = NULL;
+    size_t n_own = 0, n_ops = 0;
+    int rc;
+
+    memset(own, 0, sizeof *own);
+    if (!(*batch = es__malloc(ctx->n * sizeof **batch)))
+        return es__err(ES_ENOMEM, "out of memory for a save's batch");
+    es_event_new *b = *batch;
+    /* own events first, then the others in the order they were emitted */
+    for (int pass = 0, m = 0; pass < 2; pass++)
+        for (size_t i = 0; i < ctx->n; i++) {
+            const op_event *e = &ctx->evs[i];
+            if ((e->stream != NULL) != (pass == 1))
+                continue;
+            b[m] = e->ev;
+            b[m].type = e->type;
+            b[m].data = e->data;
+            b[m].meta = e->meta;
+            b[m].id = e->id;
+            b[m].time_us = 0;
+            m++;
+            n_own += pass == 0;
+        }
+    if (ctx->n_side == 0)
+        return es_append(own, st, k->stream, k->stream_len, base_seq, b, n_own);
+
+    if (!(ops = es__calloc(ctx->n_side + 1, sizeof *ops)) ||
+        !(res = es__calloc(ctx->n_side + 1, sizeof *res))) {
+        rc = es__err(ES_ENOMEM, "out of memory for a save's batch");
+        goto done;
+    }
+    if (n_own)
+        ops[n_ops++] = (es_append_op){k->stream, k->stream_len, base_seq, b, n_own};
+    const op_event *prev = NULL;
+    size_t m = n_own;
+    for (size_t i = 0; i < ctx->n; i++) {
+        const op_event *e = &ctx->evs[i];
+        if (!e->stream)
+            continue;
+        if (prev && prev->expected == e->expected && prev->stream_len == e->stream_len &&
+            memcmp(prev->stream, e->stream, e->stream_len) == 0)
+            ops[n_ops - 1].n++;
+        else
+            ops[n_ops++] = (es_append_op){e->stream, e->stream_len, e->expected, &b[m], 1};
+        prev = e;
+        m++;
+    }
+    if ((rc = es_append_multi(res, st, ops, n_ops, 0)) == 0 && n_own)
+        *own = res[0];
+    else if (rc == 0) {
+        own->time_us = res[0].time_us;
+        own->head = base_seq;
+    }
+done:
+    free(ops);
+    free(res);
+    return rc;
+}
+
 /* Run the operations on a copy of `base`.  Returns 0 with ctx holding the
  * events (or the reasons), or an error. */
 static int run_ops(es_op_ctx *ctx, es_view *v, const es__vkeys *k, const es__fold *base,
@@ -256,6 +360,8 @@ static int run_ops(es_op_ctx *ctx, es_view *v, const es__vkeys *k, const es__fol
     int64_t now = es__now(v->st);
 
     ctx_reset(ctx);
+    ctx->k = k;
+    uint64_t next_seq = base->seq + 1;
     if ((rc = es__fold_clone(work, v, k, base)) < 0)
         return rc;
     for (size_t i = 0; i < n_ops; i++) {
@@ -272,7 +378,9 @@ static int run_ops(es_op_ctx *ctx, es_view *v, const es__vkeys *k, const es__fol
             return 0;
         /* Later operations see the events of the earlier ones. */
         for (size_t j = ctx->first_of_op; j < ctx->n; j++) {
-            es_event ev = pending_event(k, &ctx->evs[j], base->seq + 1 + j, now, 0);
+            if (ctx->evs[j].stream)
+                continue; /* another stream's event: not part of this fold */
+            es_event ev = pending_event(k, &ctx->evs[j], next_seq++, now, 0);
             if ((rc = es__fold_apply(work, v, k, &ev)) < 0)
                 return rc;
         }
@@ -366,31 +474,26 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
             goto done;
         }
         free(batch);
-        if (!(batch = es__malloc(ctx.n * sizeof *batch))) {
-            rc = es__err(ES_ENOMEM, "out of memory for a save's batch");
-            goto done;
-        }
-        for (size_t i = 0; i < ctx.n; i++) {
-            batch[i] = ctx.evs[i].ev;
-            batch[i].type = ctx.evs[i].type;
-            batch[i].data = ctx.evs[i].data;
-            batch[i].meta = ctx.evs[i].meta;
-            batch[i].id = ctx.evs[i].id;
-            batch[i].time_us = 0;
-        }
-        rc = es_append(&ar, v->st, k.stream, k.stream_len, base.seq, batch, ctx.n);
+        batch = NULL;
+        rc = append_emitted(&ar, v->st, &k, base.seq, &ctx, &batch);
         if (rc == 0) {
             /* Fold the stored events (real seqs, time and positions) into a
              * fresh copy of the base, so the result equals a later get. */
             es__fold_clear(&work, v);
             if ((rc = es__fold_clone(&work, v, &k, &base)) < 0)
                 goto done;
+            uint64_t i_own = 0;
             for (size_t i = 0; i < ctx.n; i++) {
-                es_event ev = pending_event(&k, &ctx.evs[i], ar.first_seq + i, ar.time_us,
-                                            ar.first_position + i);
+                if (ctx.evs[i].stream)
+                    continue;
+                es_event ev = pending_event(&k, &ctx.evs[i], ar.first_seq + i_own, ar.time_us,
+                                            ar.first_position + i_own);
+                i_own++;
                 if ((rc = es__fold_apply(&work, v, &k, &ev)) < 0)
                     goto done;
             }
+            if (i_own == 0)
+                ar.last_seq = base.seq; /* only other streams were written */
             out->status = ES_SAVED;
             out->last_seq = ar.last_seq;
             out->retries = attempt - 1;

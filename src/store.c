@@ -293,8 +293,19 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
         if ((rc = check_events(op->events, op->n, k, &bytes, &count)) < 0)
             return rc;
     }
-    if ((flags & ES_APPEND_KEEP_TIME) && ops[0].events[0].time_us <= 0)
-        return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
+    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
+        return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
+    if (flags & ES_APPEND_KEEP_TIME) {
+        int64_t t = ops[0].events[0].time_us, now = es__now(st);
+        if (t <= 0)
+            return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
+        /* now is at most INT64_MAX: compare without overflowing */
+        if (now < INT64_MAX - ES_MAX_TIME_AHEAD_US && t > now + ES_MAX_TIME_AHEAD_US)
+            return es__err(ES_EINVAL,
+                           "es_append: kept time %lld is over a day past the store's clock "
+                           "(%lld); it would pin every later commit time",
+                           (long long)t, (long long)now);
+    }
 
     if (!(ids = es__malloc(count * sizeof *ids)) || !(reqs = es__calloc(n_ops, sizeof *reqs))) {
         rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);
@@ -473,6 +484,43 @@ int es_stream_cursor(es_cursor **out, es_store *st, const void *stream, size_t s
     if ((rc = st->ops->stream_cursor(out, st->be, stream, stream_len, &o)) < 0)
         return rc;
     (*out)->limit = o.limit;
+    (*out)->from_time_us = 0;
+    (*out)->to_time_us = INT64_MAX;
+    (*out)->time_ordered = false;
+    (*out)->done = false;
+    return 0;
+}
+
+/* The first position at or after *from whose event was committed at or
+ * after t, by a binary search over positions (stores whose log is in time
+ * order only).  Each probe reads one event. */
+static int seek_time(es_store *st, uint64_t *from, int64_t t)
+{
+    uint64_t lo = *from, hi;
+    int rc;
+    if ((rc = st->ops->last_position(st->be, &hi)) < 0)
+        return rc;
+    if (hi < lo)
+        return 0;
+    /* the answer is in [lo, hi + 1] */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        es_log_options probe = ES_LOG_OPTIONS_INIT;
+        es_cursor *c;
+        const es_event *ev;
+        probe.from_position = mid;
+        if ((rc = st->ops->log_cursor(&c, st->be, &probe)) < 0)
+            return rc;
+        rc = c->ops->next(&ev, c);
+        if (rc == 0 && ev->time_us < t)
+            lo = ev->position + 1; /* everything up to it is earlier */
+        else if (rc == 0 || rc == ES_ITEROVER)
+            hi = mid; /* no event in [mid, ev) : the answer is at most mid */
+        c->ops->free(c);
+        if (rc < 0 && rc != ES_ITEROVER)
+            return rc;
+    }
+    *from = lo;
     return 0;
 }
 
@@ -491,8 +539,15 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
     if (opts) {
         if ((rc = es__check_version(opts->version, ES_LOG_OPTIONS_VERSION, "es_log_options")) < 0)
             return rc;
-        o = *opts;
+        /* version 1 ends before the time range */
+        memcpy(&o, opts,
+               opts->version == 1 ? offsetof(es_log_options, from_time_us) : sizeof o);
+        o.version = ES_LOG_OPTIONS_VERSION;
     }
+    if (o.from_time_us < 0 || o.to_time_us < 0)
+        return es__err(ES_EINVAL, "es_log_options: a time range bound is negative");
+    if (o.to_time_us && o.from_time_us > o.to_time_us)
+        return es__err(ES_EINVAL, "es_log_options: from_time_us is after to_time_us");
     if (!o.prefix && o.prefix_len)
         return es__err(ES_EINVAL, "es_log_options: prefix_len without a prefix");
     if (o.prefix_len > ES_MAX_KEY)
@@ -502,9 +557,16 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
         return rc;
     if (o.from_position == 0)
         o.from_position = 1;
+    if (o.from_time_us && st->ops->log_time_ordered &&
+        (rc = seek_time(st, &o.from_position, o.from_time_us)) < 0)
+        return rc;
     if ((rc = st->ops->log_cursor(&c, st->be, &o)) < 0)
         return rc;
     c->limit = o.limit;
+    c->from_time_us = o.from_time_us;
+    c->to_time_us = o.to_time_us ? o.to_time_us : INT64_MAX;
+    c->time_ordered = st->ops->log_time_ordered;
+    c->done = false;
     if (o.prefix_len) {
         if (!(c->prefix = es__malloc(o.prefix_len)))
             goto nomem;
@@ -532,11 +594,20 @@ int es_cursor_next(const es_event **out, es_cursor *c)
     if (!out || !c)
         return es__err(ES_EINVAL, "es_cursor_next: NULL argument");
     *out = NULL;
-    if (c->limit && c->returned >= c->limit)
+    if ((c->limit && c->returned >= c->limit) || c->done)
         return ES_ITEROVER;
     for (;;) {
         if ((rc = c->ops->next(&ev, c)) != 0)
             return rc;
+        if (ev->time_us > c->to_time_us) {
+            if (c->time_ordered) {
+                c->done = true; /* everything after is later still */
+                return ES_ITEROVER;
+            }
+            continue;
+        }
+        if (ev->time_us < c->from_time_us)
+            continue;
         if (c->prefix_len && !es__has_prefix(ev->stream, ev->stream_len, c->prefix, c->prefix_len))
             continue;
         if (c->type && (ev->type_len != c->type_len || memcmp(ev->type, c->type, c->type_len)))

@@ -13,6 +13,96 @@
 
 #define ES__KEEP_MAX 64
 
+/*
+ * The plain-old-data codec (es_view_def.value_size): the accumulator is
+ * value_size bytes, zeroed by init, copied byte for byte to and from
+ * snapshots.  The callbacks get only the user's payload, so each value
+ * carries its size in a header just before it (aligned like malloc's).
+ */
+typedef union pod_head {
+    size_t size;
+    max_align_t align_;
+} pod_head;
+
+static void *pod_alloc(size_t size)
+{
+    pod_head *h = es__calloc(1, sizeof *h + size);
+    if (!h)
+        return NULL;
+    h->size = size;
+    return h + 1;
+}
+
+static int pod_encode(es_buf *out, const void *acc, void *payload)
+{
+    const pod_head *h = (const pod_head *)acc - 1;
+    return es_buf_put(out, acc, h->size);
+}
+
+static int pod_decode(void **out, const uint8_t *data, size_t len, void *payload)
+{
+    (void)payload;
+    *out = NULL;
+    /* the size was checked against value_size when the snapshot was read */
+    if (!(*out = pod_alloc(len)))
+        return es__err(ES_ENOMEM, "out of memory for a view value");
+    memcpy(*out, data, len);
+    return 0;
+}
+
+static void pod_free(void *acc, void *payload)
+{
+    (void)payload;
+    if (acc)
+        free((pod_head *)acc - 1);
+}
+
+/* Never called: init and decode need the view's value_size, so view_init
+ * and view_decode below handle plain-old-data views themselves.  It is
+ * there so that def.init is never NULL. */
+static int pod_init(void **out, const uint8_t *fkey, size_t fkey_len, void *payload)
+{
+    (void)fkey, (void)fkey_len, (void)payload;
+    *out = NULL;
+    return es__err(ES_EINVAL, "plain-old-data view initialised without its size");
+}
+
+static int view_init(const es_view *v, void **out, const es__vkeys *k)
+{
+    if (v->def.value_size) {
+        if (!(*out = pod_alloc(v->def.value_size)))
+            return es__err(ES_ENOMEM, "out of memory for a view value");
+        return 0;
+    }
+    return v->def.init(out, k->fkey, k->fkey_len, v->def.payload);
+}
+
+static int view_decode(const es_view *v, void **out, const uint8_t *data, size_t len)
+{
+    if (v->def.value_size && len != v->def.value_size) {
+        *out = NULL;
+        return es__err(ES_ECORRUPT,
+                       "view '%s': a snapshot of %zu bytes for a value of %zu (change "
+                       "view_version when the value's layout changes)",
+                       v->name, len, v->def.value_size);
+    }
+    return v->def.decode(out, data, len, v->def.payload);
+}
+
+/* The identity mapping (es_view_def.stream_key NULL): the view key is the
+ * stream key. */
+static int identity_stream_key(uint8_t out[ES_MAX_KEY], size_t *out_len, const uint8_t *vkey,
+                               size_t vkey_len, void *payload)
+{
+    (void)payload;
+    if (vkey_len > ES_MAX_KEY)
+        return es__err(ES_ETOOBIG, "view key of %zu bytes cannot be a stream key (limit %d)",
+                       vkey_len, ES_MAX_KEY);
+    memcpy(out, vkey, vkey_len);
+    *out_len = vkey_len;
+    return 0;
+}
+
 int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_view_options *opts)
 {
     es_view_options o = ES_VIEW_OPTIONS_INIT;
@@ -26,15 +116,39 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
     if (!st || !def)
         return es__err(ES_EINVAL, "es_view_new: NULL store or definition");
     if ((rc = es__check_version(def->version, ES_VIEW_DEF_VERSION, "es_view_def")) < 0)
-            return rc;
+        return rc;
+    /* A version 1 definition ends before value_size: copy what it has. */
+    es_view_def d;
+    memset(&d, 0, sizeof d);
+    memcpy(&d, def, def->version == 1 ? offsetof(es_view_def, value_size) : sizeof d);
+    d.version = ES_VIEW_DEF_VERSION;
+    def = &d;
     if (!def->name || (nl = strnlen(def->name, ES_MAX_VIEW_NAME + 1)) == 0 ||
         nl > ES_MAX_VIEW_NAME)
         return es__err(ES_EINVAL, "view name must be 1..%d bytes", ES_MAX_VIEW_NAME);
-    if (!def->stream_key || !def->init || !def->apply || !def->encode || !def->decode ||
-        !def->free_value)
+    if (def->value_size) {
+        if (def->init || def->encode || def->decode || def->free_value)
+            return es__err(ES_EINVAL,
+                           "view '%s' has a value_size and codec callbacks: give one or the other",
+                           def->name);
+        if (def->value_size > ES_MAX_DATA)
+            return es__err(ES_ETOOBIG, "view '%s': value_size %zu is over %u bytes", def->name,
+                           def->value_size, ES_MAX_DATA);
+        if (def->shard_key && !def->free_selected)
+            return es__err(ES_EINVAL,
+                           "view '%s' is sharded with a value_size: free_selected is required",
+                           def->name);
+        d.init = pod_init;
+        d.encode = pod_encode;
+        d.decode = pod_decode;
+        d.free_value = pod_free;
+    }
+    if (!def->stream_key)
+        d.stream_key = identity_stream_key;
+    if (!def->init || !def->apply || !def->encode || !def->decode || !def->free_value)
         return es__err(ES_EINVAL,
-                       "view '%s' lacks a callback (stream_key, init, apply, encode, decode and "
-                       "free_value are required)",
+                       "view '%s' lacks a callback (apply, and init, encode, decode and "
+                       "free_value unless value_size is set, are required)",
                        def->name);
     if (def->shard_key && !def->select)
         return es__err(ES_EINVAL, "view '%s' is sharded but has no select callback", def->name);
@@ -104,7 +218,7 @@ int es__fold_init(es__fold *f, es_view *v, const es__vkeys *k)
     int rc;
     memset(f, 0, sizeof *f);
     f->state = ES_SNAP_NONE;
-    if ((rc = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0)
+    if ((rc = view_init(v, &f->acc, k)) != 0)
         return es__cb_rc(rc);
     return 0;
 }
@@ -135,11 +249,11 @@ int es__fold_load(es__fold *f, es_view *v, const es__vkeys *k, uint64_t max_seq,
         goto done;
     }
     if (s.state == ES_SNAP_VALUE) {
-        if ((rc = v->def.decode(&f->acc, s.data, s.len, v->def.payload)) != 0) {
+        if ((rc = view_decode(v, &f->acc, s.data, s.len)) != 0) {
             rc = es__cb_rc(rc);
             goto done;
         }
-    } else if ((rc = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0) {
+    } else if ((rc = view_init(v, &f->acc, k)) != 0) {
         rc = es__cb_rc(rc);
         goto done;
     }
@@ -164,7 +278,7 @@ int es__fold_apply(es__fold *f, es_view *v, const es__vkeys *k, const es_event *
     case ES_FOLD_DELETED:
         v->def.free_value(f->acc, v->def.payload);
         f->acc = NULL;
-        if ((r = v->def.init(&f->acc, k->fkey, k->fkey_len, v->def.payload)) != 0)
+        if ((r = view_init(v, &f->acc, k)) != 0)
             return es__cb_rc(r);
         f->state = ES_SNAP_DELETED;
         break;
@@ -317,7 +431,7 @@ int es__fold_clone(es__fold *dst, es_view *v, const es__vkeys *k, const es__fold
         rc = es__cb_rc(rc);
         goto done;
     }
-    if ((rc = v->def.decode(&dst->acc, buf.data, buf.len, v->def.payload)) != 0)
+    if ((rc = view_decode(v, &dst->acc, buf.data, buf.len)) != 0)
         rc = es__cb_rc(rc);
 done:
     (void)k;

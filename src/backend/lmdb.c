@@ -1594,4 +1594,5 @@ const es__backend es__backend_lmdb = {
     .snap_list = lm_snap_list,
     .snap_del = lm_snap_del,
     .tamper = lm_tamper,
+    .log_time_ordered = true, /* LMDB has one writer: positions and times in commit order */
 };

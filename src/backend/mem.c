@@ -727,4 +727,5 @@ const es__backend es__backend_mem = {
     .snap_list = mem_snap_list,
     .snap_del = mem_snap_del,
     .tamper = mem_tamper,
+    .log_time_ordered = true, /* one writer: positions and times in commit order */
 };
