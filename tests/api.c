@@ -7,7 +7,10 @@
  */
 #include "testutil.h"
 
+#include "users.h"
+
 #include <eventsrc_json.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,6 +583,98 @@ static void test_emit_to_own_stream_is_refused(void **state)
     tu_close(&ts);
 }
 
+/* ---- the users example, the second way ---- */
+
+static int save_claimed(es_view *v, es_store *st, int64_t id, const char *name,
+                        const char *username)
+{
+    us_user u = {.id = id};
+    snprintf(u.name, sizeof u.name, "%s", name);
+    snprintf(u.username, sizeof u.username, "%s", username);
+    es_save_result r = ES_SAVE_RESULT_INIT;
+    int rc = us_save_user_claimed(&r, v, st, 1, &u, NULL);
+    if (rc == 0)
+        rc = r.status == ES_SAVED ? 0 : r.status == ES_REJECTED ? 1 : 2;
+    es_save_result_clear(&r, v);
+    return rc;
+}
+
+typedef struct claimer {
+    es_view *v;
+    es_store *st;
+    int64_t id;
+    int result;
+} claimer;
+
+static void *claim_thread(void *arg)
+{
+    claimer *c = arg;
+    c->result = save_claimed(c->v, c->st, c->id, "Maggie", "maggie");
+    return NULL;
+}
+
+static void test_users_with_claim_streams(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_view *v;
+    es_snapshot s = ES_SNAPSHOT_INIT;
+    tu_open(&ts);
+    TU_EXPECT_OK(es_view_new(&v, ts.st, us_user_by_stream(), NULL));
+    assert_int_equal(save_claimed(v, ts.st, 1, "Homer", "homer"), 0);
+    assert_int_equal(save_claimed(v, ts.st, 2, "Bart", "homer"), 1); /* taken */
+    assert_int_equal(save_claimed(v, ts.st, 1, "Homer J", "homer"), 0); /* same user: fine */
+    assert_int_equal(save_claimed(v, ts.st, 1, "Homer", "homer2"), 0);  /* rename frees it */
+    assert_int_equal(save_claimed(v, ts.st, 2, "Bart", "homer"), 0);
+    assert_int_equal(save_claimed(v, ts.st, 1, "Homer", "homer"), 1);
+    TU_EXPECT_OK(es_view_get(&s, v, "company/1/user/1", 16, ES_LATEST_EVENT));
+    assert_string_equal(((us_user *)s.value)->username, "homer2");
+    es_snapshot_clear(&s, v);
+    uint64_t h;
+    TU_EXPECT_OK(es_stream_head(&h, ts.st, "company/1/username/homer", 24));
+    assert_int_equal(h, 3); /* claimed by 1, released by 1, claimed by 2 */
+
+    /* racing claims of one name by four users: exactly one wins */
+    claimer c[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = (claimer){v, ts.st, 10 + i, -1};
+        assert_int_equal(pthread_create(&th[i], NULL, claim_thread, &c[i]), 0);
+    }
+    int won = 0, lost = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        won += c[i].result == 0;
+        lost += c[i].result == 1;
+    }
+    assert_int_equal(won, 1);
+    assert_int_equal(lost, 3);
+    TU_EXPECT_OK(es_stream_head(&h, ts.st, "company/1/username/maggie", 25));
+    assert_int_equal(h, 1);
+
+    /* the audit question over the log, with a time range */
+    es_buf buf = ES_BUF_INIT;
+    es_event_new ev;
+    us_event e = {.kind = US_SET_API_KEY, .id = 1};
+    strcpy(e.key, "k1");
+    TU_EXPECT_OK(us_event_new(&ev, &buf, &e));
+    es_append_result r1, r2;
+    TU_EXPECT_OK(es_append(&r1, ts.st, "company/1/user/1", 16, ES_EXPECT_ANY, &ev, 1));
+    TU_EXPECT_OK(es_append(&r2, ts.st, "company/1/user/1", 16, ES_EXPECT_ANY, &ev, 1));
+    TU_EXPECT_OK(es_append(NULL, ts.st, "company/10/user/1", 17, ES_EXPECT_ANY, &ev, 1));
+    es_buf_free(&buf);
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    uint64_t n;
+    TU_EXPECT_OK(us_count_api_key_changes_log(&n, ts.st, 1, 0));
+    assert_int_equal(n, 2);
+    TU_EXPECT_OK(us_count_api_key_changes_log(&n, ts.st, 1, r2.time_us));
+    assert_int_equal(n, 1);
+    TU_EXPECT_OK(us_count_api_key_changes_log(&n, ts.st, 1, r2.time_us + 1));
+    assert_int_equal(n, 0);
+    es_view_free(v);
+    tu_close(&ts);
+}
+
 /* ---- kept times are bounded ---- */
 
 static void test_kept_time_bounded(void **state)
@@ -626,6 +721,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_save_across_streams),
         cmocka_unit_test(test_save_other_stream_conflict_retries),
         cmocka_unit_test(test_emit_to_own_stream_is_refused),
+        cmocka_unit_test(test_users_with_claim_streams),
         cmocka_unit_test(test_kept_time_bounded),
     };
     char name[64];

@@ -613,6 +613,165 @@ int us_save_user(es_save_result *out, es_view *by_name, int64_t company, const u
     return es_save(out, by_name, key, (size_t)n, &op, 1, NULL);
 }
 
+/* ---- save_user, the second way: a stream per user, a claim per username ----
+ *
+ * With one stream per company, every save of a user checks the username
+ * against the company's whole stream, so any unrelated company event makes
+ * a racing save retry.  Here each user has a stream of their own and each
+ * username a claim stream; a save appends the user's event, the new claim
+ * and the release of the old one in ONE commit (es_op_emit_to), each claim
+ * at the exact head it was read at. */
+
+int us_user_stream(char *out, size_t cap, int64_t company, int64_t user)
+{
+    int n = snprintf(out, cap, "company/%" PRId64 "/user/%" PRId64, company, user);
+    return n > 0 && (size_t)n < cap ? n : ES_EINVAL;
+}
+
+int us_username_stream(char *out, size_t cap, int64_t company, const char *username)
+{
+    int n = snprintf(out, cap, "company/%" PRId64 "/username/%s", company, username);
+    return n > 0 && (size_t)n < cap ? n : ES_EINVAL;
+}
+
+/* The user a username's claim stream gives it to (0: free), and its head. */
+static int claim_owner(int64_t *owner, uint64_t *head, es_store *st, const char *k, size_t n)
+{
+    es_read_options o = ES_READ_OPTIONS_INIT;
+    es_cursor *c;
+    const es_event *ev;
+    int rc;
+    *owner = 0;
+    *head = 0;
+    o.backward = 1;
+    o.limit = 1;
+    if ((rc = es_stream_cursor(&c, st, k, n, &o)) < 0)
+        return rc;
+    if ((rc = es_cursor_next(&ev, c)) == 0) {
+        *head = ev->seq;
+        if (ev->type_len == 15 && memcmp(ev->type, "UsernameClaimed", 15) == 0) {
+            json_t *j = json_loadb((const char *)ev->data, ev->data_len, 0, NULL);
+            json_int_t id = 0;
+            if (!j || json_unpack(j, "{s:I}", "id", &id) != 0 || id <= 0)
+                rc = ES_ECORRUPT;
+            json_decref(j);
+            *owner = id;
+        }
+    }
+    es_cursor_free(c);
+    return rc == ES_ITEROVER ? 0 : rc;
+}
+
+static int emit_claim(es_op_ctx *ctx, const char *stream, uint64_t head, const char *type,
+                      int64_t user)
+{
+    char data[48];
+    int n = snprintf(data, sizeof data, "{\"v\":1,\"id\":%" PRId64 "}", user);
+    es_event_new ev = {.type = type, .data = data, .data_len = (size_t)n};
+    return es_op_emit_to(ctx, stream, strlen(stream), head, &ev);
+}
+
+typedef struct claim_ctx {
+    es_store *st;
+    int64_t company;
+    const us_user *u;
+    const uint8_t *event_id;
+} claim_ctx;
+
+static int save_claimed_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op)
+{
+    const claim_ctx *c = op->payload;
+    const us_user *old = snap->state == ES_SNAP_VALUE ? snap->value : NULL;
+    char claim[96], old_claim[96];
+    int64_t owner;
+    uint64_t head;
+    int rc, n;
+
+    if ((n = us_username_stream(claim, sizeof claim, c->company, c->u->username)) < 0)
+        return n;
+    if ((rc = claim_owner(&owner, &head, c->st, claim, (size_t)n)) < 0)
+        return rc;
+    if (owner && owner != c->u->id)
+        return es_op_reject(ctx, "duplicate username");
+    if (!owner && (rc = emit_claim(ctx, claim, head, "UsernameClaimed", c->u->id)) < 0)
+        return rc;
+    if (old && strcmp(old->username, c->u->username) != 0) {
+        /* a rename frees the old name, in the same commit */
+        if ((n = us_username_stream(old_claim, sizeof old_claim, c->company, old->username)) < 0)
+            return n;
+        if ((rc = claim_owner(&owner, &head, c->st, old_claim, (size_t)n)) < 0)
+            return rc;
+        if (owner == c->u->id &&
+            (rc = emit_claim(ctx, old_claim, head, "UsernameReleased", c->u->id)) < 0)
+            return rc;
+    }
+    es_buf buf = ES_BUF_INIT;
+    es_event_new ev;
+    us_event e = {.kind = US_INSERT_USER, .id = c->u->id};
+    strcpy(e.name, c->u->name);
+    strcpy(e.username, c->u->username);
+    if ((rc = us_event_new(&ev, &buf, &e)) == 0) {
+        ev.id = c->event_id;
+        rc = es_op_emit(ctx, &ev);
+    }
+    es_buf_free(&buf);
+    return rc;
+}
+
+/* UserByStream: a plain-struct view (value_size) over a user's own stream;
+ * the view key is the stream key. */
+static int user_pod_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_t fkey_len,
+                          void *payload)
+{
+    (void)fkey, (void)fkey_len, (void)payload;
+    us_user *u = acc;
+    us_event e;
+    if (us_event_decode(&e, ev) < 0)
+        return ES_FOLD_UNCHANGED;
+    switch (e.kind) {
+    case US_INSERT_USER:
+        u->id = e.id;
+        strcpy(u->name, e.name);
+        strcpy(u->username, e.username);
+        return ES_FOLD_CHANGED;
+    case US_SET_API_KEY:
+        strcpy(u->apikey, e.key);
+        return ES_FOLD_CHANGED;
+    case US_DELETE_USER:
+        return ES_FOLD_DELETED;
+    default:
+        return ES_FOLD_UNCHANGED;
+    }
+}
+
+static const es_view_def user_by_stream_def = {
+    .version = ES_VIEW_DEF_VERSION,
+    .name = "UserByStream",
+    .view_version = 1,
+    .apply = user_pod_apply,
+    .value_size = sizeof(us_user),
+};
+
+const es_view_def *us_user_by_stream(void)
+{
+    return &user_by_stream_def;
+}
+
+int us_save_user_claimed(es_save_result *out, es_view *by_stream, es_store *st, int64_t company,
+                         const us_user *u, const uint8_t *event_id)
+{
+    char key[64];
+    if (!u || u->id <= 0 || !text_ok(u->name) || !text_ok(u->username) ||
+        strchr(u->username, '/'))
+        return ES_EINVAL;
+    int n = us_user_stream(key, sizeof key, company, u->id);
+    if (n < 0)
+        return n;
+    claim_ctx c = {st, company, u, event_id};
+    es_op op = {.run = save_claimed_run, .payload = &c};
+    return es_save(out, by_stream, key, (size_t)n, &op, 1, NULL);
+}
+
 /* ---- the audit question ---- */
 
 int us_count_api_key_changes(uint64_t *out, es_store *st, int64_t company, int64_t since_us)
@@ -636,6 +795,32 @@ int us_count_api_key_changes(uint64_t *out, es_store *st, int64_t company, int64
     }
     es_cursor_free(c);
     return rc == ES_ITEROVER || rc == 0 ? 0 : rc;
+}
+
+/* The audit question over the per-user layout: the global log, only this
+ * company's streams and SetAPIKey events, from since_us on (the log cursor
+ * seeks to the time instead of reading the years before it). */
+int us_count_api_key_changes_log(uint64_t *out, es_store *st, int64_t company, int64_t since_us)
+{
+    char prefix[48];
+    es_log_options o = ES_LOG_OPTIONS_INIT;
+    es_cursor *c;
+    const es_event *ev;
+    int rc, n = snprintf(prefix, sizeof prefix, "company/%" PRId64 "/", company);
+
+    *out = 0;
+    if (n < 0 || (size_t)n >= sizeof prefix || since_us < 0)
+        return ES_EINVAL;
+    o.prefix = prefix;
+    o.prefix_len = (size_t)n;
+    o.type = "SetAPIKey";
+    o.from_time_us = since_us;
+    if ((rc = es_log_cursor(&c, st, &o)) < 0)
+        return rc;
+    while ((rc = es_cursor_next(&ev, c)) == 0)
+        (*out)++;
+    es_cursor_free(c);
+    return rc == ES_ITEROVER ? 0 : rc;
 }
 
 /* ---- tables ---- */

@@ -82,9 +82,25 @@ const es_view_def *us_group_members(void);
 int us_save_user(es_save_result *out, es_view *by_name, int64_t company, const us_user *u,
                  const uint8_t *event_id);
 
+/** The same rule the second way, with no stream per company: the user's
+ *  events go to "company/C/user/U" (view UserByStream, a plain struct) and
+ *  each username has a claim stream "company/C/username/NAME"; the user's
+ *  event, the claim and the release of a renamed user's old name land in one
+ *  commit.  Saves of different users never conflict unless they want the
+ *  same name.  `by_stream` is a view of us_user_by_stream(). */
+int us_user_stream(char *out, size_t cap, int64_t company, int64_t user);
+int us_username_stream(char *out, size_t cap, int64_t company, const char *username);
+const es_view_def *us_user_by_stream(void);
+int us_save_user_claimed(es_save_result *out, es_view *by_stream, es_store *st, int64_t company,
+                         const us_user *u, const uint8_t *event_id);
+
 /** The audit question: how many SetAPIKey events in the company's stream
  *  were committed at or after since_us? */
 int us_count_api_key_changes(uint64_t *out, es_store *st, int64_t company, int64_t since_us);
+
+/** The audit question over the per-user layout (us_save_user_claimed): the
+ *  global log filtered by the company's prefix, the type and a time range. */
+int us_count_api_key_changes_log(uint64_t *out, es_store *st, int64_t company, int64_t since_us);
 
 /** Tables derived from a company's events (a fold over the whole stream). */
 typedef struct us_tables {
