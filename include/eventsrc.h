@@ -733,6 +733,172 @@ typedef struct es_save_options {
 ES_EXTERN int es_save(es_save_result *out, es_view *view, const void *vkey, size_t vkey_len,
                       const es_op *ops, size_t n_ops, const es_save_options *opts);
 
+/* ------------------------------------------------------------------ */
+/* Subscriptions: durable, checkpointed delivery of the global log      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A subscription is a named, durable reader of the global log: filters, a
+ * start, and a checkpoint kept in the store itself, so a consumer in any
+ * process (or, on postgres, any machine) resumes where the last one
+ * acknowledged.  Delivery is at least once: events after the checkpoint are
+ * delivered again after a crash, so handlers treat the event's position as
+ * an idempotence key.  Events arrive in global log order (so in seq order
+ * per stream), and the log never skips an event, even when writers commit
+ * out of order.
+ *
+ * One consumer at a time owns a subscription: es_sub_open takes a lease
+ * (renewed as the consumer reads and acknowledges); a second opener gets
+ * ES_ECONFLICT until the owner closes or its lease runs out, and an owner
+ * whose lease was taken over is told so (ES_ECONFLICT) at its next
+ * checkpoint — never two owners writing one checkpoint.
+ */
+typedef struct es_sub es_sub;
+
+#define ES_MAX_SUB_NAME 64   /* 1..64 bytes of [A-Za-z0-9._-] */
+#define ES_MAX_SUB_FILTERS 16 /* prefixes, and types */
+
+typedef enum es_sub_start {
+    ES_SUB_FROM_BEGINNING = 0, /* every event of the log */
+    ES_SUB_FROM_END = 1,       /* only events after the subscription's creation */
+    ES_SUB_FROM_POSITION = 2,  /* events at or after start_position */
+    ES_SUB_FROM_TIME = 3,      /* events committed at or after start_time_us */
+} es_sub_start;
+
+#define ES_SUB_OPTIONS_VERSION 1
+
+typedef struct es_sub_options {
+    unsigned version;
+    /* only streams whose key starts with one of these (none: all) */
+    const void *const *prefixes;
+    const size_t *prefix_lens;
+    size_t n_prefixes;
+    /* only events of one of these types (none: all) */
+    const char *const *types;
+    size_t n_types;
+    es_sub_start start;
+    uint64_t start_position; /* ES_SUB_FROM_POSITION */
+    int64_t start_time_us;   /* ES_SUB_FROM_TIME */
+    uint32_t batch_size;     /* events per batch: 1..ES_MAX_BATCH (0: 100) */
+} es_sub_options;
+
+#define ES_SUB_OPTIONS_INIT {ES_SUB_OPTIONS_VERSION, NULL, NULL, 0, NULL, 0, ES_SUB_FROM_BEGINNING, 0, 0, 0}
+
+/**
+ * Create a subscription.
+ * @return 0, ES_EINVAL (bad name or options), ES_ETOOBIG, ES_ECONFLICT (a
+ *         subscription of that name exists), ES_ENOTSUP, ES_EIO,
+ *         ES_EUNAVAILABLE, ES_ENOMEM.
+ */
+ES_EXTERN int es_sub_create(es_store *store, const char *name, const es_sub_options *opts);
+
+/** Delete a subscription and its checkpoint.  A consumer that has it open
+ *  gets ES_ENOTFOUND at its next checkpoint.
+ *  @return 0, ES_ENOTFOUND, ES_EINVAL, ES_EIO, ES_EUNAVAILABLE. */
+ES_EXTERN int es_sub_delete(es_store *store, const char *name);
+
+/**
+ * Move a subscription's checkpoint, for a replay (or to skip ahead): the next
+ * batch starts at the first event at or after `position`
+ * (ES_SUB_FROM_POSITION), at or after `time_us` (ES_SUB_FROM_TIME), at the
+ * beginning or after the current end.  A consumer that has it open picks
+ * the new checkpoint up at its next batch or checkpoint.
+ * @return 0, ES_ENOTFOUND, ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_sub_reset(es_store *store, const char *name, es_sub_start start,
+                           uint64_t position, int64_t time_us);
+
+typedef enum es_sub_state {
+    ES_SUB_IDLE = 0,        /* no consumer holds the lease */
+    ES_SUB_CATCHING_UP = 1, /* a consumer holds it, and is behind the log */
+    ES_SUB_LIVE = 2,        /* a consumer holds it, and is at the log's end */
+} es_sub_state;
+
+typedef struct es_sub_info {
+    char name[ES_MAX_SUB_NAME + 1];
+    uint64_t checkpoint;    /* position acknowledged (0: none yet) */
+    uint64_t head;          /* the log's last position */
+    uint64_t behind;        /* matching events after the checkpoint (capped) */
+    int behind_capped;      /* 1: there are more than `behind` */
+    int64_t behind_us;      /* now minus the commit time of the oldest
+                               unacknowledged event (0: none) */
+    int64_t last_ack_us;    /* when the checkpoint last moved (0: never) */
+    es_sub_state state;
+    int64_t lease_until_us; /* the owner's lease (0: none) */
+    uint64_t acked;         /* events acknowledged over the subscription's life */
+    uint64_t reserved_[8];
+} es_sub_info;
+
+/** Lag and health of one subscription.
+ *  @return 0, ES_ENOTFOUND, ES_EINVAL, ES_EIO, ES_EUNAVAILABLE. */
+ES_EXTERN int es_sub_info_get(es_sub_info *out, es_store *store, const char *name);
+
+/** Call fn for every subscription, by name.  fn returns 0 to go on. */
+typedef int (*es_sub_info_fn)(const es_sub_info *info, void *payload);
+ES_EXTERN int es_sub_list(es_store *store, es_sub_info_fn fn, void *payload);
+
+#define ES_SUB_OPEN_OPTIONS_VERSION 1
+
+typedef struct es_sub_open_options {
+    unsigned version;
+    uint32_t checkpoint_every; /* persist the checkpoint every N acknowledged
+                                  events (0: 1, every acknowledgement) */
+    uint32_t checkpoint_ms;    /* … or when this long passed since the last one
+                                  (0: no time rule) */
+    uint32_t lease_ms;         /* ownership lease (0: 10000; 100..3600000) */
+} es_sub_open_options;
+
+#define ES_SUB_OPEN_OPTIONS_INIT {ES_SUB_OPEN_OPTIONS_VERSION, 0, 0, 0}
+
+/**
+ * Open a subscription as its consumer (takes its lease).
+ * @return 0, ES_ENOTFOUND, ES_ECONFLICT (another consumer holds the lease;
+ *         the message says until when), ES_EINVAL, ES_EIO, ES_EUNAVAILABLE,
+ *         ES_ENOMEM.
+ */
+ES_EXTERN int es_sub_open(es_sub **out, es_store *store, const char *name,
+                          const es_sub_open_options *opts);
+
+/**
+ * The next batch: up to batch_size events after the last one delivered,
+ * waiting up to timeout_ms for at least one.  Catch-up and live delivery
+ * are the same call: no gap and no duplicate where one becomes the other.
+ * @param[out] out  an array of *n events, borrowed from the subscription:
+ *                  valid until the next es_sub_next or es_sub_close
+ * @return 0 (n >= 1), ES_ETIMEDOUT (nothing new in time), ES_ECONFLICT (the
+ *         lease was lost), ES_ENOTFOUND (deleted), ES_EINVAL, ES_EIO,
+ *         ES_EUNAVAILABLE, ES_ENOMEM.
+ */
+ES_EXTERN int es_sub_next(const es_event *const **out, size_t *n, es_sub *sub, int timeout_ms);
+
+/**
+ * Acknowledge every delivered event up to and including `position`.  The
+ * checkpoint is persisted as the open options say (and at es_sub_commit and
+ * es_sub_close).  @return 0, ES_EINVAL (a position not delivered, or before
+ * the checkpoint), ES_ECONFLICT, ES_ENOTFOUND, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_sub_ack(es_sub *sub, uint64_t position);
+
+/** Persist the acknowledged checkpoint now. @return as es_sub_ack. */
+ES_EXTERN int es_sub_commit(es_sub *sub);
+
+/** Handler for es_sub_run: a batch; return 0 to acknowledge it. */
+typedef int (*es_sub_handler)(const es_event *const *events, size_t n, void *payload);
+
+/**
+ * Push delivery: call `handler` with each batch and acknowledge it when the
+ * handler returns 0, until *stop becomes non-zero (checked between batches
+ * and at least every 200 ms while waiting) or an error.  A handler's
+ * non-zero return stops the run without acknowledging that batch (see the
+ * conventions for how the code reaches the caller).
+ * @return 0 (stopped), the handler's code, or es_sub_next's errors.
+ */
+ES_EXTERN int es_sub_run(es_sub *sub, es_sub_handler handler, volatile int *stop, void *payload);
+
+/** Persist the checkpoint (a clean close), release the lease and free.
+ *  NULL ok.  Use es_sub_commit first to see whether the checkpoint landed. */
+ES_EXTERN void es_sub_close(es_sub *sub);
+
 #ifdef __cplusplus
 }
 #endif

@@ -107,6 +107,23 @@ typedef struct es__backend {
     /* Test hook: flip byte `offset` (mod the field's size) of one field of the
      * event at `position`, below the API, as a disk fault or an attacker would. */
     int (*tamper)(void *be, uint64_t position, int field, size_t offset);
+    /* A small key-value table for the library's own records (subscriptions,
+     * checkpoints, leases), with compare-and-set.  Each value has a version
+     * (0: absent) taken from a counter of the whole store, so a version is
+     * never reused, even after a delete and a re-create.  kv_get fills val
+     * and *version (0 and an empty val when absent).  kv_cas writes val (or
+     * deletes, val NULL) only if the current version is `expected` (0: must
+     * be absent), else ES_ECONFLICT; *version gets the new version (0 after
+     * a delete).
+     * kv_list calls fn for each key with the prefix, in key order.  NULL:
+     * the store has no such table (ES_ENOTSUP). */
+    int (*kv_get)(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version);
+    int (*kv_cas)(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
+                  size_t vlen, uint64_t *version);
+    int (*kv_list)(void *be, const uint8_t *prefix, size_t plen,
+                   int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                             uint64_t version, void *payload),
+                   void *payload);
     /* Commit times never go back along the global log (a single writer
      * assigns positions and times in commit order): time-range reads may
      * then seek and stop early. */

@@ -45,10 +45,14 @@ typedef struct mem_store {
     es__map streams; /* key -> mem_stream */
     es__map ids;     /* id -> mem_event */
     es__map snaps;   /* skey -> mem_snaps */
+    es__map kv;      /* key -> mem_kv */
+    uint64_t kv_counter;
     uint64_t bytes;
     uint64_t n_snaps;
     int64_t last_time;
 } mem_store;
+
+static void free_kv(void *p);
 
 static int mem_open(void **out, const char *path, const es_open_options *opts, es_store *st)
 {
@@ -91,6 +95,7 @@ static void mem_close(void *be)
     es__map_free(&m->streams, free_stream);
     es__map_free(&m->ids, NULL);
     es__map_free(&m->snaps, free_snaps);
+    es__map_free(&m->kv, free_kv);
     pthread_rwlock_destroy(&m->lock);
     free(m);
 }
@@ -711,6 +716,163 @@ done:
     return rc;
 }
 
+/* ---- the key-value table (subscriptions, checkpoints, leases) ----
+ *
+ * The map never forgets a key, so a deleted record stays as a tombstone
+ * (version 0) in it; versions come from one counter of the store. */
+
+typedef struct mem_kv {
+    uint64_t version; /* 0: deleted */
+    uint8_t *val;
+    size_t len;
+} mem_kv;
+
+static void free_kv(void *p)
+{
+    mem_kv *r = p;
+    free(r->val);
+    free(r);
+}
+
+static int mem_kv_get(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version)
+{
+    mem_store *m = be;
+    int rc = 0;
+    es_buf_reset(val);
+    *version = 0;
+    pthread_rwlock_rdlock(&m->lock);
+    mem_kv *r = es__map_get(&m->kv, key, klen);
+    if (r && r->version) {
+        *version = r->version;
+        rc = es_buf_put(val, r->val, r->len);
+    }
+    pthread_rwlock_unlock(&m->lock);
+    return rc;
+}
+
+static int mem_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected,
+                      const uint8_t *val, size_t vlen, uint64_t *version)
+{
+    mem_store *m = be;
+    int rc = 0;
+    uint8_t *copy = NULL;
+    if (val && !(copy = es__malloc(vlen ? vlen : 1)))
+        return es__err(ES_ENOMEM, "out of memory for a record");
+    if (val && vlen)
+        memcpy(copy, val, vlen);
+    pthread_rwlock_wrlock(&m->lock);
+    mem_kv *r = es__map_get(&m->kv, key, klen);
+    uint64_t current = r ? r->version : 0;
+    if (current != expected) {
+        rc = es__err(ES_ECONFLICT, "record changed since it was read");
+        goto done;
+    }
+    if (!val) {
+        if (r) {
+            free(r->val);
+            r->val = NULL;
+            r->len = 0;
+            r->version = 0;
+        }
+        *version = 0;
+        goto done;
+    }
+    if (!r) {
+        if (!(r = es__calloc(1, sizeof *r)) || es__map_put(&m->kv, key, klen, r) < 0) {
+            free(r);
+            rc = es__err(ES_ENOMEM, "out of memory for a record");
+            goto done;
+        }
+    }
+    free(r->val);
+    r->val = copy;
+    r->len = vlen;
+    copy = NULL;
+    r->version = ++m->kv_counter;
+    *version = r->version;
+done:
+    pthread_rwlock_unlock(&m->lock);
+    free(copy);
+    return rc;
+}
+
+typedef struct kv_item {
+    uint8_t *key;
+    size_t klen;
+    uint8_t *val;
+    size_t vlen;
+    uint64_t version;
+} kv_item;
+
+static int cmp_kv_item(const void *a, const void *b)
+{
+    const kv_item *x = a, *y = b;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+static int mem_kv_list(void *be, const uint8_t *prefix, size_t plen,
+                       int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                                 uint64_t version, void *payload),
+                       void *payload)
+{
+    mem_store *m = be;
+    kv_item *items = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    /* Copy the matching records under the lock, call fn without it (fn may
+     * call back into the store). */
+    pthread_rwlock_rdlock(&m->lock);
+    for (size_t i = 0; i < m->kv.cap && rc == 0; i++) {
+        es__map_slot *sl = &m->kv.slots[i];
+        mem_kv *r = sl->key ? sl->value : NULL;
+        if (!r || !r->version || !es__has_prefix(sl->key, sl->len, prefix, plen))
+            continue;
+        if (n == cap) {
+            size_t c = cap ? cap * 2 : 16;
+            kv_item *p = es__realloc(items, c * sizeof *p);
+            if (!p) {
+                rc = es__err(ES_ENOMEM, "out of memory listing records");
+                break;
+            }
+            items = p;
+            cap = c;
+        }
+        kv_item *it = &items[n];
+        it->key = es__malloc(sl->len);
+        it->val = es__malloc(r->len ? r->len : 1);
+        if (!it->key || !it->val) {
+            free(it->key);
+            free(it->val);
+            rc = es__err(ES_ENOMEM, "out of memory listing records");
+            break;
+        }
+        memcpy(it->key, sl->key, sl->len);
+        if (r->len)
+            memcpy(it->val, r->val, r->len);
+        it->klen = sl->len;
+        it->vlen = r->len;
+        it->version = r->version;
+        n++;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    if (n)
+        qsort(items, n, sizeof *items, cmp_kv_item);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0) {
+            int r = fn(items[i].key, items[i].klen, items[i].val, items[i].vlen, items[i].version,
+                       payload);
+            if (r)
+                rc = es__cb_rc(r);
+        }
+        free(items[i].key);
+        free(items[i].val);
+    }
+    free(items);
+    return rc;
+}
+
 const es__backend es__backend_mem = {
     .name = "mem",
     .open = mem_open,
@@ -727,5 +889,8 @@ const es__backend es__backend_mem = {
     .snap_list = mem_snap_list,
     .snap_del = mem_snap_del,
     .tamper = mem_tamper,
+    .kv_get = mem_kv_get,
+    .kv_cas = mem_kv_cas,
+    .kv_list = mem_kv_list,
     .log_time_ordered = true, /* one writer: positions and times in commit order */
 };

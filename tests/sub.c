@@ -1,0 +1,550 @@
+/*
+ * sub.c — subscriptions: create/list/info/delete, catch-up then live with
+ * no gap and no duplicate, filters, checkpoints across reopen, reset by
+ * position and by time, one owner at a time with lease takeover, push
+ * delivery, and bad input.  Run per backend.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void append_n(es_store *st, const char *stream, const char *type, int n)
+{
+    for (int i = 0; i < n; i++)
+        TU_EXPECT_OK(tu_append1(st, stream, ES_EXPECT_ANY, type, "x", NULL));
+}
+
+/* Every position of the log (after catch-up), for comparison. */
+static size_t log_positions(es_store *st, uint64_t *out, size_t cap, const char *prefix,
+                            const char *type)
+{
+    es_cursor *c;
+    const es_event *ev;
+    es_log_options o = ES_LOG_OPTIONS_INIT;
+    size_t n = 0;
+    TU_EXPECT_OK(es_log_catch_up(st, 60000));
+    o.prefix = prefix;
+    o.prefix_len = prefix ? strlen(prefix) : 0;
+    o.type = type;
+    TU_EXPECT_OK(es_log_cursor(&c, st, &o));
+    while (es_cursor_next(&ev, c) == 0) {
+        assert_true(n < cap);
+        out[n++] = ev->position;
+    }
+    es_cursor_free(c);
+    return n;
+}
+
+/* Take every batch until a timeout; positions into out; ack each batch. */
+static size_t drain(es_sub *s, uint64_t *out, size_t cap, bool ack)
+{
+    const es_event *const *evs;
+    size_t n, total = 0;
+    int rc;
+    while ((rc = es_sub_next(&evs, &n, s, 50)) == 0) {
+        assert_true(n >= 1);
+        for (size_t i = 0; i < n; i++) {
+            assert_true(total < cap);
+            out[total++] = evs[i]->position;
+        }
+        if (ack)
+            TU_EXPECT_OK(es_sub_ack(s, evs[n - 1]->position));
+    }
+    assert_int_equal(rc, ES_ETIMEDOUT);
+    return total;
+}
+
+static void test_create_list_info_delete(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub_info info;
+    tu_open(&ts);
+    append_n(ts.st, "a/1", "T", 3);
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_create(ts.st, "search-index", NULL));
+    TU_EXPECT_OK(es_sub_create(ts.st, "replica.1", NULL));
+    assert_int_equal(es_sub_create(ts.st, "search-index", NULL), ES_ECONFLICT);
+    assert_non_null(strstr(es_error_last(), "search-index"));
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "search-index"));
+    assert_string_equal(info.name, "search-index");
+    assert_int_equal(info.checkpoint, 0);
+    assert_int_equal(info.behind, 3);
+    assert_true(info.behind_us >= 0);
+    assert_int_equal(info.state, ES_SUB_IDLE);
+    assert_int_equal(es_sub_info_get(&info, ts.st, "nope"), ES_ENOTFOUND);
+    assert_non_null(strstr(es_error_last(), "nope"));
+    TU_EXPECT_OK(es_sub_delete(ts.st, "replica.1"));
+    assert_int_equal(es_sub_delete(ts.st, "replica.1"), ES_ENOTFOUND);
+    /* the name is free again */
+    TU_EXPECT_OK(es_sub_create(ts.st, "replica.1", NULL));
+    /* bad names and options */
+    assert_int_equal(es_sub_create(ts.st, "", NULL), ES_EINVAL);
+    assert_int_equal(es_sub_create(ts.st, "has space", NULL), ES_EINVAL);
+    assert_int_equal(es_sub_create(ts.st, "a/b", NULL), ES_EINVAL);
+    assert_int_equal(es_sub_create(ts.st, NULL, NULL), ES_EINVAL);
+    char longname[80];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    assert_int_equal(es_sub_create(ts.st, longname, NULL), ES_EINVAL);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.start = ES_SUB_FROM_POSITION; /* position 0 */
+    assert_int_equal(es_sub_create(ts.st, "bad", &o), ES_EINVAL);
+    o = (es_sub_options)ES_SUB_OPTIONS_INIT;
+    o.start = (es_sub_start)9;
+    assert_int_equal(es_sub_create(ts.st, "bad", &o), ES_EINVAL);
+    o = (es_sub_options)ES_SUB_OPTIONS_INIT;
+    o.n_types = 1; /* no array */
+    assert_int_equal(es_sub_create(ts.st, "bad", &o), ES_EINVAL);
+    o = (es_sub_options)ES_SUB_OPTIONS_INIT;
+    o.batch_size = ES_MAX_BATCH + 1;
+    assert_int_equal(es_sub_create(ts.st, "bad", &o), ES_EINVAL);
+    o.version = 99;
+    assert_int_equal(es_sub_create(ts.st, "bad", &o), ES_EINVAL);
+    assert_int_equal(es_sub_info_get(&info, ts.st, "bad"), ES_ENOTFOUND);
+    tu_close(&ts);
+}
+
+typedef struct lister {
+    int n;
+    char names[4][ES_MAX_SUB_NAME + 1];
+} lister;
+
+static int list_fn(const es_sub_info *info, void *payload)
+{
+    lister *l = payload;
+    if (l->n < 4)
+        strcpy(l->names[l->n], info->name);
+    l->n++;
+    return 0;
+}
+
+static int list_stop(const es_sub_info *info, void *payload)
+{
+    (void)info, (void)payload;
+    return -1;
+}
+
+static void test_list_in_name_order(void **state)
+{
+    (void)state;
+    tu_store ts;
+    lister l = {0};
+    tu_open(&ts);
+    TU_EXPECT_OK(es_sub_list(ts.st, list_fn, &l));
+    assert_int_equal(l.n, 0);
+    TU_EXPECT_OK(es_sub_create(ts.st, "b", NULL));
+    TU_EXPECT_OK(es_sub_create(ts.st, "a", NULL));
+    TU_EXPECT_OK(es_sub_create(ts.st, "c", NULL));
+    TU_EXPECT_OK(es_sub_delete(ts.st, "c"));
+    TU_EXPECT_OK(es_sub_list(ts.st, list_fn, &l));
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.names[0], "a");
+    assert_string_equal(l.names[1], "b");
+    assert_int_equal(es_sub_list(ts.st, list_stop, NULL), ES_EUSER);
+    tu_close(&ts);
+}
+
+typedef struct writer {
+    es_store *st;
+    int n;
+    int delay_ms;
+} writer;
+
+static void *write_later(void *arg)
+{
+    writer *w = arg;
+    sleep_ms(w->delay_ms);
+    for (int i = 0; i < w->n; i++)
+        if (tu_append1(w->st, "live/1", ES_EXPECT_ANY, "T", "x", NULL) != 0)
+            return (void *)1;
+    return NULL;
+}
+
+static void test_catch_up_then_live_no_gap_no_duplicate(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    static uint64_t want[2000], got[2000];
+    tu_open(&ts);
+    append_n(ts.st, "old/1", "T", 250);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 100;
+    TU_EXPECT_OK(es_sub_create(ts.st, "s", &o));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "s", NULL));
+    const es_event *const *evs;
+    size_t n;
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 100); /* batches of batch_size */
+    TU_EXPECT_OK(es_sub_ack(s, evs[n - 1]->position));
+    size_t got_n = 0;
+    for (size_t i = 0; i < n; i++)
+        got[got_n++] = evs[i]->position;
+    /* writers append while the consumer catches up and then waits live */
+    writer w = {ts.st, 300, 30};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, write_later, &w), 0);
+    for (;;) {
+        int rc = es_sub_next(&evs, &n, s, 2000);
+        if (rc == ES_ETIMEDOUT)
+            break;
+        TU_EXPECT_OK(rc);
+        for (size_t i = 0; i < n; i++) {
+            assert_true(got_n < 2000);
+            got[got_n++] = evs[i]->position;
+        }
+        TU_EXPECT_OK(es_sub_ack(s, evs[n - 1]->position));
+        if (got_n == 550)
+            break;
+    }
+    void *wr;
+    pthread_join(th, &wr);
+    assert_null(wr);
+    size_t want_n = log_positions(ts.st, want, 2000, NULL, NULL);
+    assert_int_equal(want_n, 550);
+    assert_int_equal(got_n, want_n);
+    for (size_t i = 0; i < want_n; i++)
+        assert_int_equal(got[i], want[i]);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "s"));
+    assert_int_equal(info.checkpoint, want[want_n - 1]);
+    assert_int_equal(info.behind, 0);
+    assert_int_equal(info.acked, 550);
+    assert_int_equal(info.state, ES_SUB_LIVE);
+    assert_true(info.last_ack_us > 0);
+    es_sub_close(s);
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "s"));
+    assert_int_equal(info.state, ES_SUB_IDLE);
+    tu_close(&ts);
+}
+
+static void test_filters(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    static uint64_t got[600], want[600];
+    tu_open(&ts);
+    append_n(ts.st, "user/1", "Created", 5);
+    append_n(ts.st, "group/1", "Created", 5);
+    append_n(ts.st, "user/2", "Renamed", 5);
+    append_n(ts.st, "other/1", "Created", 5);
+    const void *prefixes[] = {"user/", "group/"};
+    const size_t lens[] = {5, 6};
+    const char *types[] = {"Created"};
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.prefixes = prefixes;
+    o.prefix_lens = lens;
+    o.n_prefixes = 2;
+    o.types = types;
+    o.n_types = 1;
+    o.batch_size = 3;
+    TU_EXPECT_OK(es_sub_create(ts.st, "f", &o));
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "f", NULL));
+    size_t n = drain(s, got, 600, true);
+    assert_int_equal(n, 10);
+    size_t a = log_positions(ts.st, want, 600, "user/", "Created");
+    size_t b = log_positions(ts.st, want + a, 600 - a, "group/", "Created");
+    assert_int_equal(a + b, 10);
+    /* user/1's five come before group/1's five in the log */
+    for (size_t i = 0; i < 10; i++)
+        assert_int_equal(got[i], want[i]);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "f"));
+    assert_int_equal(info.behind, 0);
+    es_sub_close(s);
+    /* one prefix, several types */
+    const char *types2[] = {"Renamed", "Created"};
+    o = (es_sub_options)ES_SUB_OPTIONS_INIT;
+    o.prefixes = prefixes;
+    o.prefix_lens = lens;
+    o.n_prefixes = 1;
+    o.types = types2;
+    o.n_types = 2;
+    TU_EXPECT_OK(es_sub_create(ts.st, "g", &o));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "g", NULL));
+    assert_int_equal(drain(s, got, 600, true), 10);
+    es_sub_close(s);
+    tu_close(&ts);
+}
+
+static void test_checkpoint_survives_reopen(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    const es_event *const *evs;
+    size_t n;
+    static uint64_t got[100];
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 30);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 10;
+    TU_EXPECT_OK(es_sub_create(ts.st, "cp", &o));
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "cp", NULL));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 10);
+    uint64_t acked = evs[6]->position;
+    TU_EXPECT_OK(es_sub_ack(s, acked)); /* part of the batch */
+    /* acks are checked */
+    assert_int_equal(es_sub_ack(s, evs[9]->position + 1000000), ES_EINVAL);
+    assert_int_equal(es_sub_ack(s, acked - 1), ES_EINVAL);
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000)); /* delivered, never acked */
+    es_sub_close(s);
+    if (strcmp(tu_backend, "mem") != 0)
+        tu_reopen(&ts); /* mem forgets at close: there the subscription alone is reopened */
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "cp", NULL));
+    size_t k = drain(s, got, 100, false);
+    assert_int_equal(k, 23); /* 30 minus the 7 acknowledged: unacked ones come again */
+    assert_int_equal(got[0] > acked, 1);
+    es_sub_close(s);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "cp"));
+    assert_int_equal(info.checkpoint, acked);
+    assert_int_equal(info.behind, 23);
+    tu_close(&ts);
+}
+
+static void test_checkpoint_policy(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    const es_event *const *evs;
+    size_t n;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 10);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 1;
+    TU_EXPECT_OK(es_sub_create(ts.st, "p", &o));
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    oo.checkpoint_every = 4;
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "p", &oo));
+    es_sub_info info;
+    uint64_t pos[10];
+    for (int i = 0; i < 6; i++) {
+        TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+        pos[i] = evs[0]->position;
+        TU_EXPECT_OK(es_sub_ack(s, pos[i]));
+    }
+    /* persisted after the 4th acknowledgement only */
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "p"));
+    assert_int_equal(info.checkpoint, pos[3]);
+    TU_EXPECT_OK(es_sub_commit(s));
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "p"));
+    assert_int_equal(info.checkpoint, pos[5]);
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    uint64_t last = evs[0]->position;
+    TU_EXPECT_OK(es_sub_ack(s, last));
+    es_sub_close(s); /* the final checkpoint */
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "p"));
+    assert_int_equal(info.checkpoint, last);
+    assert_int_equal(info.acked, 7);
+    assert_int_equal(info.behind, 3);
+    tu_close(&ts);
+}
+
+static void test_starts_and_resets(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    const es_event *const *evs;
+    size_t n;
+    static uint64_t all[100], got[100];
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 20);
+    size_t na = log_positions(ts.st, all, 100, NULL, NULL);
+    assert_int_equal(na, 20);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.start = ES_SUB_FROM_END;
+    TU_EXPECT_OK(es_sub_create(ts.st, "end", &o));
+    o.start = ES_SUB_FROM_POSITION;
+    o.start_position = all[12];
+    TU_EXPECT_OK(es_sub_create(ts.st, "pos", &o));
+    /* the time of the 16th event */
+    es_cursor *c;
+    const es_event *ev;
+    es_log_options lo = ES_LOG_OPTIONS_INIT;
+    lo.from_position = all[15];
+    TU_EXPECT_OK(es_log_cursor(&c, ts.st, &lo));
+    TU_EXPECT_OK(es_cursor_next(&ev, c));
+    int64_t t15 = ev->time_us;
+    es_cursor_free(c);
+    o.start = ES_SUB_FROM_TIME;
+    o.start_time_us = t15;
+    TU_EXPECT_OK(es_sub_create(ts.st, "time", &o));
+
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "end", NULL));
+    assert_int_equal(es_sub_next(&evs, &n, s, 30), ES_ETIMEDOUT);
+    es_sub_close(s);
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "pos", NULL));
+    assert_int_equal(drain(s, got, 100, true), 8);
+    assert_int_equal(got[0], all[12]);
+    es_sub_close(s);
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "time", NULL));
+    assert_int_equal(drain(s, got, 100, true), 5);
+    assert_int_equal(got[0], all[15]);
+
+    /* a reset while the consumer is open: it replays from there */
+    TU_EXPECT_OK(es_sub_reset(ts.st, "time", ES_SUB_FROM_POSITION, all[2], 0));
+    assert_int_equal(drain(s, got, 100, true), 18);
+    assert_int_equal(got[0], all[2]);
+    TU_EXPECT_OK(es_sub_reset(ts.st, "time", ES_SUB_FROM_BEGINNING, 0, 0));
+    assert_int_equal(drain(s, got, 100, true), 20);
+    TU_EXPECT_OK(es_sub_reset(ts.st, "time", ES_SUB_FROM_TIME, 0, t15));
+    assert_int_equal(drain(s, got, 100, true), 5);
+    assert_int_equal(got[0], all[15]);
+    es_sub_close(s);
+    assert_int_equal(es_sub_reset(ts.st, "none", ES_SUB_FROM_BEGINNING, 0, 0), ES_ENOTFOUND);
+    assert_int_equal(es_sub_reset(ts.st, "time", ES_SUB_FROM_POSITION, 0, 0), ES_EINVAL);
+    assert_int_equal(es_sub_reset(ts.st, "time", ES_SUB_FROM_TIME, 0, -5), ES_EINVAL);
+    tu_close(&ts);
+}
+
+static void test_one_owner_and_lease_takeover(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *a, *b;
+    const es_event *const *evs;
+    size_t n;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 5);
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_create(ts.st, "own", NULL));
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    oo.lease_ms = 200;
+    TU_EXPECT_OK(es_sub_open(&a, ts.st, "own", &oo));
+    assert_int_equal(es_sub_open(&b, ts.st, "own", &oo), ES_ECONFLICT);
+    assert_non_null(strstr(es_error_last(), "another consumer"));
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "own"));
+    assert_int_equal(info.state, ES_SUB_CATCHING_UP);
+    assert_true(info.lease_until_us > 0);
+    TU_EXPECT_OK(es_sub_next(&evs, &n, a, 1000));
+    /* a stalls past its lease; b takes over */
+    sleep_ms(300);
+    TU_EXPECT_OK(es_sub_open(&b, ts.st, "own", &oo));
+    /* a's acknowledgement cannot move b's checkpoint */
+    assert_int_equal(es_sub_ack(a, evs[n - 1]->position), ES_ECONFLICT);
+    assert_non_null(strstr(es_error_last(), "taken over"));
+    es_sub_close(a); /* must not release b's lease */
+    assert_int_equal(es_sub_open(&a, ts.st, "own", &oo), ES_ECONFLICT);
+    TU_EXPECT_OK(es_sub_next(&evs, &n, b, 1000));
+    assert_int_equal(n, 5); /* nothing was acknowledged: all again */
+    es_sub_close(b);
+    TU_EXPECT_OK(es_sub_open(&a, ts.st, "own", &oo));
+    es_sub_close(a);
+    tu_close(&ts);
+}
+
+typedef struct pusher {
+    int batches;
+    size_t events;
+    volatile int stop;
+    int fail_at;
+} pusher;
+
+static int push_handler(const es_event *const *evs, size_t n, void *payload)
+{
+    pusher *p = payload;
+    (void)evs;
+    p->batches++;
+    if (p->fail_at && p->batches == p->fail_at)
+        return -1;
+    p->events += n;
+    if (p->events >= 25)
+        p->stop = 1;
+    return 0;
+}
+
+static void test_push_delivery(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 25);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 10;
+    TU_EXPECT_OK(es_sub_create(ts.st, "push", &o));
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "push", NULL));
+    pusher p = {0, 0, 0, 0};
+    TU_EXPECT_OK(es_sub_run(s, push_handler, &p.stop, &p));
+    assert_int_equal(p.events, 25);
+    assert_int_equal(p.batches, 3);
+    es_sub_close(s);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "push"));
+    assert_int_equal(info.behind, 0);
+    /* a handler error stops the run and leaves its batch unacknowledged */
+    TU_EXPECT_OK(es_sub_reset(ts.st, "push", ES_SUB_FROM_BEGINNING, 0, 0));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "push", NULL));
+    pusher q = {0, 0, 0, 2};
+    assert_int_equal(es_sub_run(s, push_handler, &q.stop, &q), ES_EUSER);
+    es_sub_close(s);
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "push"));
+    assert_int_equal(info.behind, 15);
+    tu_close(&ts);
+}
+
+static void test_delete_while_open(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    const es_event *const *evs;
+    size_t n;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 2);
+    TU_EXPECT_OK(es_sub_create(ts.st, "d", NULL));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "d", NULL));
+    TU_EXPECT_OK(es_sub_delete(ts.st, "d"));
+    assert_int_equal(es_sub_next(&evs, &n, s, 10), ES_ENOTFOUND);
+    es_sub_close(s);
+    assert_int_equal(es_sub_open(&s, ts.st, "d", NULL), ES_ENOTFOUND);
+    assert_int_equal(es_sub_next(NULL, &n, NULL, 0), ES_EINVAL);
+    assert_int_equal(es_sub_ack(NULL, 1), ES_EINVAL);
+    es_sub_close(NULL);
+    tu_close(&ts);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = tu_init(argc, argv, "sub");
+    if (rc)
+        return rc;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_list_info_delete),
+        cmocka_unit_test(test_list_in_name_order),
+        cmocka_unit_test(test_catch_up_then_live_no_gap_no_duplicate),
+        cmocka_unit_test(test_filters),
+        cmocka_unit_test(test_checkpoint_survives_reopen),
+        cmocka_unit_test(test_checkpoint_policy),
+        cmocka_unit_test(test_starts_and_resets),
+        cmocka_unit_test(test_one_owner_and_lease_takeover),
+        cmocka_unit_test(test_push_delivery),
+        cmocka_unit_test(test_delete_while_open),
+    };
+    char name[64];
+    snprintf(name, sizeof name, "sub/%s", tu_backend);
+    return cmocka_run_group_tests_name(name, tests, NULL, NULL);
+}
