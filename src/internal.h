@@ -19,17 +19,6 @@
 #define ES__PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define ES__PRINTF(a, b)
-/* Check an options struct's version: every version from 1 up to the one
- * this library knows is accepted (older callers keep working; the caller
- * copies only the fields that version has).  `what` names the struct. */
-static inline int es__check_version(unsigned version, unsigned current, const char *what)
-{
-    if (version >= 1 && version <= current)
-        return 0;
-    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
-                   current);
-}
-
 #endif
 
 /* Allocation (alloc.c): malloc and friends, with failure injection for the
@@ -82,17 +71,6 @@ static inline void es__put_u64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
         v >>= 8;
     }
-/* Check an options struct's version: every version from 1 up to the one
- * this library knows is accepted (older callers keep working; the caller
- * copies only the fields that version has).  `what` names the struct. */
-static inline int es__check_version(unsigned version, unsigned current, const char *what)
-{
-    if (version >= 1 && version <= current)
-        return 0;
-    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
-                   current);
-}
-
 #endif
 }
 static inline uint64_t es__get_u64(const uint8_t *p)
@@ -106,17 +84,6 @@ static inline uint64_t es__get_u64(const uint8_t *p)
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
-/* Check an options struct's version: every version from 1 up to the one
- * this library knows is accepted (older callers keep working; the caller
- * copies only the fields that version has).  `what` names the struct. */
-static inline int es__check_version(unsigned version, unsigned current, const char *what)
-{
-    if (version >= 1 && version <= current)
-        return 0;
-    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
-                   current);
-}
-
 #endif
 }
 static inline void es__put_u32(uint8_t *p, uint32_t v)
