@@ -15,21 +15,22 @@
  *   es_append_batch(...)                       a commit of several streams (v2)
  *
  * Global positions never skip.  An event's position is its transaction's
- * id (pg_current_xact_id()) × 16384 + its index in the commit (a commit
- * holds at most ES_MAX_BATCH < 16384 events).  A reader returns only
- * positions below pg_snapshot_xmin(pg_current_snapshot()) × 16384: every
- * transaction below that xmin has committed or aborted, so nothing can
- * later appear behind what a reader has passed.  Writers never wait for
- * each other (except on one stream's row); the cost falls on readers: a
- * long transaction anywhere in the cluster holds the log's horizon back
- * until it ends.  Positions are increasing but not dense.
+ * id (pg_current_xact_id()) × PG_POS_SHIFT (16384) + its index in the
+ * commit (a commit holds at most ES_MAX_BATCH < PG_POS_SHIFT events).  A
+ * reader returns only positions below pg_snapshot_xmin(pg_current_snapshot())
+ * × PG_POS_SHIFT: every transaction below that xmin has committed or
+ * aborted, so nothing can later appear behind what a reader has passed.
+ * Writers never wait for each other (except on one stream's row); the cost
+ * falls on readers: a long transaction anywhere in the cluster holds the
+ * log's horizon back until it ends.  Positions are increasing but not dense.
  *
  * Appends take one round trip: es_append() locks the stream's row, checks
  * the expectation and idempotency, and inserts the events whose chain
  * hashes the client computed from the stream's head hash, which it keeps
  * in a cache; es_append_batch() does the same for every stream of a
- * multi-stream commit set-wise (rows locked in key order, one INSERT).  When the cache is stale the function says so, writes
- * nothing, and returns the head; the client recomputes and sends again.
+ * multi-stream commit set-wise (rows locked in key order, one INSERT).
+ * When the cache is stale the function says so, writes nothing, and
+ * returns the head; the client recomputes and sends again.
  * Commit times come from the server's clock: the client proposes its
  * estimate (its clock plus an offset learned from the server) and the
  * server accepts it within 0.5 s, else returns its time and the client

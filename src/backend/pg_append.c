@@ -142,8 +142,8 @@ static int arr_add_i32(es_buf *b, int32_t v)
 /* The expectation as the SQL functions take it. */
 static int64_t expected_arg(uint64_t expected)
 {
-    return expected == ES_EXPECT_ANY      ? -1
-           : expected == ES_EXPECT_EXISTS ? -2
+    return expected == ES_EXPECT_ANY      ? PG_EXPECT_ANY
+           : expected == ES_EXPECT_EXISTS ? PG_EXPECT_EXISTS
                                           : (int64_t)expected;
 }
 
@@ -189,7 +189,7 @@ static int refresh_heads(pg_store *s, pg_conn *pc, const es__append_req *reqs, s
 static void learn_clock(pg_store *s, int64_t t, int64_t server_us)
 {
     pthread_mutex_lock(&s->cache_lock);
-    if (t > server_us + 500000 || t < server_us - 500000)
+    if (t > server_us + PG_CLOCK_SLACK_US || t < server_us - PG_CLOCK_SLACK_US)
         s->clock_offset = server_us - local_us();
     pthread_mutex_unlock(&s->cache_lock);
 }

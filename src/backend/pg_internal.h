@@ -16,7 +16,12 @@
 #include <pthread.h>
 
 #define PG_SCHEMA_VERSION 2
-#define PG_POS_SHIFT 16384 /* positions per transaction id */
+/* Positions per transaction id: an event's position is its transaction's
+ * id × PG_POS_SHIFT + its index in the commit. */
+#define PG_POS_SHIFT 16384
+_Static_assert(ES_MAX_BATCH < PG_POS_SHIFT, "a commit's events must fit below the next xid");
+/* How far a proposed commit time may be from the server's clock (µs). */
+#define PG_CLOCK_SLACK_US 500000
 #define PG_PAGE 1000       /* rows of a cursor's first round trip */
 #define PG_PAGE_MAX 65536  /* pages grow ×4 up to this many rows… */
 #define PG_PAGE_BYTES (8u << 20) /* …while a page's data stays under this */
@@ -32,6 +37,21 @@
 #define OID_INT8_ARRAY 1016
 
 /* ---- statements (pg_sql.c) ---- */
+
+/* A number in SQL text, written from the one C constant. */
+#define PG_SQL_STR_(x) #x
+#define PG_SQL_INT(x) PG_SQL_STR_(x)
+
+/* The expectation as the SQL functions take it (p_expected): a seq N >= 0
+ * is "exactly N"; ES_EXPECT_NO_STREAM is 0. */
+#define PG_EXPECT_ANY -1
+#define PG_EXPECT_EXISTS -2
+
+/* What es_append() and es_append_batch() answer in `status`. */
+#define PG_DONE 0      /* written */
+#define PG_CONFLICT 1  /* an expectation failed: nothing written */
+#define PG_STALE 2     /* the client's head, hash or time was stale: nothing written */
+#define PG_IDS_EXIST 3 /* some of the event ids are stored: nothing written */
 
 enum {
     S_APPEND,

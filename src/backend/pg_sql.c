@@ -12,7 +12,9 @@
 
 /* ---- statements ---- */
 
-#define HORIZON "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 16384)"
+/* The log's horizon: no position below it can still be committed. */
+#define HORIZON                                                                                    \
+    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint * " PG_SQL_INT(PG_POS_SHIFT) ")"
 #define EVCOLS "position, stream, seq, time_us, id, type, data, meta, hash"
 
 const pg_stmt es__pg_stmts[S_COUNT] = {
@@ -38,7 +40,8 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
     [S_ID] = {"es_id", "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1", 1,
               {OID_BYTEA}},
     [S_CEILING] = {"es_ceiling",
-                   "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint * 16384",
+                   "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint * "
+                   PG_SQL_INT(PG_POS_SHIFT),
                    0,
                    {0}},
     [S_LASTPOS] = {"es_lastpos",
@@ -148,17 +151,19 @@ static const char *const migration1 =
     "    h := 0; hh := NULL; ht := NULL;\n"
     "    dup := EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids));\n"
     "  END IF;\n"
-    "  status := 0; head := h; hash := hh; time_us := ht;\n"
-    "  IF dup THEN status := 3; RETURN; END IF;\n"
-    "  IF (p_expected = -2 AND h = 0) OR (p_expected >= 0 AND h <> p_expected) THEN\n"
-    "    status := 1; RETURN;\n"
+    "  status := " PG_SQL_INT(PG_DONE) "; head := h; hash := hh; time_us := ht;\n"
+    "  IF dup THEN status := " PG_SQL_INT(PG_IDS_EXIST) "; RETURN; END IF;\n"
+    "  IF (p_expected = " PG_SQL_INT(PG_EXPECT_EXISTS) " AND h = 0)"
+    " OR (p_expected >= 0 AND h <> p_expected) THEN\n"
+    "    status := " PG_SQL_INT(PG_CONFLICT) "; RETURN;\n"
     "  END IF;\n"
     "  IF h <> p_prev_seq OR hh IS DISTINCT FROM p_prev_hash OR p_time < ht\n"
     "     OR (p_check_time AND p_time IS DISTINCT FROM ht\n"
-    "         AND abs(p_time - server_us) > 500000) THEN\n"
-    "    status := 2; RETURN;\n"
+    "         AND abs(p_time - server_us) > " PG_SQL_INT(PG_CLOCK_SLACK_US) ") THEN\n"
+    "    status := " PG_SQL_INT(PG_STALE) "; RETURN;\n"
     "  END IF;\n"
-    "  first_position := (pg_current_xact_id()::text::bigint) * 16384 + p_base;\n"
+    "  first_position := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(PG_POS_SHIFT)
+    " + p_base;\n"
     "  WITH ins AS (\n"
     "    INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
     "    SELECT first_position + ev.i - 1, p_stream, h + ev.i, p_time, ev.id, ev.type,\n"
@@ -197,14 +202,14 @@ static const char *const migration2 =
     "  k_stream bytea[]; k_head bigint[]; k_hash bytea[]; k_time bigint[];\n"
     "BEGIN\n"
     "  server_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n"
-    "  status := 0; bad := -1; head := 0; base := 0;\n"
+    "  status := " PG_SQL_INT(PG_DONE) "; bad := -1; head := 0; base := 0;\n"
     /* lock the rows and read the heads in one pass */
     "  SELECT array_agg(l.stream), array_agg(l.head), array_agg(l.hash), array_agg(l.time_us)\n"
     "    INTO k_stream, k_head, k_hash, k_time\n"
     "    FROM (SELECT st.stream, st.head, st.hash, st.time_us FROM @.streams st\n"
     "           WHERE st.stream = ANY (p_streams) ORDER BY st.stream FOR UPDATE) l;\n"
     "  IF EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids)) THEN\n"
-    "    status := 3; RETURN;\n"
+    "    status := " PG_SQL_INT(PG_IDS_EXIST) "; RETURN;\n"
     "  END IF;\n"
     /* per request: the stream's head before it, its first event's index,
      * and the stream's head on the server */
@@ -221,10 +226,10 @@ static const char *const migration2 =
     "              ON c.stream = o.stream) x;\n"
     "  SELECT (o.i - 1)::integer, v_before[o.i] INTO bad, head\n"
     "    FROM unnest(p_expected) WITH ORDINALITY AS o(exp, i)\n"
-    "   WHERE (o.exp = -2 AND v_before[o.i] = 0)\n"
+    "   WHERE (o.exp = " PG_SQL_INT(PG_EXPECT_EXISTS) " AND v_before[o.i] = 0)\n"
     "      OR (o.exp >= 0 AND v_before[o.i] <> o.exp)\n"
     "   ORDER BY o.i LIMIT 1;\n"
-    "  IF FOUND THEN status := 1; RETURN; END IF;\n"
+    "  IF FOUND THEN status := " PG_SQL_INT(PG_CONFLICT) "; RETURN; END IF;\n"
     "  bad := -1; head := 0;\n"
     /* the client's view: every request's head, and for a stream's first
      * request of the commit its hash and time */
@@ -236,10 +241,10 @@ static const char *const migration2 =
     "      OR (v_before[o.i] = v_head[o.i] AND (o.ph IS DISTINCT FROM c.hash\n"
     "          OR p_time < c.time_us\n"
     "          OR (p_check_time AND p_time IS DISTINCT FROM c.time_us\n"
-    "              AND abs(p_time - server_us) > 500000)))) THEN\n"
-    "    status := 2; RETURN;\n"
+    "              AND abs(p_time - server_us) > " PG_SQL_INT(PG_CLOCK_SLACK_US) ")))) THEN\n"
+    "    status := " PG_SQL_INT(PG_STALE) "; RETURN;\n"
     "  END IF;\n"
-    "  base := (pg_current_xact_id()::text::bigint) * 16384;\n"
+    "  base := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(PG_POS_SHIFT) ";\n"
     /* the event arrays are joined, not subscripted: a subscript of an
      * array of variable-length elements walks it from the start */
     "  INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
