@@ -48,6 +48,12 @@ static void cache_put(pg_store *s, const uint8_t *stream, size_t len, uint64_t h
 
 /* ---- append ---- */
 
+/* What one try at a commit answers besides 0 (done) and an error. */
+enum {
+    TRY_AGAIN = 2,     /* the cache was stale or a race was lost: nothing written */
+    TRY_IDS_EXIST = 3, /* some event ids are stored: resolve them, then go again */
+};
+
 typedef struct lookup_ctx {
     pg_store *s;
     pg_conn *pc;
@@ -100,9 +106,6 @@ static int64_t local_us(void)
     return es__realtime_us();
 }
 
-/* One attempt at the whole commit.  Returns 0 done, 2 go again (stale
- * cache or a race), 3 some ids already landed (resolve, then go again), or
- * an error. */
 /* Append arrays in PostgreSQL's binary format (one dimension). */
 static int arr_head(es_buf *b, Oid elem, size_t n, bool nulls)
 {
@@ -171,7 +174,7 @@ static int refresh_heads(pg_store *s, pg_conn *pc, const es__append_req *reqs, s
     rc = es__pg_run(s, pc, S_HEADS, &p, &r);
     es_buf_free(&keys);
     if (rc == ES__PG_RETRY)
-        return 2;
+        return TRY_AGAIN;
     if (rc < 0)
         return rc;
     for (size_t k = 0; k < n; k++)
@@ -194,283 +197,348 @@ static void learn_clock(pg_store *s, int64_t t, int64_t server_us)
     pthread_mutex_unlock(&s->cache_lock);
 }
 
-/*
- * One try at a commit.  The chain hashes are computed here from the cached
- * head of each stream (and, for a stream appended to twice in the commit,
- * from the earlier request).  One request: one call of es_append(); several:
- * one call of es_append_batch(), which checks every request set-wise and
- * writes all events with one INSERT.  Either is one round trip and its own
- * transaction.  Returns 0, an error, or 2 (stale cache or lost race: try
- * again), 3 (some event ids exist: look them up).
- */
-static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
-                   const bool *skip, es_append_result *outs)
+/* The columns of the event arrays (every event of the commit, in order)
+ * and of the request arrays (es_append_batch: one element per request). */
+enum { EV_ID, EV_TYPE, EV_DATA, EV_META, EV_HASH, EV_COLS };
+enum { RQ_STREAM, RQ_EXPECTED, RQ_PREV_SEQ, RQ_PREV_HASH, RQ_COUNT, RQ_COLS };
+
+/* A request of the commit as the client sees it. */
+typedef struct pend {
+    cached_head h; /* the stream before this request (its hash is sent) */
+    bool known;    /* h is known (cached, or guessed for a new stream) */
+    uint64_t before; /* the stream's head before this request */
+    uint32_t off;    /* index of its first event in the commit */
+} pend;
+
+/* One try at a commit: what the client computed and will send. */
+typedef struct commit {
+    pg_store *s;
+    const es__append_req *reqs;
+    size_t n;
+    const bool *skip; /* requests already answered as retries */
+    size_t live;      /* requests not skipped */
+    size_t events;    /* their events */
+    pend *pd;
+    uint8_t (*hashes)[ES_HASH_SIZE]; /* per event, in commit order */
+    int64_t t;                       /* the commit time */
+    bool check_time;                 /* t is our estimate: the server may refuse it */
+    es_buf ev[EV_COLS];
+    es_buf rq[RQ_COLS];
+} commit;
+
+static int nomem_append(void)
 {
-    size_t live = 0, events = 0;
-    for (size_t k = 0; k < n; k++)
-        if (!skip[k]) {
-            live++;
-            events += reqs[k].n;
-        }
-    if (live == 0)
-        return 0;
-    bool multi = live > 1;
+    return es__err(ES_ENOMEM, "out of memory for an append");
+}
 
-    typedef struct pend {
-        cached_head h; /* the stream before this request, then after it */
-        bool known;
-        uint64_t before;
-        uint32_t off; /* index of its first event in the commit */
-    } pend;
-    pend *pd = es__calloc(n, sizeof *pd);
-    uint8_t(*hashes)[ES_HASH_SIZE] = es__malloc(events * sizeof *hashes);
-    es_buf b[10];
-    for (int i = 0; i < 10; i++)
-        b[i] = (es_buf)ES_BUF_INIT;
-    PGresult *r = NULL;
-    int rc = 0;
-    if (!pd || !hashes) {
-        rc = es__err(ES_ENOMEM, "out of memory for an append");
-        goto out;
-    }
+/* The index of the one request that is not skipped (a single append). */
+static size_t only_live(const commit *c)
+{
+    size_t k = 0;
+    while (c->skip[k])
+        k++;
+    return k;
+}
 
-    /* the commit time: one per commit, never before any of its streams' */
-    bool check_time = false;
-    int64_t t;
+/* The commit time, one per commit and never before any of its streams'
+ * latest; loads each request's cached head on the way. */
+static int commit_time(commit *c)
+{
+    const es__append_req *reqs = c->reqs;
+    pg_store *s = c->s;
+    c->check_time = false;
     if (reqs[0].keep_time) {
-        t = reqs[0].events[0].time_us;
+        c->t = reqs[0].events[0].time_us;
     } else if (s->st->clock) {
-        t = es__now(s->st);
+        c->t = es__now(s->st);
     } else {
         pthread_mutex_lock(&s->cache_lock);
-        t = local_us() + s->clock_offset;
+        c->t = local_us() + s->clock_offset;
         pthread_mutex_unlock(&s->cache_lock);
-        check_time = true;
+        c->check_time = true;
     }
-    for (size_t k = 0; k < n; k++) {
-        if (skip[k])
+    for (size_t k = 0; k < c->n; k++) {
+        if (c->skip[k])
             continue;
-        pend *e = &pd[k];
+        pend *e = &c->pd[k];
         e->known = cache_get(s, reqs[k].stream, reqs[k].stream_len, &e->h);
         if (!e->known && reqs[k].expected == ES_EXPECT_NO_STREAM) {
             e->known = true; /* a good guess: a new stream */
             memset(&e->h, 0, sizeof e->h);
             e->h.time_us = INT64_MIN;
         }
-        if (e->known && e->h.head && e->h.time_us > t) {
-            if (reqs[0].keep_time) {
-                rc = es__err(ES_EINVAL,
-                             "kept commit time %lld is before the stream's latest commit time "
-                             "%lld",
-                             (long long)t, (long long)e->h.time_us);
-                goto out;
-            }
-            t = e->h.time_us;
+        if (e->known && e->h.head && e->h.time_us > c->t) {
+            if (reqs[0].keep_time)
+                return es__err(ES_EINVAL,
+                               "kept commit time %lld is before the stream's latest commit "
+                               "time %lld",
+                               (long long)c->t, (long long)e->h.time_us);
+            c->t = e->h.time_us;
         }
     }
+    return 0;
+}
 
-    /* chain hashes, request by request */
+/* The chain hashes, request by request: from the cached head, or for a
+ * stream appended to earlier in the commit, from that request's last. */
+static void chain_hashes(commit *c)
+{
+    const es__append_req *reqs = c->reqs;
     uint32_t off = 0;
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < c->n; k++) {
         const es__append_req *req = &reqs[k];
-        if (skip[k])
+        if (c->skip[k])
             continue;
-        cached_head prev = pd[k].h;
-        bool known = pd[k].known;
+        cached_head prev = c->pd[k].h;
+        bool known = c->pd[k].known;
         for (size_t j = 0; j < k; j++) {
-            if (!skip[j] && reqs[j].stream_len == req->stream_len &&
+            if (!c->skip[j] && reqs[j].stream_len == req->stream_len &&
                 !memcmp(reqs[j].stream, req->stream, req->stream_len)) {
-                prev.head = pd[j].before + reqs[j].n;
-                memcpy(prev.hash, hashes[pd[j].off + reqs[j].n - 1], ES_HASH_SIZE);
-                known = pd[j].known;
+                prev.head = c->pd[j].before + reqs[j].n;
+                memcpy(prev.hash, c->hashes[c->pd[j].off + reqs[j].n - 1], ES_HASH_SIZE);
+                known = c->pd[j].known;
             }
         }
-        pd[k].known = known;
-        pd[k].before = prev.head;
-        pd[k].off = off;
+        c->pd[k].known = known;
+        c->pd[k].before = prev.head;
+        c->pd[k].off = off;
         const uint8_t *ph = known && prev.head ? prev.hash : NULL;
-        memcpy(pd[k].h.hash, prev.hash, ES_HASH_SIZE); /* kept for the call below */
+        memcpy(c->pd[k].h.hash, prev.hash, ES_HASH_SIZE); /* sent as the head's hash */
         for (size_t i = 0; i < req->n; i++) {
             const es_event_new *e = &req->events[i];
-            es__chain_hash(hashes[off + i], i ? hashes[off + i - 1] : ph, req->stream,
-                           req->stream_len, prev.head + 1 + i, t, req->ids[i], e->type,
+            es__chain_hash(c->hashes[off + i], i ? c->hashes[off + i - 1] : ph, req->stream,
+                           req->stream_len, prev.head + 1 + i, c->t, req->ids[i], e->type,
                            strlen(e->type), e->data, e->data_len, e->meta, e->meta_len);
         }
         off += (uint32_t)req->n;
     }
+}
 
-    /* the events, flattened in commit order */
-    rc = arr_head(&b[0], OID_BYTEA, events, false) || arr_head(&b[1], OID_BYTEA, events, false) ||
-         arr_head(&b[2], OID_BYTEA, events, false) || arr_head(&b[3], OID_BYTEA, events, false) ||
-         arr_head(&b[4], OID_BYTEA, events, false);
-    for (size_t k = 0; k < n && !rc; k++) {
-        if (skip[k])
+/* The events, flattened in commit order, one array per column. */
+static int event_arrays(commit *c)
+{
+    int rc = 0;
+    for (int i = 0; i < EV_COLS && !rc; i++)
+        rc = arr_head(&c->ev[i], OID_BYTEA, c->events, false);
+    for (size_t k = 0; k < c->n && !rc; k++) {
+        if (c->skip[k])
             continue;
-        const es__append_req *req = &reqs[k];
+        const es__append_req *req = &c->reqs[k];
         for (size_t i = 0; i < req->n && !rc; i++) {
             const es_event_new *e = &req->events[i];
-            rc = arr_add(&b[0], req->ids[i], ES_ID_SIZE) ||
-                 arr_add(&b[1], e->type, strlen(e->type)) ||
-                 arr_add(&b[2], e->data_len ? e->data : "", e->data_len) ||
-                 arr_add(&b[3], e->meta_len ? e->meta : "", e->meta_len) ||
-                 arr_add(&b[4], hashes[pd[k].off + i], ES_HASH_SIZE);
+            rc = arr_add(&c->ev[EV_ID], req->ids[i], ES_ID_SIZE) ||
+                 arr_add(&c->ev[EV_TYPE], e->type, strlen(e->type)) ||
+                 arr_add(&c->ev[EV_DATA], e->data_len ? e->data : "", e->data_len) ||
+                 arr_add(&c->ev[EV_META], e->meta_len ? e->meta : "", e->meta_len) ||
+                 arr_add(&c->ev[EV_HASH], c->hashes[c->pd[k].off + i], ES_HASH_SIZE);
         }
     }
-    if (rc) {
-        rc = es__err(ES_ENOMEM, "out of memory for an append");
-        goto out;
-    }
+    return rc ? nomem_append() : 0;
+}
 
-    pgp p = {0};
-    int stmt;
-    if (!multi) {
-        size_t k = 0;
-        while (skip[k])
-            k++;
-        const es__append_req *req = &reqs[k];
-        p_bytes(&p, req->stream, req->stream_len);
-        p_i64(&p, expected_arg(req->expected));
-        p_i64(&p, pd[k].known ? (int64_t)pd[k].before : -1);
-        if (pd[k].known && pd[k].before)
-            p_bytes(&p, pd[k].h.hash, ES_HASH_SIZE);
+/* The requests as arrays: stream, expectation, what the client believes
+ * the stream is at (seq and hash), and how many events it adds. */
+static int request_arrays(commit *c)
+{
+    int rc = arr_head(&c->rq[RQ_STREAM], OID_BYTEA, c->live, false) ||
+             arr_head(&c->rq[RQ_EXPECTED], OID_INT8, c->live, false) ||
+             arr_head(&c->rq[RQ_PREV_SEQ], OID_INT8, c->live, false) ||
+             arr_head(&c->rq[RQ_PREV_HASH], OID_BYTEA, c->live, true) ||
+             arr_head(&c->rq[RQ_COUNT], OID_INT4, c->live, false);
+    for (size_t k = 0; k < c->n && !rc; k++) {
+        if (c->skip[k])
+            continue;
+        const pend *e = &c->pd[k];
+        bool has_hash = e->known && e->before;
+        rc = arr_add(&c->rq[RQ_STREAM], c->reqs[k].stream, c->reqs[k].stream_len) ||
+             arr_add_i64(&c->rq[RQ_EXPECTED], expected_arg(c->reqs[k].expected)) ||
+             arr_add_i64(&c->rq[RQ_PREV_SEQ], e->known ? (int64_t)e->before : -1) ||
+             arr_add(&c->rq[RQ_PREV_HASH], has_hash ? e->h.hash : NULL, ES_HASH_SIZE) ||
+             arr_add_i32(&c->rq[RQ_COUNT], (int32_t)c->reqs[k].n);
+    }
+    return rc ? nomem_append() : 0;
+}
+
+/* The parameters of es_append() (one request) or es_append_batch(). */
+static int build_params(commit *c, pgp *p, int *stmt)
+{
+    int rc;
+    if (c->live == 1) {
+        size_t k = only_live(c);
+        const es__append_req *req = &c->reqs[k];
+        const pend *e = &c->pd[k];
+        p_bytes(p, req->stream, req->stream_len);
+        p_i64(p, expected_arg(req->expected));
+        p_i64(p, e->known ? (int64_t)e->before : -1);
+        if (e->known && e->before)
+            p_bytes(p, e->h.hash, ES_HASH_SIZE);
         else
-            p_null(&p);
-        p_i64(&p, t);
-        p_bool(&p, check_time);
-        p_i32(&p, 0);
-        stmt = S_APPEND;
+            p_null(p);
+        p_i64(p, c->t);
+        p_bool(p, c->check_time);
+        p_i32(p, 0); /* p_base: the commit's first event */
+        *stmt = S_APPEND;
     } else {
-        /* the requests as arrays: stream, expectation, what the client
-         * believes the stream is at, and how many events it adds */
-        rc = arr_head(&b[5], OID_BYTEA, live, false) || arr_head(&b[6], OID_INT8, live, false) ||
-             arr_head(&b[7], OID_INT8, live, false) || arr_head(&b[8], OID_BYTEA, live, true) ||
-             arr_head(&b[9], OID_INT4, live, false);
-        for (size_t k = 0; k < n && !rc; k++) {
-            if (skip[k])
-                continue;
-            bool has_hash = pd[k].known && pd[k].before;
-            rc = arr_add(&b[5], reqs[k].stream, reqs[k].stream_len) ||
-                 arr_add_i64(&b[6], expected_arg(reqs[k].expected)) ||
-                 arr_add_i64(&b[7], pd[k].known ? (int64_t)pd[k].before : -1) ||
-                 arr_add(&b[8], has_hash ? pd[k].h.hash : NULL, ES_HASH_SIZE) ||
-                 arr_add_i32(&b[9], (int32_t)reqs[k].n);
-        }
-        if (rc) {
-            rc = es__err(ES_ENOMEM, "out of memory for an append");
-            goto out;
-        }
-        for (int i = 5; i < 10; i++)
-            p_bytes(&p, b[i].data, b[i].len);
-        p_i64(&p, t);
-        p_bool(&p, check_time);
-        stmt = S_APPEND_BATCH;
+        if ((rc = request_arrays(c)) < 0)
+            return rc;
+        for (int i = 0; i < RQ_COLS; i++)
+            p_bytes(p, c->rq[i].data, c->rq[i].len);
+        p_i64(p, c->t);
+        p_bool(p, c->check_time);
+        *stmt = S_APPEND_BATCH;
     }
-    for (int i = 0; i < 5; i++)
-        p_bytes(&p, b[i].data, b[i].len);
-    p_i32(&p, s->commit_delay_ms);
-    p_bool(&p, s->notify);
-    rc = es__pg_run(s, pc, stmt, &p, &r);
-    if (rc == ES__PG_RETRY) { /* a race on a new stream's first seq, or on an id */
-        rc = refresh_heads(s, pc, reqs, n, skip);
-        rc = rc < 0 ? rc : 2;
-        goto out;
-    }
-    if (rc < 0)
-        goto out;
+    for (int i = 0; i < EV_COLS; i++)
+        p_bytes(p, c->ev[i].data, c->ev[i].len);
+    p_i32(p, c->s->commit_delay_ms);
+    p_bool(p, c->s->notify);
+    return 0;
+}
 
-    /* status, head, hash, time_us, first_position, server_us; the batch
-     * answers status, bad (the request), head, base, server_us */
+/* es_append()'s answer: status, head, hash, time_us, first_position, server_us. */
+static int answer_one(commit *c, const PGresult *r, es_append_result *outs)
+{
+    pg_store *s = c->s;
+    size_t k = only_live(c);
+    const es__append_req *req = &c->reqs[k];
     int status = g_i32(r, 0, 0);
-    if (!multi) {
-        size_t k = 0;
-        while (skip[k])
-            k++;
-        uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
-        if (check_time && status == 2)
-            learn_clock(s, t, g_i64(r, 0, 5));
-        if (status == 0) {
-            outs[k].first_seq = pd[k].before + 1;
-            outs[k].last_seq = head;
-            outs[k].head = head;
-            outs[k].first_position = (uint64_t)g_i64(r, 0, 4);
-            outs[k].last_position = outs[k].first_position + reqs[k].n - 1;
-            outs[k].time_us = t;
-            outs[k].replayed = 0;
-            cache_put(s, reqs[k].stream, reqs[k].stream_len, head, hashes[reqs[k].n - 1],
-                      ES_HASH_SIZE, t);
-            rc = 0;
-            goto out;
-        }
-        if (head || !PQgetisnull(r, 0, 2))
-            cache_put(s, reqs[k].stream, reqs[k].stream_len, head,
-                      PQgetisnull(r, 0, 2) ? NULL : PQgetvalue(r, 0, 2),
-                      PQgetisnull(r, 0, 2) ? 0 : (size_t)PQgetlength(r, 0, 2),
-                      PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3));
-        else if (status == 2) /* the stream is empty: forget a wrong guess */
-            cache_put(s, reqs[k].stream, reqs[k].stream_len, 0, NULL, 0, INT64_MIN);
-        if (status == 1) {
-            memset(&outs[k], 0, sizeof outs[k]);
-            outs[k].head = head;
-            rc = es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
-                         (unsigned long long)head);
-        } else {
-            rc = status == 2 ? 2 : 3;
-        }
-        goto out;
+    uint64_t head = PQgetisnull(r, 0, 1) ? 0 : (uint64_t)g_i64(r, 0, 1);
+    if (c->check_time && status == PG_STALE)
+        learn_clock(s, c->t, g_i64(r, 0, 5));
+    if (status == PG_DONE) {
+        outs[k].first_seq = c->pd[k].before + 1;
+        outs[k].last_seq = head;
+        outs[k].head = head;
+        outs[k].first_position = (uint64_t)g_i64(r, 0, 4);
+        outs[k].last_position = outs[k].first_position + req->n - 1;
+        outs[k].time_us = c->t;
+        outs[k].replayed = 0;
+        cache_put(s, req->stream, req->stream_len, head, c->hashes[req->n - 1], ES_HASH_SIZE,
+                  c->t);
+        return 0;
     }
+    bool no_hash = PQgetisnull(r, 0, 2);
+    if (head || !no_hash)
+        cache_put(s, req->stream, req->stream_len, head, no_hash ? NULL : PQgetvalue(r, 0, 2),
+                  no_hash ? 0 : (size_t)PQgetlength(r, 0, 2),
+                  PQgetisnull(r, 0, 3) ? INT64_MIN : g_i64(r, 0, 3));
+    else if (status == PG_STALE) /* the stream is empty: forget a wrong guess */
+        cache_put(s, req->stream, req->stream_len, 0, NULL, 0, INT64_MIN);
+    if (status == PG_CONFLICT) {
+        memset(&outs[k], 0, sizeof outs[k]);
+        outs[k].head = head;
+        return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
+                       (unsigned long long)head);
+    }
+    return status == PG_STALE ? TRY_AGAIN : TRY_IDS_EXIST;
+}
 
-    if (status == 0) {
+/* es_append_batch()'s answer: status, bad (the request), head, base, server_us. */
+static int answer_batch(commit *c, pg_conn *pc, const PGresult *r, es_append_result *outs)
+{
+    pg_store *s = c->s;
+    const es__append_req *reqs = c->reqs;
+    int status = g_i32(r, 0, 0);
+    if (status == PG_DONE) {
         uint64_t base = (uint64_t)g_i64(r, 0, 3);
-        for (size_t k = 0; k < n; k++) {
-            if (skip[k])
+        for (size_t k = 0; k < c->n; k++) {
+            if (c->skip[k])
                 continue;
-            outs[k].first_seq = pd[k].before + 1;
-            outs[k].last_seq = outs[k].head = pd[k].before + reqs[k].n;
-            outs[k].first_position = base + pd[k].off;
+            outs[k].first_seq = c->pd[k].before + 1;
+            outs[k].last_seq = outs[k].head = c->pd[k].before + reqs[k].n;
+            outs[k].first_position = base + c->pd[k].off;
             outs[k].last_position = outs[k].first_position + reqs[k].n - 1;
-            outs[k].time_us = t;
+            outs[k].time_us = c->t;
             outs[k].replayed = 0;
         }
         /* later requests of a stream overwrite earlier ones: the cache ends
          * at each stream's last request */
-        for (size_t k = 0; k < n; k++)
-            if (!skip[k])
+        for (size_t k = 0; k < c->n; k++)
+            if (!c->skip[k])
                 cache_put(s, reqs[k].stream, reqs[k].stream_len, outs[k].last_seq,
-                          hashes[pd[k].off + reqs[k].n - 1], ES_HASH_SIZE, t);
-        rc = 0;
-        goto out;
+                          c->hashes[c->pd[k].off + reqs[k].n - 1], ES_HASH_SIZE, c->t);
+        return 0;
     }
     /* nothing of the commit landed */
-    for (size_t k = 0; k < n; k++)
-        if (!skip[k])
+    for (size_t k = 0; k < c->n; k++)
+        if (!c->skip[k])
             memset(&outs[k], 0, sizeof outs[k]);
-    if (status == 1) {
+    if (status == PG_CONFLICT) {
         int bad = g_i32(r, 0, 1);
         uint64_t head = (uint64_t)g_i64(r, 0, 2);
         size_t k = 0;
-        for (int live_i = -1; k < n; k++)
-            if (!skip[k] && ++live_i == bad)
+        for (int live_i = -1; k < c->n; k++)
+            if (!c->skip[k] && ++live_i == bad)
                 break;
-        if (k < n)
+        if (k < c->n)
             outs[k].head = head;
-        rc = es__err(ES_ECONFLICT,
-                     "one of the append's streams: stream is at seq %llu, not at the expected "
-                     "state",
-                     (unsigned long long)head);
-    } else if (status == 2) {
-        if (check_time)
-            learn_clock(s, t, g_i64(r, 0, 4));
-        rc = refresh_heads(s, pc, reqs, n, skip);
-        rc = rc < 0 ? rc : 2;
-    } else {
-        rc = 3;
+        return es__err(ES_ECONFLICT,
+                       "one of the append's streams: stream is at seq %llu, not at the "
+                       "expected state",
+                       (unsigned long long)head);
     }
+    if (status == PG_STALE) {
+        if (c->check_time)
+            learn_clock(s, c->t, g_i64(r, 0, 4));
+        int rc = refresh_heads(s, pc, reqs, c->n, c->skip);
+        return rc < 0 ? rc : TRY_AGAIN;
+    }
+    return TRY_IDS_EXIST;
+}
+
+/*
+ * One try at a commit.  The chain hashes are computed here from the cached
+ * head of each stream (and, for a stream appended to twice in the commit,
+ * from the earlier request).  One request: one call of es_append(); several:
+ * one call of es_append_batch(), which checks every request set-wise and
+ * writes all events with one INSERT.  Either is one round trip and its own
+ * transaction.  Returns 0, an error, TRY_AGAIN or TRY_IDS_EXIST.
+ */
+static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
+                   const bool *skip, es_append_result *outs)
+{
+    commit c = {.s = s, .reqs = reqs, .n = n, .skip = skip};
+    for (size_t k = 0; k < n; k++)
+        if (!skip[k]) {
+            c.live++;
+            c.events += reqs[k].n;
+        }
+    if (c.live == 0)
+        return 0;
+    for (int i = 0; i < EV_COLS; i++)
+        c.ev[i] = (es_buf)ES_BUF_INIT;
+    for (int i = 0; i < RQ_COLS; i++)
+        c.rq[i] = (es_buf)ES_BUF_INIT;
+    PGresult *r = NULL;
+    pgp p = {0};
+    int rc, stmt;
+    c.pd = es__calloc(n, sizeof *c.pd);
+    c.hashes = es__malloc(c.events * sizeof *c.hashes);
+    if (!c.pd || !c.hashes) {
+        rc = nomem_append();
+        goto out;
+    }
+    if ((rc = commit_time(&c)) < 0)
+        goto out;
+    chain_hashes(&c);
+    if ((rc = event_arrays(&c)) < 0 || (rc = build_params(&c, &p, &stmt)) < 0)
+        goto out;
+    rc = es__pg_run(s, pc, stmt, &p, &r);
+    if (rc == ES__PG_RETRY) { /* a race on a new stream's first seq, or on an id */
+        rc = refresh_heads(s, pc, reqs, n, skip);
+        rc = rc < 0 ? rc : TRY_AGAIN;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    rc = c.live == 1 ? answer_one(&c, r, outs) : answer_batch(&c, pc, r, outs);
 out:
     PQclear(r);
-    for (int i = 0; i < 10; i++)
-        es_buf_free(&b[i]);
-    free(pd);
-    free(hashes);
+    for (int i = 0; i < EV_COLS; i++)
+        es_buf_free(&c.ev[i]);
+    for (int i = 0; i < RQ_COLS; i++)
+        es_buf_free(&c.rq[i]);
+    free(c.pd);
+    free(c.hashes);
     return rc;
 }
 
@@ -495,7 +563,7 @@ int es__pg_append(void *be, const es__append_req *reqs, size_t n, es_append_resu
                          "postgres: the append kept racing with other writers (%d tries)", tries);
             break;
         }
-        if (rc == 3) {
+        if (rc == TRY_IDS_EXIST) {
             /* some ids landed: which requests are whole retries? */
             lookup_ctx l = {s, pc, NULL};
             for (size_t k = 0; k < n && rc > 0; k++) {
@@ -508,7 +576,7 @@ int es__pg_append(void *be, const es__append_req *reqs, size_t n, es_append_resu
                 if (rc == 1)
                     skip[k] = true;
                 if (rc >= 0)
-                    rc = 3;
+                    rc = TRY_IDS_EXIST;
             }
             PQclear(l.last);
             if (rc < 0)
