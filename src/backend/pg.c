@@ -67,25 +67,51 @@
 
 static void pg_close(void *be);
 
+/* The `options` every connection starts with: the URI's own, then ours,
+ * which win where both set a parameter (our statement timeout bounds every
+ * wait; enable_seqscan=off: every statement of ours is an index lookup or
+ * range scan, and a plan cached while the tables were small must not stay
+ * a sequential scan once they are large). */
+static int session_options(pg_store *s, const char *from_uri)
+{
+    char ours[128];
+    snprintf(ours, sizeof ours,
+             "-c statement_timeout=%d -c client_min_messages=warning -c enable_seqscan=off",
+             s->timeout_ms);
+    size_t n = (from_uri ? strlen(from_uri) + 1 : 0) + strlen(ours) + 1;
+    if (!(s->session = es__malloc(n)))
+        return es__err(ES_ENOMEM, "out of memory opening a store");
+    snprintf(s->session, n, "%s%s%s", from_uri ? from_uri : "", from_uri ? " " : "", ours);
+    return 0;
+}
+
 static int pg_open(void **out, const char *uri, const es_open_options *opts, es_store *st)
 {
     pg_store *s = es__calloc(1, sizeof *s);
     pg_conn *pc = NULL;
+    es__pg_uri u = {0};
     int rc;
     if (!s)
         return es__err(ES_ENOMEM, "out of memory opening a store");
     s->st = st;
-    snprintf(s->schema, sizeof s->schema, "eventsrc");
     s->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 10000;
-    s->pool_max = 16;
-    s->notify = false;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_mutex_init(&s->cache_lock, NULL);
     pthread_mutex_init(&s->listen_lock, NULL);
-    if ((rc = es__pg_parse_uri(s, uri)) < 0)
+    if ((rc = es__pg_parse_uri(&u, uri)) < 0)
         goto fail;
+    s->conninfo = u.conninfo;
+    u.conninfo = NULL;
+    snprintf(s->schema, sizeof s->schema, "%s", u.schema);
+    s->pool_max = u.pool_max;
+    s->commit_delay_ms = u.commit_delay_ms;
+    s->notify = u.notify;
     snprintf(s->channel, sizeof s->channel, "es_%s", s->schema);
+    rc = session_options(s, u.pq_options);
+    es__pg_uri_free(&u);
+    if (rc < 0)
+        goto fail;
     if (opts->flags & ES_OPEN_NOSYNC) {
         rc = es__err(ES_EINVAL, "postgres: nosync is an lmdb option (set synchronous_commit on "
                                 "the server instead)");
@@ -119,6 +145,7 @@ static int pg_open(void **out, const char *uri, const es_open_options *opts, es_
     *out = s;
     return 0;
 fail:
+    es__pg_uri_free(&u);
     es__pg_drop_conn(pc);
     pg_close(s);
     return rc;
@@ -138,6 +165,7 @@ static void pg_close(void *be)
     pthread_mutex_destroy(&s->cache_lock);
     pthread_mutex_destroy(&s->listen_lock);
     free(s->conninfo);
+    free(s->session);
     free(s);
 }
 

@@ -100,6 +100,7 @@ typedef struct cached_head {
 typedef struct pg_store {
     es_store *st;
     char *conninfo; /* the URI without eventsrc's own options */
+    char *session;  /* the `options` our connections start with: the URI's, then ours */
     char schema[64];
     char channel[80];
     int timeout_ms;
@@ -130,9 +131,23 @@ int es__pg_migrate(pg_store *s, pg_conn *pc);
 
 /* ---- the URI (pg_uri.c) ---- */
 
+/* A postgres:// URI, parsed. */
+typedef struct es__pg_uri {
+    char *conninfo;   /* the URI less eventsrc's options, for libpq (owned) */
+    char *pq_options; /* libpq's `options` of the URI, decoded, or NULL (owned) */
+    char schema[64];  /* default "eventsrc" */
+    int pool_max;     /* default 16 */
+    int commit_delay_ms;
+    bool notify;
+} es__pg_uri;
+
 /* Take eventsrc's own options (schema, pool, notify, commit_delay_ms) out
- * of the URI's query; the rest goes to libpq as is. */
-int es__pg_parse_uri(pg_store *s, const char *uri);
+ * of the URI's query; every other option stays, as written, for libpq,
+ * which checks them without connecting.  Returns 0, ES_EINVAL (a message
+ * names the option) or ES_ENOMEM; on an error *out holds nothing to free.
+ * Needs no server: the fuzz target calls it on any bytes. */
+int es__pg_parse_uri(es__pg_uri *out, const char *uri);
+void es__pg_uri_free(es__pg_uri *u);
 
 /* ---- parameters, all sent in binary ---- */
 

@@ -169,16 +169,12 @@ int es__pg_run_sql(pg_store *s, pg_conn *pc, const char *sql, PGresult **out)
 
 int es__pg_connect(pg_store *s, pg_conn **out)
 {
-    char tmo[16], opt[128];
+    char tmo[16];
     snprintf(tmo, sizeof tmo, "%d", (s->timeout_ms + 999) / 1000);
-    /* enable_seqscan=off: every statement of ours is an index lookup or
-     * range scan; a plan cached while the tables were small must not stay a
-     * sequential scan once they are large */
-    snprintf(opt, sizeof opt,
-             "-c statement_timeout=%d -c client_min_messages=warning -c enable_seqscan=off",
-             s->timeout_ms);
-    const char *kw[] = {"connect_timeout", "application_name", "options", "dbname", NULL};
-    const char *val[] = {tmo, "eventsrc", opt, s->conninfo, NULL};
+    /* Entries before the URI (dbname, expanded) are defaults it may
+     * override; `options` after it is the URI's and ours together. */
+    const char *kw[] = {"connect_timeout", "application_name", "dbname", "options", NULL};
+    const char *val[] = {tmo, "eventsrc", s->conninfo, s->session, NULL};
     pg_conn *pc = es__calloc(1, sizeof *pc);
     if (!pc)
         return es__err(ES_ENOMEM, "out of memory for a connection");
