@@ -564,6 +564,42 @@ static void test_libpq_options_pass_through(void **state)
     }
 }
 
+/* ---- server notices stay off stderr ---- */
+
+static void test_server_warnings_do_not_reach_stderr(void **state)
+{
+    (void)state;
+    char uri[600], path[] = "/tmp/es-pg-stderr-XXXXXX";
+    es_store *st;
+    shared_uri(uri, sizeof uri, NULL);
+    open_uri(&st, uri);
+    pg_store *s = st->be;
+    pg_conn *pc;
+    TU_EXPECT_OK(es__pg_acquire(s, &pc));
+    /* stderr into a file while the server sends a WARNING and a NOTICE */
+    int fd = mkstemp(path), saved = dup(2);
+    assert_true(fd >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(fd, 2);
+    PGresult *r = PQexec(pc->c, "SET client_min_messages = notice; "
+                                "DO $$BEGIN RAISE WARNING 'es-test-warning'; "
+                                "RAISE NOTICE 'es-test-notice'; END$$; "
+                                "SET client_min_messages = warning");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    es__pg_release(s, pc);
+    char buf[512] = "";
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    unlink(path);
+    if (n != 0)
+        fail_msg("stderr got: %s", buf);
+    es_store_close(st);
+}
+
 /* ---- every value is a parameter ---- */
 
 static void test_hostile_bytes_round_trip(void **state)
@@ -814,6 +850,7 @@ int main(int argc, char **argv)
         return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_libpq_options_pass_through),
+        cmocka_unit_test(test_server_warnings_do_not_reach_stderr),
         cmocka_unit_test(test_log_never_skips_while_writers_commit_out_of_order),
         cmocka_unit_test(test_down_server_is_unavailable),
         cmocka_unit_test(test_uri_options_are_checked),

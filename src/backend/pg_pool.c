@@ -167,6 +167,16 @@ int es__pg_run_sql(pg_store *s, pg_conn *pc, const char *sql, PGresult **out)
     return rc;
 }
 
+/* libpq prints the server's WARNING and NOTICE messages on stderr by
+ * default: a library must not write on its caller's stderr.  Our
+ * statements raise none that a caller could act on (an error is an error
+ * result, with its message in es_error_last), so they are dropped. */
+static void drop_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 int es__pg_connect(pg_store *s, pg_conn **out)
 {
     char tmo[16];
@@ -185,6 +195,7 @@ int es__pg_connect(pg_store *s, pg_conn **out)
         free(pc);
         return rc;
     }
+    PQsetNoticeProcessor(pc->c, drop_notice, NULL);
     if (PQserverVersion(pc->c) < 130000) {
         PQfinish(pc->c);
         free(pc);
