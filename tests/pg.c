@@ -16,6 +16,7 @@
 #include "backend/pg_internal.h" /* the URI parser, a connection of the pool */
 
 #include <fcntl.h>
+#include <signal.h>
 
 #include <pthread.h>
 #include <stdio.h>
@@ -600,6 +601,85 @@ static void test_server_warnings_do_not_reach_stderr(void **state)
     es_store_close(st);
 }
 
+/* ---- waits that run out are ES_ETIMEDOUT ---- */
+
+static void test_waits_that_run_out_are_timeouts(void **state)
+{
+    (void)state;
+    char uri[600];
+    es_store *st;
+    es_open_options o = ES_OPEN_OPTIONS_INIT;
+    o.timeout_ms = 300;
+    uint64_t head;
+
+    /* the pool: its one connection is lent out for longer than the timeout */
+    shared_uri(uri, sizeof uri, "pool=1");
+    TU_EXPECT_OK(es_store_open(&st, uri, &o));
+    pg_store *s = st->be;
+    pg_conn *pc;
+    TU_EXPECT_OK(es__pg_acquire(s, &pc));
+    assert_int_equal(es_stream_head(&head, st, "s", 1), ES_ETIMEDOUT);
+    assert_non_null(strstr(es_error_last(), "busy"));
+    es__pg_release(s, pc);
+    TU_EXPECT_OK(es_stream_head(&head, st, "s", 1));
+    es_store_close(st);
+
+    /* the server's statement_timeout: each append sleeps a random 0..10 s in
+     * its transaction; one that is cancelled wrote nothing */
+    char slow[700];
+    shared_uri(uri, sizeof uri, NULL);
+    snprintf(slow, sizeof slow, "%s&commit_delay_ms=10000", uri);
+    TU_EXPECT_OK(es_store_open(&st, slow, &o));
+    int done = 0, timed_out = 0;
+    for (int i = 0; i < 6; i++) {
+        es_event_new ev = {.type = "T"};
+        int rc = es_append(NULL, st, "slow", 4, ES_EXPECT_ANY, &ev, 1);
+        if (rc == 0)
+            done++;
+        else if (rc == ES_ETIMEDOUT)
+            timed_out++;
+        else
+            fail_msg("append: %d %s", rc, es_error_last());
+    }
+    es_store_close(st);
+    TU_EXPECT_OK(es_store_open(&st, uri, NULL));
+    TU_EXPECT_OK(es_stream_head(&head, st, "slow", 4));
+    printf("   statement timeout: %d appends done, %d timed out\n", done, timed_out);
+    assert_true(timed_out > 0);
+    assert_int_equal(head, (uint64_t)done);
+    es_store_close(st);
+
+    /* no answer at all: the server process stops (SIGSTOP) with our
+     * append in flight.  Its outcome is unknown; a retry with the same id
+     * lands it exactly once. */
+    shared_uri(uri, sizeof uri, "pool=1");
+    TU_EXPECT_OK(es_store_open(&st, uri, &o));
+    s = st->be;
+    TU_EXPECT_OK(es__pg_acquire(s, &pc));
+    pid_t backend = PQbackendPID(pc->c);
+    es__pg_release(s, pc);
+    if (kill(backend, SIGSTOP) != 0) {
+        printf("   SKIPPED the stalled-server part: cannot stop the server process\n");
+        es_store_close(st);
+        return;
+    }
+    uint8_t id[ES_ID_SIZE] = {7, 7, 7};
+    es_event_new ev = {.type = "T", .id = id};
+    int rc = es_append(NULL, st, "stall", 5, ES_EXPECT_ANY, &ev, 1);
+    kill(backend, SIGCONT);
+    assert_int_equal(rc, ES_ETIMEDOUT);
+    assert_non_null(strstr(es_error_last(), "outcome is unknown"));
+    es_store_close(st);
+    o.timeout_ms = 10000;
+    TU_EXPECT_OK(es_store_open(&st, uri, &o));
+    es_append_result r;
+    TU_EXPECT_OK(es_append(&r, st, "stall", 5, ES_EXPECT_ANY, &ev, 1));
+    TU_EXPECT_OK(es_stream_head(&head, st, "stall", 5));
+    printf("   stalled server: the retry was %s\n", r.replayed ? "a replay" : "the first write");
+    assert_int_equal(head, 1);
+    es_store_close(st);
+}
+
 /* ---- every value is a parameter ---- */
 
 static void test_hostile_bytes_round_trip(void **state)
@@ -851,6 +931,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_libpq_options_pass_through),
         cmocka_unit_test(test_server_warnings_do_not_reach_stderr),
+        cmocka_unit_test(test_waits_that_run_out_are_timeouts),
         cmocka_unit_test(test_log_never_skips_while_writers_commit_out_of_order),
         cmocka_unit_test(test_down_server_is_unavailable),
         cmocka_unit_test(test_uri_options_are_checked),

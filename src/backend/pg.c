@@ -41,7 +41,10 @@
  * call at a time, so a store handle serves many threads.  A connection
  * that fails is dropped; the call in flight returns ES_EUNAVAILABLE (an
  * append's outcome is then unknown: retry it with the same event ids) and
- * the next call connects again.  Every wait is bounded by the timeout.
+ * the next call connects again.  Every wait is bounded by the timeout and
+ * answers ES_ETIMEDOUT when it runs out: for a connection of the pool, for
+ * a statement (the server's statement_timeout: it rolled back), or for an
+ * answer (timeout + 2 s: the outcome is unknown, as for a lost connection).
  *
  * Waiting for new events (es_log_wait) LISTENs on the store's channel on a
  * connection of its own and polls the log's horizon, every 5 ms at first,

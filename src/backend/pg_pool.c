@@ -36,14 +36,14 @@ const char *es__pg_msg(PGconn *c)
 
 /* ---- connections ---- */
 
-/* Wait for the socket; 0 ready, ES_EUNAVAILABLE on timeout. */
+/* Wait for the socket; 0 ready, ES_ETIMEDOUT at the deadline. */
 static int wait_sock(PGconn *c, short events, int64_t deadline)
 {
     struct pollfd pfd = {PQsocket(c), events, 0};
     for (;;) {
         int64_t left = deadline - es__pg_mono_ms();
         if (left <= 0)
-            return ES_EUNAVAILABLE;
+            return ES_ETIMEDOUT;
         int r = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
         if (r > 0)
             return 0;
@@ -57,12 +57,12 @@ int es__pg_finish(pg_store *s, pg_conn *pc, PGresult **out)
     PGconn *c = pc->c;
     int64_t deadline = es__pg_mono_ms() + s->timeout_ms + 2000;
     PGresult *res = NULL, *r;
-    int f;
+    int f, w;
 
     *out = NULL;
     while ((f = PQflush(c)) == 1) {
-        if (wait_sock(c, POLLOUT | POLLIN, deadline) < 0)
-            goto timeout;
+        if ((w = wait_sock(c, POLLOUT | POLLIN, deadline)) < 0)
+            goto waited;
         if (!PQconsumeInput(c))
             goto lost;
     }
@@ -70,8 +70,8 @@ int es__pg_finish(pg_store *s, pg_conn *pc, PGresult **out)
         goto lost;
     for (;;) {
         while (PQisBusy(c)) {
-            if (wait_sock(c, POLLIN, deadline) < 0)
-                goto timeout;
+            if ((w = wait_sock(c, POLLIN, deadline)) < 0)
+                goto waited;
             if (!PQconsumeInput(c))
                 goto lost;
         }
@@ -106,8 +106,11 @@ int es__pg_finish(pg_store *s, pg_conn *pc, PGresult **out)
         pc->broken = true;
         return es__err(ES_EUNAVAILABLE, "postgres: %s (SQLSTATE %s)", m, state);
     }
-    if (!strcmp(state, "57014")) /* statement timeout */
-        return es__err(ES_EUNAVAILABLE, "postgres: timed out after %d ms: %s", s->timeout_ms, m);
+    if (!strcmp(state, "57014")) /* statement_timeout: the server rolled the statement back */
+        return es__err(ES_ETIMEDOUT,
+                       "postgres: the server cancelled a statement after %d ms (nothing of it was "
+                       "written): %s",
+                       s->timeout_ms, m);
     if (!strcmp(state, "53100"))
         return es__err(ES_EFULL, "postgres: the server's disk is full: %s", m);
     if (!strcmp(state, "53200"))
@@ -115,7 +118,9 @@ int es__pg_finish(pg_store *s, pg_conn *pc, PGresult **out)
     if (!strncmp(state, "53", 2))
         return es__err(ES_EUNAVAILABLE, "postgres: %s (SQLSTATE %s)", m, state);
     return es__err(ES_EIO, "postgres: %s (SQLSTATE %s)", m, state);
-timeout:
+waited:
+    if (w != ES_ETIMEDOUT)
+        goto lost;
     pc->broken = true;
     {
         PGcancel *cn = PQgetCancel(c);
@@ -126,7 +131,7 @@ timeout:
         }
     }
     PQclear(res);
-    return es__err(ES_EUNAVAILABLE,
+    return es__err(ES_ETIMEDOUT,
                    "postgres: no answer within %d ms; the call's outcome is unknown (an append "
                    "may be retried with the same event ids)",
                    s->timeout_ms + 2000);
@@ -211,7 +216,8 @@ int es__pg_prepare_all(pg_store *s, pg_conn *pc)
         char *sql = es__pg_sql_for(s, es__pg_stmts[i].sql);
         if (!sql)
             return es__err(ES_ENOMEM, "out of memory preparing statements");
-        int ok = PQsendPrepare(pc->c, es__pg_stmts[i].name, sql, es__pg_stmts[i].n, es__pg_stmts[i].types);
+        const pg_stmt *st = &es__pg_stmts[i];
+        int ok = PQsendPrepare(pc->c, st->name, sql, st->n, st->types);
         free(sql);
         PGresult *r;
         int rc;
@@ -220,7 +226,7 @@ int es__pg_prepare_all(pg_store *s, pg_conn *pc)
             return es__err(ES_EUNAVAILABLE, "postgres: %s", es__pg_msg(pc->c));
         }
         if ((rc = es__pg_finish(s, pc, &r)) != 0)
-            return rc > 0 ? es__err(ES_EIO, "postgres: preparing %s failed", es__pg_stmts[i].name) : rc;
+            return rc > 0 ? es__err(ES_EIO, "postgres: preparing %s failed", st->name) : rc;
         PQclear(r);
     }
     return 0;
@@ -248,7 +254,7 @@ int es__pg_acquire(pg_store *s, pg_conn **out)
     while (!s->n_idle && s->n_conns >= s->pool_max) {
         if (pthread_cond_timedwait(&s->cond, &s->lock, &until) == ETIMEDOUT) {
             pthread_mutex_unlock(&s->lock);
-            return es__err(ES_EUNAVAILABLE, "postgres: all %d connections stayed busy for %d ms",
+            return es__err(ES_ETIMEDOUT, "postgres: all %d connections stayed busy for %d ms",
                            s->pool_max, s->timeout_ms);
         }
     }

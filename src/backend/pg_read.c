@@ -133,7 +133,8 @@ static int fetch_page(pg_cursor *c)
     }
     if ((rc = es__pg_acquire(s, &pc)) < 0)
         return rc;
-    rc = es__pg_run(s, pc, c->log ? S_LOG : c->backward ? S_STREAM_BWD : S_STREAM_FWD, &p, &c->page);
+    int stmt = c->log ? S_LOG : c->backward ? S_STREAM_BWD : S_STREAM_FWD;
+    rc = es__pg_run(s, pc, stmt, &p, &c->page);
     es__pg_release(s, pc);
     if (rc > 0)
         rc = es__err(ES_EIO, "postgres: a concurrent change interfered with a read");
@@ -322,7 +323,8 @@ int es__pg_wait(void *be, uint64_t after, int timeout_ms)
             return 0;
         int64_t left = deadline - es__pg_mono_ms();
         if (left <= 0)
-            return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms", (unsigned long long)after, timeout_ms);
+            return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms",
+                           (unsigned long long)after, timeout_ms);
         /* Sleep on the listener until a notification or the poll interval:
          * without notifications (a transaction-pooling proxy, notify=0) the
          * interval alone keeps tailing going. */
