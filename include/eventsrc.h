@@ -233,7 +233,10 @@ typedef struct es_open_options {
     void *clock_payload;
     uint64_t map_size;  /* lmdb: initial map size in bytes (0: 1 GiB of address
                            space, not of disk); grows by itself */
-    int timeout_ms;     /* postgres: connect/statement timeout (0: 10000) */
+    int timeout_ms;     /* postgres: bounds the wait for a pooled connection, each
+                           statement (the server's statement_timeout) and each
+                           answer (timeout_ms + 2 s); a wait that runs out
+                           returns ES_ETIMEDOUT (0: 10000) */
 } es_open_options;
 
 #define ES_OPEN_OPTIONS_INIT {ES_OPEN_OPTIONS_VERSION, 0, NULL, NULL, 0, 0}
@@ -299,7 +302,11 @@ typedef struct es_append_result {
  * @param expected  ES_EXPECT_ANY, ES_EXPECT_EXISTS, ES_EXPECT_NO_STREAM or a seq
  * @param events    n events; each checked against the limits
  * @return 0, ES_EINVAL, ES_ETOOBIG, ES_ECONFLICT, ES_EDUPLICATE, ES_ENOMEM,
- *         ES_EIO, ES_EFULL, ES_EUNAVAILABLE.  On any error nothing is written.
+ *         ES_EIO, ES_EFULL, ES_EUNAVAILABLE, ES_ETIMEDOUT.  On any error but
+ *         ES_EUNAVAILABLE and ES_ETIMEDOUT nothing is written.  After those
+ *         two (postgres: the connection was lost, or no answer came within
+ *         timeout_ms) the append may have landed: retry it with the same
+ *         event ids, which returns the original result (`replayed`) if it did.
  */
 ES_EXTERN int es_append(es_append_result *out, es_store *store, const void *stream,
                         size_t stream_len, uint64_t expected, const es_event_new *events,

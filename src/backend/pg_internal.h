@@ -15,7 +15,7 @@
 #include <libpq-fe.h>
 #include <pthread.h>
 
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 3
 /* Positions per transaction id: an event's position is its transaction's
  * id × PG_POS_SHIFT + its index in the commit. */
 #define PG_POS_SHIFT 16384
@@ -70,6 +70,11 @@ enum {
     S_SNAP_GET,
     S_SNAP_LIST,
     S_SNAP_DEL,
+    S_KV_GET,
+    S_KV_INSERT,
+    S_KV_UPDATE,
+    S_KV_DELETE,
+    S_KV_LIST,
     S_COUNT
 };
 
@@ -260,5 +265,14 @@ int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_se
 int es__pg_snap_list(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
                      size_t *n);
 int es__pg_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);
+
+/* pg_kv.c */
+int es__pg_kv_get(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version);
+int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
+                  size_t vlen, uint64_t *version);
+int es__pg_kv_list(void *be, const uint8_t *prefix, size_t plen,
+                   int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                             uint64_t version, void *payload),
+                   void *payload);
 
 #endif

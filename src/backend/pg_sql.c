@@ -97,6 +97,25 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
                      {OID_BYTEA, OID_INT8}},
     [S_SNAP_DEL] = {"es_snap_del", "DELETE FROM @.snapshots WHERE skey = $1 AND seq = $2", 2,
                     {OID_BYTEA, OID_INT8}},
+    [S_KV_GET] = {"es_kv_get", "SELECT value, version FROM @.kv WHERE key = $1", 1, {OID_BYTEA}},
+    [S_KV_INSERT] = {"es_kv_insert",
+                     "INSERT INTO @.kv (key, value, version) VALUES ($1, $2, "
+                     "nextval('@.kv_version')) ON CONFLICT (key) DO NOTHING RETURNING version",
+                     2,
+                     {OID_BYTEA, OID_BYTEA}},
+    [S_KV_UPDATE] = {"es_kv_update",
+                     "UPDATE @.kv SET value = $2, version = nextval('@.kv_version') WHERE key = "
+                     "$1 AND version = $3 RETURNING version",
+                     3,
+                     {OID_BYTEA, OID_BYTEA, OID_INT8}},
+    [S_KV_DELETE] = {"es_kv_delete",
+                     "DELETE FROM @.kv WHERE key = $1 AND version = $2 RETURNING version", 2,
+                     {OID_BYTEA, OID_INT8}},
+    [S_KV_LIST] = {"es_kv_list",
+                   "SELECT key, value, version FROM @.kv WHERE substring(key from 1 for $2) = $1 "
+                   "ORDER BY key",
+                   2,
+                   {OID_BYTEA, OID_INT4}},
 };
 
 /*
@@ -189,6 +208,15 @@ static const char *const migration1 =
  * the commit), 1 (request `bad` met head `head`), 2 (the client's heads or
  * time are stale: nothing written), 3 (some ids exist).
  */
+/*
+ * Migration 3: the key-value table of the library's own records
+ * (subscriptions, checkpoints, leases).  Versions come from one sequence,
+ * so a version is never reused, even after a delete and a re-create.
+ */
+static const char *const migration3 =
+    "CREATE SEQUENCE @.kv_version;\n"
+    "CREATE TABLE @.kv (key bytea PRIMARY KEY, value bytea NOT NULL, version bigint NOT NULL);\n";
+
 static const char *const migration2 =
     "CREATE FUNCTION @.es_append_batch(p_streams bytea[], p_expected bigint[],"
     " p_prev_seq bigint[], p_prev_hash bytea[], p_counts integer[], p_time bigint,"
@@ -315,7 +343,7 @@ int es__pg_migrate(pg_store *s, pg_conn *pc)
                      s->schema, version, PG_SCHEMA_VERSION);
         goto fail;
     }
-    static const char *const *const steps[] = {&migration1, &migration2};
+    static const char *const *const steps[] = {&migration1, &migration2, &migration3};
     for (int v = version; v < PG_SCHEMA_VERSION; v++) {
         char *m = es__pg_sql_for(s, *steps[v]);
         if (!m) {
