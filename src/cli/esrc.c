@@ -857,7 +857,7 @@ static void import_progress(void *payload, uint64_t done, uint64_t total)
 
 /* Import one input: a named file, or standard input ("-"), spooled to a
  * temporary file when it cannot be read twice (a pipe). */
-static int import_one(esrc_ctx *cx, es_store *st, const char *name)
+static int import_one(esrc_ctx *cx, es_store **st, const char *name)
 {
     esrc_import_options io = {.name = name, .progress = import_progress};
     esrc_import_result r;
@@ -868,8 +868,9 @@ static int import_one(esrc_ctx *cx, es_store *st, const char *name)
 
     if (strcmp(name, "-") != 0) {
         if (!(in = fopen(name, "rb"))) {
-            fprintf(stderr, "esrc: import: %s: %s\n", name, strerror(errno));
-            return errno == ENOENT ? ESRC_USAGE : ESRC_FAIL;
+            int e = errno;
+            fprintf(stderr, "esrc: import: %s: %s\n", name, strerror(e));
+            return e == ENOENT ? ESRC_USAGE : ESRC_FAIL;
         }
     } else if (ftello(stdin) < 0 || fseeko(stdin, 0, SEEK_CUR) != 0) {
         char chunk[65536];
@@ -889,6 +890,7 @@ static int import_one(esrc_ctx *cx, es_store *st, const char *name)
         }
         in = spool;
     }
+    off_t start = ftello(in);
     if (cx->fake) {
         now = cx->fake_now;
     } else {
@@ -899,7 +901,23 @@ static int import_one(esrc_ctx *cx, es_store *st, const char *name)
     io.max_time_us = now + ESRC_IMPORT_MAX_AHEAD_US;
     io.progress_payload = &p;
     progress_start(&p, "importing", 0);
-    rc = esrc_import(&r, st, in, &io);
+    if (!*st) {
+        /* No store yet: check the input against an empty one before making it. */
+        es_store *empty;
+        io.check_only = true;
+        if ((rc = es_store_open(&empty, "mem:", NULL)) < 0) {
+            rc = lib_error("import", rc);
+            goto done;
+        }
+        rc = esrc_import(&r, empty, in, &io);
+        es_store_close(empty);
+        io.check_only = false;
+        if (rc || (rc = fseeko(in, start, SEEK_SET) ? ESRC_FAIL : 0) ||
+            (rc = open_store(st, cx, true, false)))
+            goto done;
+    }
+    rc = esrc_import(&r, *st, in, &io);
+done:
     progress_end(&p);
     if (in != stdin)
         fclose(in);
@@ -939,12 +957,22 @@ static int cmd_import(esrc_ctx *cx, int argc, char **argv)
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
-    if ((rc = open_store(&st, cx, true, false)))
-        return rc;
+    /* A store that does not exist is made only once an input is found good. */
+    es_open_options o = ES_OPEN_OPTIONS_INIT;
+    o.flags = ES_OPEN_NOCREATE;
+    if (cx->fake) {
+        o.clock = fake_clock;
+        o.clock_payload = cx;
+    }
+    if ((rc = es_store_open(&st, cx->store_uri, &o)) == ES_ENOTFOUND)
+        st = NULL;
+    else if (rc < 0)
+        return lib_error(cx->store_uri, rc);
+    rc = ESRC_OK;
     if (optind == argc)
-        rc = import_one(cx, st, "-");
+        rc = import_one(cx, &st, "-");
     for (int i = optind; i < argc && rc == ESRC_OK; i++)
-        rc = import_one(cx, st, argv[i]);
+        rc = import_one(cx, &st, argv[i]);
     es_store_close(st);
     return rc;
 }

@@ -872,6 +872,8 @@ int esrc_import(esrc_import_result *out, es_store *st, FILE *in, const esrc_impo
     if ((rc = pass1(im)))
         goto done;
     res.events = im->events;
+    if (o->check_only)
+        goto done;
     if (im->new_events == 0) { /* all there already, or nothing */
         res.replayed = im->events;
         goto done;

@@ -53,6 +53,7 @@ typedef struct esrc_import_options {
     const char *name;   /* the input's name in messages ("-" for standard input) */
     int64_t max_time_us; /* latest time_us accepted: the clock + 24 h */
     FILE *err;          /* where messages go; NULL: stderr */
+    bool check_only;    /* pass 1 only: check, write nothing */
     /* called now and then while writing; may be NULL */
     void (*progress)(void *payload, uint64_t done, uint64_t total);
     void *progress_payload;

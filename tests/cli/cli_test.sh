@@ -131,6 +131,11 @@ Print the stream's last seq (0 when it has no events)." "" -- "$ESRC" head --hel
 check_in "import into a new store" 0 "imported 5 events" "" "$F" -- "$ESRC" --store "$(store copy)" import
 check "import of the same file twice in one process" 0 "imported 5 events
 imported 0 events (5 were already there)" "" -- "$ESRC" --store "$(store twice)" import "$F" "$F"
+check "import from a pipe (spooled: read twice)" 0 "imported 5 events" "" -- \
+    sh -c "cat '$F' | '$ESRC' --store '$(store pipe)' import"
+check "import of a bad input from a pipe" 2 "" \
+    "esrc: import: -: line 2: stream orders/1 seq 2 does not hash to its \"hash\": the export was altered or damaged; nothing was imported" -- \
+    sh -c "sed 's/amount/amounT/' '$F' | '$ESRC' --store '$(store pipe2)' import"
 check "import --json" 0 '{"input":"'"$F"'","imported":5,"already_there":0}' "" -- \
     "$ESRC" --store "$(store json)" --json import "$F"
 check "import of a missing file" 2 "" "esrc: import: TMP/nope: No such file or directory" -- \
@@ -189,6 +194,10 @@ check_import_fails "import: an unknown field (blank lines count)" 2 \
 
 # ---- a store that outlives the process ----
 if lmdb_only "commands on one store"; then
+check_in "import of bad input into a missing store" 2 "" \
+    "esrc: import: -: line 2: malformed JSON: unexpected token near '}'; nothing was imported" "$T/bad.jsonl" -- \
+    "$ESRC" --store "lmdb:$T/never" import
+ok "import of bad input does not make the store" [ ! -e "$T/never" ]
 check "missing store" 1 "" "esrc: lmdb:TMP/nope: not found: no store at TMP/nope" -- "$ESRC" --store "lmdb:$T/nope" read s
 check "init" 0 "initialised lmdb:TMP/store" "" -- "$ESRC" init
 check "append" 0 "appended orders/1 seq 1 at position 1" "" -- \
