@@ -26,7 +26,9 @@
 
 bool esrc_is_text(const uint8_t *p, size_t n)
 {
-    if (n && memchr(p, 0, n))
+    if (n == 0) /* p may be NULL */
+        return true;
+    if (memchr(p, 0, n))
         return false;
     json_t *j = json_stringn((const char *)p, n); /* NULL unless valid UTF-8 */
     if (!j)
@@ -38,7 +40,7 @@ bool esrc_is_text(const uint8_t *p, size_t n)
 int esrc_json_set_bytes(json_t *obj, const char *name, const uint8_t *p, size_t n)
 {
     if (esrc_is_text(p, n))
-        return json_object_set_new(obj, name, json_stringn((const char *)p, n));
+        return json_object_set_new(obj, name, json_stringn(n ? (const char *)p : "", n));
     size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
     char *b = malloc(cap);
     char key[32];
