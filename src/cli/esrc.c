@@ -5,11 +5,13 @@
  *
  * The store is --store, else $ESRC_STORE, else lmdb:./eventsrc.db.  Output
  * is a readable table, or JSON Lines with --json.  Exit status: 0 ok, 1
- * error, 2 usage or bad input, 3 conflict (--expect), 4 verification failed.
- * Bad input gives one line on stderr and writes nothing.
+ * error, 2 usage or bad input, 3 conflict (--expect, or an import that
+ * contradicts the store), 4 verification failed.  Bad input gives one line
+ * on stderr and writes nothing.  The manual is doc/esrc.1.
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "import.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -25,15 +27,28 @@
 
 #ifdef ES_HAVE_LMDB
 #define ESRC_DEFAULT_STORE "lmdb:./eventsrc.db"
+#define ESRC_STORE_LMDB " lmdb"
 #else
 #define ESRC_DEFAULT_STORE "mem:"
+#define ESRC_STORE_LMDB ""
 #endif
+#ifdef ES_HAVE_PG
+#define ESRC_STORE_PG " postgres"
+#else
+#define ESRC_STORE_PG ""
+#endif
+/* The stores built in, for `esrc --version` (and scripts that test them). */
+#define ESRC_STORES "mem" ESRC_STORE_LMDB ESRC_STORE_PG
 
 typedef struct esrc_ctx {
     const char *store_uri;
     int json;
-    int64_t fake_now; /* ESRC_CLOCK_START_US: a fake clock, for reproducible output */
+    bool fake;        /* ESRC_CLOCK_START_US is set: a fake clock, for reproducible output */
+    int64_t fake_now; /* its last reading; each reading adds one second */
 } esrc_ctx;
+
+/* The latest ESRC_CLOCK_START_US: 9999-12-31T23:59:59Z, far from overflowing. */
+#define ESRC_CLOCK_MAX_US INT64_C(253402300799000000)
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
@@ -59,7 +74,8 @@ static int lib_error(const char *what, int rc)
 static int64_t fake_clock(void *payload)
 {
     esrc_ctx *cx = payload;
-    cx->fake_now += 1000000;
+    if (cx->fake_now <= INT64_MAX - 1000000) /* never reached from a valid start */
+        cx->fake_now += 1000000;
     return cx->fake_now;
 }
 
@@ -72,7 +88,7 @@ static int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
         o.flags |= ES_OPEN_NOCREATE;
     if (readonly && !create)
         o.flags |= ES_OPEN_READONLY;
-    if (cx->fake_now) {
+    if (cx->fake) {
         o.clock = fake_clock;
         o.clock_payload = cx;
     }
@@ -125,12 +141,13 @@ static int common_opt(esrc_ctx *cx, int c, const char *help)
             continue;                                                                            \
     }
 
+/* A decimal number: digits only (no sign, no blanks: strtoull would take both). */
 static int parse_u64(uint64_t *out, const char *s, const char *what)
 {
     char *end;
-    errno = 0;
-    if (!*s || *s == '-')
+    if (!*s || strspn(s, "0123456789") != strlen(s))
         return usage_error("%s must be a non-negative integer, not '%s'", what, s);
+    errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || *end)
         return usage_error("%s must be a non-negative integer, not '%s'", what, s);
@@ -139,76 +156,6 @@ static int parse_u64(uint64_t *out, const char *s, const char *what)
 }
 
 /* ---- output helpers ---- */
-
-static void format_time_us(char *out, size_t cap, int64_t us)
-{
-    time_t s = (time_t)(us / 1000000);
-    int64_t frac = us % 1000000;
-    if (frac < 0) {
-        frac += 1000000;
-        s--;
-    }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%06lldZ", (long long)frac);
-}
-
-static bool is_utf8_text(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] == 0)
-            return false;
-    json_t *j = json_stringn((const char *)p, n); /* NULL unless valid UTF-8 */
-    if (!j)
-        return false;
-    json_decref(j);
-    return true;
-}
-
-/* A bytes field as JSON: a string when it is UTF-8 text, else base64 under name_b64. */
-static int set_bytes(json_t *obj, const char *name, const uint8_t *p, size_t n)
-{
-    if (is_utf8_text(p, n))
-        return json_object_set_new(obj, name, json_stringn((const char *)p, n));
-    size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
-    char *b = malloc(cap);
-    char key[32];
-    if (!b)
-        return -1;
-    sodium_bin2base64(b, cap, p, n, sodium_base64_VARIANT_ORIGINAL);
-    snprintf(key, sizeof key, "%s_b64", name);
-    int rc = json_object_set_new(obj, key, json_string(b));
-    free(b);
-    return rc;
-}
-
-static void hex(char *out, const uint8_t *p, size_t n)
-{
-    sodium_bin2hex(out, n * 2 + 1, p, n);
-}
-
-static json_t *event_json(const es_event *ev)
-{
-    char idh[ES_ID_SIZE * 2 + 1], hh[ES_HASH_SIZE * 2 + 1], when[40];
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    hex(idh, ev->id, ES_ID_SIZE);
-    hex(hh, ev->hash, ES_HASH_SIZE);
-    format_time_us(when, sizeof when, ev->time_us);
-    set_bytes(o, "stream", ev->stream, ev->stream_len);
-    json_object_set_new(o, "seq", json_integer((json_int_t)ev->seq));
-    json_object_set_new(o, "position", json_integer((json_int_t)ev->position));
-    json_object_set_new(o, "time_us", json_integer((json_int_t)ev->time_us));
-    json_object_set_new(o, "time", json_string(when));
-    json_object_set_new(o, "id", json_string(idh));
-    json_object_set_new(o, "type", json_stringn(ev->type, ev->type_len));
-    set_bytes(o, "data", ev->data, ev->data_len);
-    set_bytes(o, "meta", ev->meta, ev->meta_len);
-    json_object_set_new(o, "hash", json_string(hh));
-    return o;
-}
 
 static void print_json(json_t *o)
 {
@@ -220,42 +167,91 @@ static void print_json(json_t *o)
     json_decref(o);
 }
 
-/* A short, printable rendering of bytes for tables. */
-static void show_bytes(char *out, size_t cap, const uint8_t *p, size_t n)
+/* The length of the valid UTF-8 sequence at p (1..4), or 0 when it is not one. */
+static size_t utf8_seq(const uint8_t *p, size_t n)
 {
-    if (!is_utf8_text(p, n)) {
+    size_t len;
+    uint32_t cp, min;
+    if (p[0] < 0x80)
+        return 1;
+    if ((p[0] & 0xE0) == 0xC0)
+        len = 2, cp = p[0] & 0x1F, min = 0x80;
+    else if ((p[0] & 0xF0) == 0xE0)
+        len = 3, cp = p[0] & 0x0F, min = 0x800;
+    else if ((p[0] & 0xF8) == 0xF0)
+        len = 4, cp = p[0] & 0x07, min = 0x10000;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+/*
+ * Bytes rendered for a table, at most cap - 1 characters, cut with "...".
+ * A terminal must not receive control characters from the store: C0 and C1
+ * controls, DEL and bytes that are not UTF-8 are shown as \xNN.  In data
+ * (`is_data`), newlines and tabs become spaces, and bytes that are not
+ * UTF-8 text at all are summed up as "<N bytes>"; --json prints exact values.
+ */
+static void show_bytes(char *out, size_t cap, const uint8_t *p, size_t n, bool is_data)
+{
+    size_t w = 0, i = 0;
+    if (is_data && !esrc_is_text(p, n)) {
         snprintf(out, cap, "<%zu bytes>", n);
         return;
     }
-    size_t w = 0;
-    for (size_t i = 0; i < n && w + 4 < cap; i++) {
-        unsigned char ch = p[i];
-        out[w++] = (ch == '\n' || ch == '\t' || ch == '\r') ? ' ' : (char)ch;
-    }
-    if (w + 4 >= cap && n > w) {
-        /* cut on a UTF-8 boundary and mark it */
-        while (w > 0 && ((unsigned char)out[w - 1] & 0xC0) == 0x80)
-            w--;
-        if (w > 0 && ((unsigned char)out[w - 1] & 0xC0) == 0xC0)
-            w--;
-        out[w++] = '.';
-        out[w++] = '.';
-        out[w++] = '.';
+    while (i < n) {
+        size_t len = utf8_seq(p + i, n - i);
+        bool control = len == 0 || (len == 1 && (p[i] < 0x20 || p[i] == 0x7f)) ||
+                       (len == 2 && p[i] == 0xC2 && p[i + 1] < 0xA0);
+        char piece[16];
+        size_t pn;
+        if (is_data && len == 1 && (p[i] == '\n' || p[i] == '\t' || p[i] == '\r')) {
+            piece[0] = ' ';
+            pn = 1;
+        } else if (control) {
+            size_t k = len ? len : 1;
+            pn = 0;
+            for (size_t j = 0; j < k; j++)
+                pn += (size_t)snprintf(piece + pn, sizeof piece - pn, "\\x%02x", p[i + j]);
+        } else {
+            memcpy(piece, p + i, len);
+            pn = len;
+        }
+        if (w + pn + 4 > cap) {
+            memcpy(out + w, "...", 3);
+            w += 3;
+            break;
+        }
+        memcpy(out + w, piece, pn);
+        w += pn;
+        i += len ? len : 1;
     }
     out[w] = 0;
 }
 
+enum { SHOW_NAME = 4 * ES_MAX_TYPE + 4 }; /* a key or type with every byte escaped */
+
 static void print_event_row(const es_event *ev, bool with_stream)
 {
-    char when[40], data[84], stream[72];
-    format_time_us(when, sizeof when, ev->time_us);
-    show_bytes(data, sizeof data, ev->data, ev->data_len);
+    char when[64], data[84], stream[72], type[SHOW_NAME];
+    esrc_format_time_us(when, sizeof when, ev->time_us);
+    show_bytes(data, sizeof data, ev->data, ev->data_len, true);
+    show_bytes(type, sizeof type, (const uint8_t *)ev->type, ev->type_len, false);
     if (with_stream) {
-        show_bytes(stream, sizeof stream, ev->stream, ev->stream_len);
+        show_bytes(stream, sizeof stream, ev->stream, ev->stream_len, false);
         printf("%-9" PRIu64 " %-20s %-6" PRIu64 " %-27s %-20s %s\n", ev->position, stream, ev->seq,
-               when, ev->type, data);
+               when, type, data);
     } else {
-        printf("%-6" PRIu64 " %-9" PRIu64 " %-27s %-20s %s\n", ev->seq, ev->position, when, ev->type,
+        printf("%-6" PRIu64 " %-9" PRIu64 " %-27s %-20s %s\n", ev->seq, ev->position, when, type,
                data);
     }
 }
@@ -391,9 +387,11 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
     es_append_result r;
     if ((rc = open_store(&st, cx, true, false)))
         goto done;
+    char shown[SHOW_NAME];
+    show_bytes(shown, sizeof shown, (const uint8_t *)stream, strlen(stream), false);
     rc = es_append(&r, st, stream, strlen(stream), expected, &ev, 1);
     if (rc == ES_ECONFLICT) {
-        fprintf(stderr, "esrc: append: conflict: stream %s is at seq %" PRIu64 "\n", stream, r.head);
+        fprintf(stderr, "esrc: append: conflict: stream %s is at seq %" PRIu64 "\n", shown, r.head);
         rc = ESRC_CONFLICT;
         goto done;
     }
@@ -403,14 +401,14 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
     }
     if (cx->json) {
         json_t *o = json_object();
-        json_object_set_new(o, "stream", json_string(stream));
+        esrc_json_set_bytes(o, "stream", (const uint8_t *)stream, strlen(stream));
         json_object_set_new(o, "seq", json_integer((json_int_t)r.first_seq));
         json_object_set_new(o, "position", json_integer((json_int_t)r.first_position));
         json_object_set_new(o, "time_us", json_integer((json_int_t)r.time_us));
         json_object_set_new(o, "replayed", json_boolean(r.replayed));
         print_json(o);
     } else {
-        printf("appended %s seq %" PRIu64 " at position %" PRIu64 "%s\n", stream, r.first_seq,
+        printf("appended %s seq %" PRIu64 " at position %" PRIu64 "%s\n", shown, r.first_seq,
                r.first_position, r.replayed ? " (a retry: already there, nothing written)" : "");
     }
 done:
@@ -468,7 +466,7 @@ static int cmd_read(esrc_ctx *cx, int argc, char **argv)
         printf("%-6s %-9s %-27s %-20s %s\n", "seq", "position", "time", "type", "data");
     while ((rc = es_cursor_next(&ev, cur)) == 0) {
         if (cx->json)
-            print_json(event_json(ev));
+            print_json(esrc_event_json(ev));
         else
             print_event_row(ev, false);
     }
@@ -548,7 +546,7 @@ static int cmd_log(esrc_ctx *cx, int argc, char **argv)
     for (;;) {
         while ((rc = es_cursor_next(&ev, cur)) == 0) {
             if (cx->json)
-                print_json(event_json(ev));
+                print_json(esrc_event_json(ev));
             else
                 print_event_row(ev, true);
         }
@@ -580,12 +578,12 @@ static int print_stream(const uint8_t *k, size_t len, uint64_t head, void *paylo
     list_ctx *l = payload;
     if (l->cx->json) {
         json_t *o = json_object();
-        set_bytes(o, "stream", k, len);
+        esrc_json_set_bytes(o, "stream", k, len);
         json_object_set_new(o, "head", json_integer((json_int_t)head));
         print_json(o);
     } else {
-        char s[260];
-        show_bytes(s, sizeof s, k, len);
+        char s[SHOW_NAME];
+        show_bytes(s, sizeof s, k, len, false);
         printf("%-40s %" PRIu64 "\n", s, head);
     }
     l->n++;
@@ -649,7 +647,7 @@ static int cmd_head(esrc_ctx *cx, int argc, char **argv)
     } else {
         if (cx->json) {
             json_t *o = json_object();
-            json_object_set_new(o, "stream", json_string(stream));
+            esrc_json_set_bytes(o, "stream", (const uint8_t *)stream, strlen(stream));
             json_object_set_new(o, "head", json_integer((json_int_t)h));
             print_json(o);
         } else {
@@ -730,15 +728,15 @@ static int cmd_verify(esrc_ctx *cx, int argc, char **argv)
         es_store_close(st);
         return rc;
     }
-    char bad[300];
-    show_bytes(bad, sizeof bad, v.bad_stream, v.bad_stream_len);
+    char bad[SHOW_NAME];
+    show_bytes(bad, sizeof bad, v.bad_stream, v.bad_stream_len, false);
     if (cx->json) {
         json_t *o = json_object();
         json_object_set_new(o, "ok", json_boolean(v.ok));
         json_object_set_new(o, "events", json_integer((json_int_t)v.events_checked));
         json_object_set_new(o, "streams", json_integer((json_int_t)v.streams_checked));
         if (!v.ok) {
-            set_bytes(o, "stream", v.bad_stream, v.bad_stream_len);
+            esrc_json_set_bytes(o, "stream", v.bad_stream, v.bad_stream_len);
             json_object_set_new(o, "seq", json_integer((json_int_t)v.bad_seq));
             json_object_set_new(o, "position", json_integer((json_int_t)v.bad_position));
             json_object_set_new(o, "reason", json_string(v.reason));
@@ -802,8 +800,9 @@ static int cmd_export(esrc_ctx *cx, int argc, char **argv)
         "usage: esrc export [--prefix PREFIX] > events.jsonl\n\n"
         "Write every event (or those of streams with PREFIX) as JSON Lines, in log\n"
         "order, with every field: stream, seq, position, time_us, id, type, data,\n"
-        "meta, hash.  Bytes that are not UTF-8 text are written as base64 under\n"
-        "stream_b64 / data_b64 / meta_b64.  `esrc import` reads it back.\n";
+        "meta, hash.  A stream, type, data or meta that is not UTF-8 text (or\n"
+        "holds a NUL) is written as base64 under stream_b64 / type_b64 / data_b64\n"
+        "/ meta_b64 instead.  `esrc import` reads it back.\n";
     es_log_options o = ES_LOG_OPTIONS_INIT;
     es_store *st;
     es_store_stats s;
@@ -833,7 +832,7 @@ static int cmd_export(esrc_ctx *cx, int argc, char **argv)
     }
     progress_start(&p, "exporting", s.events);
     while ((rc = es_cursor_next(&ev, cur)) == 0) {
-        json_t *j = event_json(ev);
+        json_t *j = esrc_event_json(ev);
         json_object_del(j, "time"); /* time_us says it exactly */
         print_json(j);
         progress_step(&p, 1);
@@ -849,180 +848,108 @@ static int cmd_export(esrc_ctx *cx, int argc, char **argv)
     return rc;
 }
 
-/* One parsed line of an export. */
-typedef struct imp_event {
-    uint8_t stream[ES_MAX_KEY];
-    size_t stream_len;
-    uint64_t seq;
-    int64_t time_us;
-    uint8_t id[ES_ID_SIZE];
-    char type[ES_MAX_TYPE + 1];
-    es_buf data, meta;
-    uint8_t hash[ES_HASH_SIZE];
-    bool has_hash;
-} imp_event;
-
-static int get_bytes(uint8_t *fixed, size_t fixed_cap, size_t *fixed_len, es_buf *buf,
-                     json_t *o, const char *name, bool required, char *err, size_t errcap)
+static void import_progress(void *payload, uint64_t done, uint64_t total)
 {
-    char key[32];
-    json_t *s = json_object_get(o, name);
-    snprintf(key, sizeof key, "%s_b64", name);
-    json_t *b = json_object_get(o, key);
-    const uint8_t *p = NULL;
-    size_t n = 0;
-    uint8_t *dec = NULL;
-    if (s && b) {
-        snprintf(err, errcap, "both %s and %s given", name, key);
-        return -1;
-    }
-    if (s) {
-        if (!json_is_string(s)) {
-            snprintf(err, errcap, "%s is not a string", name);
-            return -1;
-        }
-        p = (const uint8_t *)json_string_value(s);
-        n = json_string_length(s);
-    } else if (b) {
-        const char *t = json_string_value(b);
-        if (!t) {
-            snprintf(err, errcap, "%s is not a string", key);
-            return -1;
-        }
-        size_t tl = strlen(t);
-        dec = malloc(tl + 1);
-        if (!dec || sodium_base642bin(dec, tl + 1, t, tl, NULL, &n, NULL,
-                                      sodium_base64_VARIANT_ORIGINAL) != 0) {
-            free(dec);
-            snprintf(err, errcap, "%s is not base64", key);
-            return -1;
-        }
-        p = dec;
-    } else if (required) {
-        snprintf(err, errcap, "%s is missing", name);
-        return -1;
-    }
-    int rc = 0;
-    if (fixed) {
-        if (n == 0 || n > fixed_cap) {
-            snprintf(err, errcap, "%s must be 1..%zu bytes (it is %zu)", name, fixed_cap, n);
-            rc = -1;
-        } else {
-            memcpy(fixed, p, n);
-            *fixed_len = n;
-        }
-    } else {
-        es_buf_reset(buf);
-        if (n && es_buf_put(buf, p, n) < 0) {
-            snprintf(err, errcap, "%s: %s", name, es_error_last());
-            rc = -1;
-        }
-    }
-    free(dec);
-    return rc;
+    progress *p = payload;
+    p->total = total;
+    progress_step(p, done - p->done);
 }
 
-static int parse_line(imp_event *e, const char *line, size_t len, char *err, size_t errcap)
+/* Import one input: a named file, or standard input ("-"), spooled to a
+ * temporary file when it cannot be read twice (a pipe). */
+static int import_one(esrc_ctx *cx, es_store **st, const char *name)
 {
-    json_error_t je;
-    json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
-    int rc = -1;
-    if (!o) {
-        snprintf(err, errcap, "malformed JSON: %s", je.text);
-        return -1;
+    esrc_import_options io = {.name = name, .progress = import_progress};
+    esrc_import_result r;
+    FILE *in = stdin, *spool = NULL;
+    int64_t now;
+    progress p;
+    int rc;
+
+    if (strcmp(name, "-") != 0) {
+        if (!(in = fopen(name, "rb"))) {
+            int e = errno;
+            fprintf(stderr, "esrc: import: %s: %s\n", name, strerror(e));
+            return e == ENOENT ? ESRC_USAGE : ESRC_FAIL;
+        }
+    } else if (ftello(stdin) < 0 || fseeko(stdin, 0, SEEK_CUR) != 0) {
+        char chunk[65536];
+        size_t n;
+        if (!(spool = tmpfile())) {
+            fprintf(stderr, "esrc: import: a temporary file for standard input: %s\n",
+                    strerror(errno));
+            return ESRC_FAIL;
+        }
+        while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
+            if (fwrite(chunk, 1, n, spool) != n)
+                break;
+        if (ferror(stdin) || ferror(spool) || fflush(spool) != 0 || fseeko(spool, 0, SEEK_SET)) {
+            fprintf(stderr, "esrc: import: spooling standard input: %s\n", strerror(errno));
+            fclose(spool);
+            return ESRC_FAIL;
+        }
+        in = spool;
     }
-    if (!json_is_object(o)) {
-        snprintf(err, errcap, "not a JSON object");
-        goto done;
+    off_t start = ftello(in);
+    if (cx->fake) {
+        now = cx->fake_now;
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     }
-    if (get_bytes(e->stream, ES_MAX_KEY, &e->stream_len, NULL, o, "stream", true, err, errcap))
-        goto done;
-    json_t *seq = json_object_get(o, "seq"), *t = json_object_get(o, "time_us"),
-           *id = json_object_get(o, "id"), *type = json_object_get(o, "type"),
-           *hash = json_object_get(o, "hash");
-    if (!json_is_integer(seq) || json_integer_value(seq) < 1) {
-        snprintf(err, errcap, "seq must be an integer >= 1");
-        goto done;
-    }
-    e->seq = (uint64_t)json_integer_value(seq);
-    if (!json_is_integer(t) || json_integer_value(t) <= 0) {
-        snprintf(err, errcap, "time_us must be a positive integer");
-        goto done;
-    }
-    e->time_us = json_integer_value(t);
-    size_t n = 0;
-    const char *ids = json_string_value(id);
-    if (!ids || strlen(ids) != 32 ||
-        sodium_hex2bin(e->id, ES_ID_SIZE, ids, 32, NULL, &n, NULL) != 0 || n != ES_ID_SIZE) {
-        snprintf(err, errcap, "id must be 32 hex digits");
-        goto done;
-    }
-    const char *ty = json_string_value(type);
-    if (!ty || !*ty || json_string_length(type) > ES_MAX_TYPE ||
-        strlen(ty) != json_string_length(type)) {
-        snprintf(err, errcap, "type must be 1..%d bytes without NUL", ES_MAX_TYPE);
-        goto done;
-    }
-    strcpy(e->type, ty);
-    if (get_bytes(NULL, 0, NULL, &e->data, o, "data", false, err, errcap) ||
-        get_bytes(NULL, 0, NULL, &e->meta, o, "meta", false, err, errcap))
-        goto done;
-    if (e->data.len > ES_MAX_DATA || e->meta.len > ES_MAX_META) {
-        snprintf(err, errcap, "data or meta over the limit");
-        goto done;
-    }
-    e->has_hash = false;
-    if (hash) {
-        const char *hs = json_string_value(hash);
-        if (!hs || strlen(hs) != 64 ||
-            sodium_hex2bin(e->hash, ES_HASH_SIZE, hs, 64, NULL, &n, NULL) != 0) {
-            snprintf(err, errcap, "hash must be 64 hex digits");
+    io.max_time_us = now + ESRC_IMPORT_MAX_AHEAD_US;
+    io.progress_payload = &p;
+    progress_start(&p, "importing", 0);
+    if (!*st) {
+        /* No store yet: check the input against an empty one before making it. */
+        es_store *empty;
+        io.check_only = true;
+        if ((rc = es_store_open(&empty, "mem:", NULL)) < 0) {
+            rc = lib_error("import", rc);
             goto done;
         }
-        e->has_hash = true;
+        rc = esrc_import(&r, empty, in, &io);
+        es_store_close(empty);
+        io.check_only = false;
+        if (rc || (rc = fseeko(in, start, SEEK_SET) ? ESRC_FAIL : 0) ||
+            (rc = open_store(st, cx, true, false)))
+            goto done;
     }
-    rc = 0;
+    rc = esrc_import(&r, *st, in, &io);
 done:
-    json_decref(o);
-    return rc;
-}
-
-/* Lines of a buffer, one at a time. */
-static bool next_line(const es_buf *in, size_t *off, const char **line, size_t *len)
-{
-    while (*off < in->len) {
-        const char *p = (const char *)in->data + *off;
-        const char *nl = memchr(p, '\n', in->len - *off);
-        size_t n = nl ? (size_t)(nl - p) : in->len - *off;
-        *off += n + (nl ? 1 : 0);
-        if (n && p[n - 1] == '\r')
-            n--;
-        if (n == 0)
-            continue; /* blank lines are fine */
-        *line = p;
-        *len = n;
-        return true;
+    progress_end(&p);
+    if (in != stdin)
+        fclose(in);
+    if (rc)
+        return rc;
+    if (cx->json) {
+        json_t *o = json_pack("{s:s,s:I,s:I}", "input", name, "imported", (json_int_t)r.imported,
+                              "already_there", (json_int_t)r.replayed);
+        print_json(o);
+    } else {
+        printf("imported %" PRIu64 " events", r.imported);
+        if (r.replayed)
+            printf(" (%" PRIu64 " were already there)", r.replayed);
+        printf("\n");
     }
-    return false;
+    return ESRC_OK;
 }
 
 static int cmd_import(esrc_ctx *cx, int argc, char **argv)
 {
     static const struct option longs[] = {COMMON_OPTS, {NULL, 0, NULL, 0}};
     static const char help[] =
-        "usage: esrc import < events.jsonl\n\n"
+        "usage: esrc import [FILE...] (standard input when none or '-')\n\n"
         "Append the events of an export, keeping their streams, seqs, ids and\n"
-        "times.  The whole input is checked before anything is written; each\n"
-        "event's hash, when given, must match what the store computes.  Importing\n"
-        "the same file twice writes nothing the second time.\n";
-    es_buf in = ES_BUF_INIT;
+        "times.  Each input is checked whole before anything of it is written:\n"
+        "seqs follow without gaps, a stream the store does not have starts at\n"
+        "seq 1, times never go back, an id is used once, and each event's hash,\n"
+        "when given, is its chain hash.  Events the store already has must be\n"
+        "identical and are skipped, so importing the same file twice writes\n"
+        "nothing the second time.  Exit 2 on bad input, 3 when the input\n"
+        "contradicts the store; either way nothing of that input is written.\n";
     es_store *st = NULL;
-    imp_event *batch = NULL;
-    es_event_new *news = NULL;
-    char err[300];
-    size_t off, len, lineno = 0, total = 0;
-    const char *line;
-    progress p;
     int c, rc;
 
     optind = 1;
@@ -1030,132 +957,23 @@ static int cmd_import(esrc_ctx *cx, int argc, char **argv)
         HANDLE_COMMON(cx, c, help);
         return ESRC_USAGE;
     }
-    if (optind < argc)
-        return usage_error("import: unexpected argument '%s'", argv[optind]);
-    if ((rc = read_all(stdin, &in)))
-        return rc;
-
-    /* Pass 1: every line must parse, and seqs must follow within each stream. */
-    imp_event e;
-    memset(&e, 0, sizeof e);
-    off = 0;
-    while (next_line(&in, &off, &line, &len)) {
-        lineno++;
-        if (parse_line(&e, line, len, err, sizeof err)) {
-            fprintf(stderr, "esrc: import: line %zu: %s; nothing was imported\n", lineno, err);
-            rc = ESRC_USAGE;
-            goto done;
-        }
-        total++;
+    /* A store that does not exist is made only once an input is found good. */
+    es_open_options o = ES_OPEN_OPTIONS_INIT;
+    o.flags = ES_OPEN_NOCREATE;
+    if (cx->fake) {
+        o.clock = fake_clock;
+        o.clock_payload = cx;
     }
-    if ((rc = open_store(&st, cx, true, false)))
-        goto done;
-
-    /* Pass 2: append runs of events of one stream with one commit time. */
-    enum { MAXB = 1000 };
-    batch = calloc(MAXB, sizeof *batch);
-    news = calloc(MAXB, sizeof *news);
-    if (!batch || !news) {
-        rc = lib_error("import", ES_ENOMEM);
-        goto done;
-    }
-    size_t nb = 0;
-    uint64_t imported = 0, replayed = 0;
-    progress_start(&p, "importing", total);
-    off = 0;
-    lineno = 0;
-    bool more = true;
-    while (more) {
-        imp_event *cur = &batch[nb];
-        more = next_line(&in, &off, &line, &len);
-        if (more) {
-            lineno++;
-            parse_line(cur, line, len, err, sizeof err); /* parsed fine in pass 1 */
-        }
-        bool flush = nb > 0 && (!more || nb == MAXB || cur->stream_len != batch[0].stream_len ||
-                                memcmp(cur->stream, batch[0].stream, cur->stream_len) ||
-                                cur->time_us != batch[0].time_us ||
-                                cur->seq != batch[nb - 1].seq + 1);
-        if (flush) {
-            for (size_t i = 0; i < nb; i++)
-                news[i] = (es_event_new){.type = batch[i].type, .data = batch[i].data.data,
-                                         .data_len = batch[i].data.len, .meta = batch[i].meta.data,
-                                         .meta_len = batch[i].meta.len, .id = batch[i].id,
-                                         .time_us = batch[i].time_us};
-            es_append_result r;
-            rc = es_append_ex(&r, st, batch[0].stream, batch[0].stream_len, batch[0].seq - 1,
-                              news, nb, ES_APPEND_KEEP_TIME);
-            if (rc) {
-                fprintf(stderr, "esrc: import: the batch ending at line %zu: %s: %s (%" PRIu64
-                                " events were imported before it)\n",
-                        lineno - (more ? 1 : 0), es_strerror(rc), es_error_last(), imported);
-                rc = rc == ES_ECONFLICT ? ESRC_CONFLICT : ESRC_FAIL;
-                goto done;
-            }
-            /* The stored hashes must be the exported ones. */
-            if (batch[nb - 1].has_hash) {
-                es_read_options ro = ES_READ_OPTIONS_INIT;
-                es_cursor *rc_cur;
-                const es_event *ev;
-                ro.from_seq = r.first_seq;
-                ro.to_seq = r.last_seq;
-                if (es_stream_cursor(&rc_cur, st, batch[0].stream, batch[0].stream_len, &ro) == 0) {
-                    size_t i = 0;
-                    while (es_cursor_next(&ev, rc_cur) == 0 && i < nb) {
-                        if (batch[i].has_hash && memcmp(ev->hash, batch[i].hash, ES_HASH_SIZE)) {
-                            fprintf(stderr,
-                                    "esrc: import: event seq %" PRIu64
-                                    " does not hash to the exported hash: the export was altered\n",
-                                    ev->seq);
-                            es_cursor_free(rc_cur);
-                            rc = ESRC_VERIFY;
-                            goto done;
-                        }
-                        i++;
-                    }
-                    es_cursor_free(rc_cur);
-                }
-            }
-            if (r.replayed)
-                replayed += nb;
-            else
-                imported += nb;
-            progress_step(&p, nb);
-            /* keep the current event as the first of the next batch */
-            imp_event tmp = batch[0];
-            batch[0] = batch[nb];
-            batch[nb] = tmp;
-            nb = 0;
-            cur = &batch[0];
-        }
-        if (more)
-            nb++;
-    }
-    progress_end(&p);
-    if (cx->json) {
-        json_t *o = json_pack("{s:I,s:I}", "imported", (json_int_t)imported, "already_there",
-                              (json_int_t)replayed);
-        print_json(o);
-    } else {
-        printf("imported %" PRIu64 " events", imported);
-        if (replayed)
-            printf(" (%" PRIu64 " were already there)", replayed);
-        printf("\n");
-    }
+    if ((rc = es_store_open(&st, cx->store_uri, &o)) == ES_ENOTFOUND)
+        st = NULL;
+    else if (rc < 0)
+        return lib_error(cx->store_uri, rc);
     rc = ESRC_OK;
-done:
-    if (batch) {
-        for (size_t i = 0; i < MAXB; i++) {
-            es_buf_free(&batch[i].data);
-            es_buf_free(&batch[i].meta);
-        }
-    }
-    es_buf_free(&e.data);
-    es_buf_free(&e.meta);
-    free(batch);
-    free(news);
+    if (optind == argc)
+        rc = import_one(cx, &st, "-");
+    for (int i = optind; i < argc && rc == ESRC_OK; i++)
+        rc = import_one(cx, &st, argv[i]);
     es_store_close(st);
-    es_buf_free(&in);
     return rc;
 }
 
@@ -1223,8 +1041,9 @@ static void print_help(void)
            "URIs: mem:, lmdb:DIR, postgres://...\n"
            "--json prints JSON Lines instead of tables.\n"
            "`esrc COMMAND --help` describes a command.\n\n"
-           "Exit status: 0 ok, 1 error, 2 usage or bad input, 3 conflict (--expect),\n"
-           "4 verification failed.\n",
+           "Exit status: 0 ok, 1 error, 2 usage or bad input, 3 conflict (--expect,\n"
+           "or an import that contradicts the store), 4 verification failed.\n"
+           "`esrc --version` lists the stores built in.  See esrc(1).\n",
            ESRC_DEFAULT_STORE);
 }
 
@@ -1238,8 +1057,15 @@ int main(int argc, char **argv)
     if (!cx.store_uri || !*cx.store_uri)
         cx.store_uri = ESRC_DEFAULT_STORE;
     const char *fake = getenv("ESRC_CLOCK_START_US");
-    if (fake && *fake)
-        cx.fake_now = strtoll(fake, NULL, 10);
+    if (fake && *fake) {
+        uint64_t v;
+        if (strspn(fake, "0123456789") != strlen(fake) || strlen(fake) > 18 ||
+            (v = strtoull(fake, NULL, 10)) > (uint64_t)ESRC_CLOCK_MAX_US)
+            return usage_error("ESRC_CLOCK_START_US must be microseconds since 1970 from 0 to %"
+                               PRId64 " (9999-12-31), not '%s'", ESRC_CLOCK_MAX_US, fake);
+        cx.fake = true;
+        cx.fake_now = (int64_t)v;
+    }
     /* Global options come before the command (they are also accepted after it). */
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
@@ -1247,7 +1073,8 @@ int main(int argc, char **argv)
             print_help();
             return ESRC_OK;
         } else if (strcmp(a, "--version") == 0) {
-            printf("esrc %s (libeventsrc %s)\n", ES_VERSION_STRING, es_version());
+            printf("esrc %s (libeventsrc %s)\nstores: %s\n", ES_VERSION_STRING, es_version(),
+                   ESRC_STORES);
             return ESRC_OK;
         } else if (strcmp(a, "--json") == 0) {
             cx.json = 1;
