@@ -30,6 +30,7 @@
  */
 #define _GNU_SOURCE
 #include "../internal.h"
+#include "lmdb_record.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -41,7 +42,6 @@
 #include <unistd.h>
 
 #define CHUNK 32
-#define REC_HDR 76
 #define FORMAT "eventsrc-lmdb-1"
 #define DEFAULT_MAP ((size_t)1 << 30) /* address space only; the file grows as written */
 #define READ_BATCH_EVENTS 1024
@@ -205,40 +205,6 @@ static void rtxn_end(lm_env *e, MDB_txn *txn)
 {
     mdb_txn_abort(txn);
     pthread_rwlock_unlock(&e->resize);
-}
-
-/* ---- records ---- */
-
-static size_t rec_size(size_t sl, size_t tl, size_t dl, size_t ml)
-{
-    return REC_HDR + sl + tl + 1 + dl + ml;
-}
-
-/* Point ev's fields into a record; checks every length against the size. */
-static int rec_decode(es_event *ev, const uint8_t *r, size_t n, uint64_t position)
-{
-    if (n < REC_HDR || r[0] != 1)
-        return es__err(ES_ECORRUPT, "event record at position %llu is malformed",
-                       (unsigned long long)position);
-    size_t sl = r[1], tl = r[2];
-    size_t dl = es__get_u32(r + 4), ml = es__get_u32(r + 8);
-    if (sl == 0 || tl == 0 || rec_size(sl, tl, dl, ml) != n || r[REC_HDR + sl + tl] != 0)
-        return es__err(ES_ECORRUPT, "event record at position %llu has bad lengths",
-                       (unsigned long long)position);
-    ev->stream = r + REC_HDR;
-    ev->stream_len = sl;
-    ev->type = (const char *)r + REC_HDR + sl;
-    ev->type_len = tl;
-    ev->data = r + REC_HDR + sl + tl + 1;
-    ev->data_len = dl;
-    ev->meta = ev->data + dl;
-    ev->meta_len = ml;
-    ev->seq = es__get_u64(r + 12);
-    ev->time_us = (int64_t)es__get_u64(r + 20);
-    memcpy(ev->id, r + 28, ES_ID_SIZE);
-    memcpy(ev->hash, r + 44, ES_HASH_SIZE);
-    ev->position = position;
-    return 0;
 }
 
 /* ---- stream rows ---- */
@@ -587,7 +553,7 @@ static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
     uint64_t pos = es__get_u64(v.mv_data);
     if ((rc = log_get(c->e, c->txn, pos, &rec)) < 0)
         return rc;
-    if ((rc = rec_decode(ev, rec.mv_data, rec.mv_size, pos)) < 0)
+    if ((rc = es__rec_decode(ev, rec.mv_data, rec.mv_size, pos)) < 0)
         return rc;
     return 1;
 }
@@ -626,32 +592,12 @@ static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *l
         pos++;
         es__put_u64(posb, pos);
         key = (MDB_val){8, posb};
-        v.mv_size = rec_size(req->stream_len, tl, in->data_len, in->meta_len);
+        v.mv_size = es__rec_size(req->stream_len, tl, in->data_len, in->meta_len);
         if ((rc = mdb_cursor_put(logc, &key, &v, MDB_APPEND | MDB_RESERVE)))
             goto mdb_fail;
         uint8_t *r = v.mv_data;
-        r[0] = 1;
-        r[1] = (uint8_t)req->stream_len;
-        r[2] = (uint8_t)tl;
-        r[3] = 0;
-        es__put_u32(r + 4, (uint32_t)in->data_len);
-        es__put_u32(r + 8, (uint32_t)in->meta_len);
-        es__put_u64(r + 12, seq);
-        es__put_u64(r + 20, (uint64_t)t);
-        memcpy(r + 28, req->ids[i], ES_ID_SIZE);
-        uint8_t *p = r + REC_HDR;
-        memcpy(p, req->stream, req->stream_len);
-        p += req->stream_len;
-        memcpy(p, in->type, tl + 1);
-        p += tl + 1;
-        if (in->data_len)
-            memcpy(p, in->data, in->data_len);
-        p += in->data_len;
-        if (in->meta_len)
-            memcpy(p, in->meta, in->meta_len);
-        es__chain_hash(r + 44, prev, req->stream, req->stream_len, seq, t, req->ids[i], in->type,
-                       tl, in->data, in->data_len, in->meta, in->meta_len);
-        memcpy(prevbuf, r + 44, ES_HASH_SIZE);
+        es__rec_encode(r, req->stream, req->stream_len, seq, t, req->ids[i], in, tl, prev);
+        memcpy(prevbuf, r + ES__REC_AT_HASH, ES_HASH_SIZE);
         prev = prevbuf;
 
         MDB_val ik = {ES_ID_SIZE, (void *)req->ids[i]}, iv = {8, posb};
@@ -714,11 +660,10 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
     rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
     if (rc == 0) {
         pos = es__get_u64(key.mv_data);
-        if (v.mv_size < REC_HDR) {
+        if ((rc = es__rec_time(&last_time, v.mv_data, v.mv_size, pos)) < 0) {
             mdb_cursor_close(logc);
-            return es__err(ES_ECORRUPT, "the last event record is malformed");
+            return rc;
         }
-        last_time = (int64_t)es__get_u64((const uint8_t *)v.mv_data + 20);
     } else if (rc != MDB_NOTFOUND) {
         mdb_cursor_close(logc);
         *mdb_rc = rc;
@@ -739,7 +684,7 @@ static bool commit_group(lm_env *e, lm_req *group)
     size_t bytes = 0, n = 0;
     for (lm_req *r = group; r; r = r->next) {
         for (size_t k = 0; k < r->n; k++)
-            bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (REC_HDR + 64 + ES_MAX_KEY);
+            bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (ES__REC_HDR + 64 + ES_MAX_KEY);
         n++;
     }
     for (int attempt = 0;; attempt++) {
@@ -1022,7 +967,7 @@ static int cur_push(lm_cursor *c, const MDB_val *rec, uint64_t pos)
         c->evs = r;
         c->cap = cap;
     }
-    int rc = rec_decode(&c->evs[c->n], rec->mv_data, rec->mv_size, pos);
+    int rc = es__rec_decode(&c->evs[c->n], rec->mv_data, rec->mv_size, pos);
     if (rc == 0)
         c->n++;
     return rc;
@@ -1087,16 +1032,22 @@ done:
     return rc;
 }
 
+/* Can the record be skipped by the cursor's filters?  Reads only what the
+ * record's size covers; a record too short to tell is kept, for the decoder
+ * to report. */
 static bool log_wanted(const lm_cursor *c, const MDB_val *v)
 {
     const uint8_t *r = v->mv_data;
-    if (v->mv_size < REC_HDR)
-        return true; /* let the decoder report it */
-    if (c->prefix_len && (r[1] < c->prefix_len || memcmp(r + REC_HDR, c->prefix, c->prefix_len)))
+    size_t sl, tl;
+    if (v->mv_size < ES__REC_HDR)
+        return true;
+    sl = r[ES__REC_AT_STREAM_LEN];
+    tl = r[ES__REC_AT_TYPE_LEN];
+    if (v->mv_size < ES__REC_HDR + sl + tl)
+        return true;
+    if (c->prefix_len && (sl < c->prefix_len || memcmp(r + ES__REC_HDR, c->prefix, c->prefix_len)))
         return false;
-    if (c->type_len && (r[2] != c->type_len ||
-                        (size_t)v->mv_size < REC_HDR + r[1] + c->type_len ||
-                        memcmp(r + REC_HDR + r[1], c->type, c->type_len)))
+    if (c->type_len && (tl != c->type_len || memcmp(r + ES__REC_HDR + sl, c->type, tl)))
         return false;
     return true;
 }
@@ -1517,16 +1468,15 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
         return ES_ENOMEM;
     memcpy(r, v.mv_data, v.mv_size);
     size_t n = v.mv_size;
-    if ((rc = rec_decode(&ev, r, n, a->position)) < 0)
+    if ((rc = es__rec_decode(&ev, r, n, a->position)) < 0)
         goto done;
-    size_t sl = r[1], tl = r[2];
     switch (a->field) {
-    case ES__F_KEY: flip(r + REC_HDR, sl, a->offset); break;
-    case ES__F_SEQ: flip(r + 12, 8, a->offset); break;
-    case ES__F_TIME: flip(r + 20, 8, a->offset); break;
-    case ES__F_ID: flip(r + 28, 16, a->offset); break;
-    case ES__F_HASH: flip(r + 44, 32, a->offset); break;
-    case ES__F_TYPE: flip(r + REC_HDR + sl, tl, a->offset); break;
+    case ES__F_KEY: flip(r + ES__REC_HDR, ev.stream_len, a->offset); break;
+    case ES__F_SEQ: flip(r + ES__REC_AT_SEQ, 8, a->offset); break;
+    case ES__F_TIME: flip(r + ES__REC_AT_TIME, 8, a->offset); break;
+    case ES__F_ID: flip(r + ES__REC_AT_ID, ES_ID_SIZE, a->offset); break;
+    case ES__F_HASH: flip(r + ES__REC_AT_HASH, ES_HASH_SIZE, a->offset); break;
+    case ES__F_TYPE: flip(r + ES__REC_HDR + ev.stream_len, ev.type_len, a->offset); break;
     case ES__F_DATA: flip((uint8_t *)ev.data, ev.data_len, a->offset); break;
     case ES__F_META: flip((uint8_t *)ev.meta, ev.meta_len, a->offset); break;
     case ES__F_POSITION: {
