@@ -558,11 +558,34 @@ static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
     return 1;
 }
 
-/* Apply one request inside txn at commit time t.  Returns 0, an ES_E*
- * code, or 1 with *mdb_rc set when LMDB failed (the caller decides: grow,
- * or fail). */
+/* The commit time of one client call: worked out when its first request
+ * that writes needs it, so that a call of replays only is answered from the
+ * original whatever its kept time. */
+typedef struct commit_time {
+    es_store *st;
+    const es__append_req *first; /* the call's first request gives a kept time */
+    int64_t last_time;           /* the store's latest commit time */
+    bool known;
+    int64_t t;
+} commit_time;
+
+static int commit_time_get(commit_time *ct, int64_t *out)
+{
+    int rc;
+    if (!ct->known) {
+        if ((rc = es__commit_time(ct->st, ct->first, ct->last_time, &ct->t)) < 0)
+            return rc;
+        ct->known = true;
+    }
+    *out = ct->t;
+    return 0;
+}
+
+/* Apply one request inside txn.  Returns 0, an ES_E* code, or 1 with
+ * *mdb_rc set when LMDB failed (the caller decides: grow, or fail). */
 static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *last_pos,
-                        const es__append_req *req, es_append_result *out, int64_t t, int *mdb_rc)
+                        const es__append_req *req, es_append_result *out, commit_time *ct,
+                        int *mdb_rc)
 {
     lm_env *e = s->e;
     srow row;
@@ -582,6 +605,9 @@ static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *l
         return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
                        (unsigned long long)row.head);
     }
+    int64_t t;
+    if ((rc = commit_time_get(ct, &t)) < 0)
+        return rc;
     const uint8_t *prev = row.head ? row.hash : NULL;
     const uint64_t head = row.head;
     uint8_t prevbuf[ES_HASH_SIZE];
@@ -648,7 +674,7 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
     MDB_cursor *logc;
     MDB_val key, v;
     uint64_t pos = 0;
-    int64_t last_time = 0, t;
+    commit_time ct = {.st = r->s->st, .first = &r->reqs[0]};
     int rc;
 
     /* The last event gives the last position and the latest commit time. */
@@ -660,7 +686,7 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
     rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
     if (rc == 0) {
         pos = es__get_u64(key.mv_data);
-        if ((rc = es__rec_time(&last_time, v.mv_data, v.mv_size, pos)) < 0) {
+        if ((rc = es__rec_time(&ct.last_time, v.mv_data, v.mv_size, pos)) < 0) {
             mdb_cursor_close(logc);
             return rc;
         }
@@ -669,9 +695,9 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
         *mdb_rc = rc;
         return 1;
     }
-    rc = es__commit_time(r->s->st, &r->reqs[0], last_time, &t);
+    rc = 0;
     for (size_t k = 0; rc == 0 && k < r->n; k++)
-        rc = apply_append(r->s, txn, logc, &pos, &r->reqs[k], &r->outs[k], t, mdb_rc);
+        rc = apply_append(r->s, txn, logc, &pos, &r->reqs[k], &r->outs[k], &ct, mdb_rc);
     mdb_cursor_close(logc);
     return rc;
 }
