@@ -33,11 +33,13 @@
 #include "lmdb_record.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +48,8 @@
 #define DEFAULT_MAP ((size_t)1 << 30) /* address space only; the file grows as written */
 #define READ_BATCH_EVENTS 1024
 #define GROUP_MAX 512
+#define MAX_READERS 256
+#define STALE_CHECK_EVERY 256 /* group commits */
 #define LINGER_NS 150000L /* about one sync of this machine's disk */
 #define FILL_NS 50000L
 
@@ -61,7 +65,8 @@ typedef struct lm_env {
     int refs;
     MDB_env *env;
     MDB_dbi log, streams, index, ids, snaps, meta;
-    bool readonly;
+    bool readonly; /* the environment itself: its files are not writable */
+    bool nolock;   /* opened without the lock file (MDB_NOLOCK) */
     size_t mapsize;
     size_t psize;
     pthread_rwlock_t resize; /* shared: any transaction; exclusive: resizing the map */
@@ -76,6 +81,7 @@ typedef struct lm_env {
     bool syncing;
     size_t inflight; /* threads inside lm_append */
     size_t qlen, last_group;
+    unsigned commits_since_check; /* of stale reader slots; by the leader only */
     pthread_cond_t lcond; /* a leader waiting for its group to fill */
     char path[];
 } lm_env;
@@ -83,6 +89,7 @@ typedef struct lm_env {
 typedef struct lm_store {
     lm_env *e;
     es_store *st;
+    bool readonly; /* this handle (ES_OPEN_READONLY); the environment may be shared */
 } lm_store;
 
 struct lm_req {
@@ -108,6 +115,7 @@ static int lm_err(int rc, const char *what)
     case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
+    case EFBIG:
         return es__err(ES_EFULL, "%s: the disk or the store is full (%s)", what, mdb_strerror(rc));
     case ENOMEM:
         return es__err(ES_ENOMEM, "%s: out of memory", what);
@@ -121,6 +129,18 @@ static int lm_err(int rc, const char *what)
     default:
         return es__err(ES_EIO, "%s: %s", what, mdb_strerror(rc));
     }
+}
+
+/* lm_err for a failure that may come from writing the file: LMDB reports
+ * a short write (which a full disk gives) as EIO, so an EIO when the file
+ * system has next to no room left is a full disk. */
+static int lm_err_at(const lm_env *e, int rc, const char *what)
+{
+    struct statvfs fs;
+    if (rc == EIO && statvfs(e->path, &fs) == 0 &&
+        (uint64_t)fs.f_bavail * fs.f_frsize < ((uint64_t)1 << 20))
+        rc = ENOSPC;
+    return lm_err(rc, what);
 }
 
 /* ---- map size ---- */
@@ -186,14 +206,23 @@ static int maybe_grow(lm_env *e, size_t bytes_to_write)
 }
 
 /* Begin a read transaction with the resize lock held shared. */
+static void clear_stale_readers(lm_env *e);
+
 static int rtxn_begin(lm_env *e, MDB_txn **txn)
 {
+    bool checked = false;
     for (;;) {
         pthread_rwlock_rdlock(&e->resize);
         int rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, txn);
         if (rc == 0)
             return 0;
         pthread_rwlock_unlock(&e->resize);
+        if (rc == MDB_READERS_FULL && !checked) {
+            /* slots of killed processes: clear them and try once more */
+            clear_stale_readers(e);
+            checked = true;
+            continue;
+        }
         if (rc != MDB_MAP_RESIZED)
             return lm_err(rc, "beginning a read");
         if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
@@ -296,11 +325,181 @@ static int log_get(lm_env *e, MDB_txn *txn, uint64_t pos, MDB_val *v)
 
 /* ---- open / close ---- */
 
-static int open_dbis(lm_env *e)
+/*
+ * What a damaged data.mdb can do, and what is checked here.  LMDB reads the
+ * file through a read-only map and writes it with pwrite (we do not use
+ * MDB_WRITEMAP), so a full disk is a write error, never a fault.  The map is
+ * read only up to the last page that the newest meta page names: LMDB
+ * itself refuses any page number past it (MDB_PAGE_NOTFOUND).  But LMDB
+ * does not compare that last page with the file's size, so a truncated file
+ * is read past its end, which is SIGBUS; and it does not check the inside
+ * of the B-tree pages (node offsets), so a flipped byte there can still make
+ * liblmdb read out of bounds.  So before LMDB maps the file we read both
+ * meta pages with pread and check their magic and version, the page size,
+ * the map size, and that the last page and the roots lie inside the file.
+ * Records read through LMDB are checked again by lmdb_record.c.
+ *
+ * The meta page layout is LMDB's (mdb.c: a 16-byte page header, then
+ * MDB_meta), in host byte order, for 64-bit builds of LMDB 0.9.
+ */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_DATA_VERSION 1u
+enum {
+    META_AT_MAGIC = 16,
+    META_AT_VERSION = 20,
+    META_AT_MAPSIZE = 32,
+    META_AT_DBS = 40,    /* two MDB_db: the free list, then the main table */
+    DB_SIZE = 48,
+    DB_AT_PAD = 0,       /* the free list's md_pad holds the page size */
+    DB_AT_ROOT = 40,
+    META_AT_LAST_PG = 136,
+    META_AT_TXNID = 144,
+    META_SIZE = 152,
+    META_MIN_PSIZE = 512,
+    META_MAX_PSIZE = 65536,
+};
+#define MAX_MAP ((uint64_t)1 << 44) /* 16 TiB, as for the map_size option */
+#define P_INVALID UINT64_MAX        /* an empty table's root */
+
+static uint64_t meta_u64(const uint8_t *m, size_t at)
+{
+    uint64_t v;
+    memcpy(&v, m + at, 8);
+    return v;
+}
+
+static uint32_t meta_u32(const uint8_t *m, size_t at)
+{
+    uint32_t v;
+    memcpy(&v, m + at, 4);
+    return v;
+}
+
+/* Check one meta page (read from `off`) against the file's page count. */
+static int check_meta(const char *f, const uint8_t *m, int which, uint64_t psize, uint64_t pages)
+{
+    if (meta_u32(m, META_AT_MAGIC) != LMDB_MAGIC)
+        return es__err(ES_ECORRUPT, "%s: meta page %d is not an LMDB meta page (bad magic)", f,
+                       which);
+    if (meta_u32(m, META_AT_VERSION) != LMDB_DATA_VERSION)
+        return es__err(ES_ECORRUPT, "%s: meta page %d has LMDB format version %u, not %u", f,
+                       which, meta_u32(m, META_AT_VERSION), LMDB_DATA_VERSION);
+    uint64_t last = meta_u64(m, META_AT_LAST_PG), map = meta_u64(m, META_AT_MAPSIZE);
+    if (last < 1 || last >= pages)
+        return es__err(ES_ECORRUPT,
+                       "%s is truncated or damaged: meta page %d names page %llu as its last, "
+                       "but the file holds %llu pages of %llu bytes",
+                       f, which, (unsigned long long)last, (unsigned long long)pages,
+                       (unsigned long long)psize);
+    if (map > MAX_MAP || map / psize < last + 1)
+        return es__err(ES_ECORRUPT, "%s: meta page %d has a bad map size (%llu bytes)", f, which,
+                       (unsigned long long)map);
+    for (int i = 0; i < 2; i++) {
+        uint64_t root = meta_u64(m, META_AT_DBS + (size_t)i * DB_SIZE + DB_AT_ROOT);
+        if (root != P_INVALID && (root < 2 || root > last))
+            return es__err(ES_ECORRUPT, "%s: meta page %d names a root page (%llu) outside the "
+                           "file", f, which, (unsigned long long)root);
+    }
+    return 0;
+}
+
+/* Validate DIR/data.mdb before LMDB maps it (see above).  A missing or
+ * empty file is a new store (LMDB writes its meta pages), unless `readonly`. */
+static int check_data_file(const char *dir, bool readonly)
+{
+#if UINTPTR_MAX == UINT64_MAX && !defined(MDB_VL32)
+    char f[4200];
+    uint8_t m[2][META_SIZE];
+    struct stat sb;
+    int fd, rc = 0;
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    if ((fd = open(f, O_RDONLY | O_CLOEXEC)) < 0) {
+        if (errno == ENOENT && !readonly)
+            return 0;
+        if (errno == ENOENT)
+            return es__err(ES_ENOTFOUND, "no store at %s", dir);
+        return es__err(ES_EIO, "cannot read %s: %s", f, strerror(errno));
+    }
+    /* Meta pages first, then the size: a writer in another process writes
+     * its pages before the meta page that names them, so the file can only
+     * have grown since. */
+    ssize_t n0 = pread(fd, m[0], META_SIZE, 0);
+    uint64_t psize = n0 == META_SIZE ? meta_u32(m[0], META_AT_DBS + DB_AT_PAD) : 0;
+    ssize_t n1 = psize >= META_MIN_PSIZE && psize <= META_MAX_PSIZE && !(psize & (psize - 1))
+                     ? pread(fd, m[1], META_SIZE, (off_t)psize)
+                     : 0;
+    if (fstat(fd, &sb) != 0) {
+        rc = es__err(ES_EIO, "%s: %s", f, strerror(errno));
+        goto done;
+    }
+    if (n0 < 0 || n1 < 0) {
+        rc = es__err(ES_EIO, "cannot read %s: %s", f, strerror(errno));
+        goto done;
+    }
+    if (sb.st_size == 0) {
+        if (readonly)
+            rc = es__err(ES_ECORRUPT, "%s is empty (was the store's creation interrupted?)", f);
+        goto done;
+    }
+    if (n0 != META_SIZE || meta_u32(m[0], META_AT_MAGIC) != LMDB_MAGIC) {
+        rc = es__err(ES_ECORRUPT, "%s is not an LMDB file (its first meta page is %s)", f,
+                     n0 != META_SIZE ? "cut short" : "damaged");
+        goto done;
+    }
+    if (n1 != META_SIZE) {
+        rc = es__err(ES_ECORRUPT, "%s is truncated or has a bad page size (%llu): no second "
+                     "meta page", f, (unsigned long long)psize);
+        goto done;
+    }
+    uint64_t pages = (uint64_t)sb.st_size / psize;
+    if ((rc = check_meta(f, m[0], 0, psize, pages)) == 0)
+        rc = check_meta(f, m[1], 1, psize, pages);
+done:
+    close(fd);
+    return rc;
+#else
+    (void)dir, (void)readonly;
+    return 0; /* the meta layout above is that of 64-bit LMDB */
+#endif
+}
+
+/* LMDB's lock file: (maxreaders - 1) reader slots after a header.  LMDB
+ * extends it with ftruncate, which leaves it sparse, and then writes it
+ * through a shared map: on a full disk that write is a SIGBUS.  So give it
+ * real blocks first.  Returns 0, 1 when the file cannot be written (a
+ * read-only store: open it without the lock), or an ES_E* code. */
+#define LOCK_SIZE (128 + 64 * (off_t)MAX_READERS)
+
+static int prepare_lock_file(const char *dir, bool readonly)
+{
+    char f[4200];
+    snprintf(f, sizeof f, "%s/lock.mdb", dir);
+    int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        if (readonly && (errno == EACCES || errno == EROFS || errno == EPERM))
+            return 1;
+        return es__err(ES_EIO, "cannot open %s: %s", f, strerror(errno));
+    }
+    struct stat sb;
+    int rc = 0;
+    if (fstat(fd, &sb) != 0) {
+        rc = es__err(ES_EIO, "%s: %s", f, strerror(errno));
+    } else if (sb.st_size < LOCK_SIZE) {
+        int err = posix_fallocate(fd, 0, LOCK_SIZE);
+        if (err == ENOSPC || err == EDQUOT || err == EFBIG)
+            rc = es__err(ES_EFULL, "the disk is full: no room for %s (%s)", f, strerror(err));
+        else if (err && err != EOPNOTSUPP && err != EINVAL)
+            rc = es__err(ES_EIO, "cannot allocate %s: %s", f, strerror(err));
+    }
+    close(fd);
+    return rc;
+}
+
+static int open_dbis(lm_env *e, bool readonly)
 {
     MDB_txn *txn;
-    unsigned f = e->readonly ? 0 : MDB_CREATE;
-    int rc = mdb_txn_begin(e->env, NULL, e->readonly ? MDB_RDONLY : 0, &txn);
+    unsigned f = readonly ? 0 : MDB_CREATE;
+    int rc = mdb_txn_begin(e->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
     if (rc)
         return lm_err(rc, "opening the store");
     if ((rc = mdb_dbi_open(txn, "log", f, &e->log)) || (rc = mdb_dbi_open(txn, "streams", f, &e->streams)) ||
@@ -313,7 +512,7 @@ static int open_dbis(lm_env *e)
     }
     MDB_val key = {6, "format"}, v;
     rc = mdb_get(txn, e->meta, &key, &v);
-    if (rc == MDB_NOTFOUND && !e->readonly) {
+    if (rc == MDB_NOTFOUND && !readonly) {
         v.mv_size = strlen(FORMAT);
         v.mv_data = FORMAT;
         rc = mdb_put(txn, e->meta, &key, &v, 0);
@@ -326,10 +525,10 @@ static int open_dbis(lm_env *e)
     }
     if (rc) {
         mdb_txn_abort(txn);
-        return lm_err(rc, "writing the store's format");
+        return lm_err_at(e, rc, "writing the store's format");
     }
     if ((rc = mdb_txn_commit(txn)))
-        return lm_err(rc, "creating the store");
+        return lm_err_at(e, rc, "creating the store");
     return 0;
 }
 
@@ -344,6 +543,29 @@ static void env_free(lm_env *e)
     free(e);
 }
 
+/* Clear the reader slots of processes that died inside a read (SIGKILL):
+ * until then they pin old pages, so the file grows instead of reusing
+ * them, and once every slot is taken no reader can start. */
+static void clear_stale_readers(lm_env *e)
+{
+    int dead = 0;
+    if (!e->nolock)
+        mdb_reader_check(e->env, &dead);
+}
+
+/* Does the directory let this process write the store?  (A read-only
+ * handle still opens the environment read-write when it can, so that a
+ * read-write handle opened later in this process can share it.) */
+static bool store_writable(const char *dir)
+{
+    char f[4200];
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    if (access(f, W_OK) != 0)
+        return false;
+    snprintf(f, sizeof f, "%s/lock.mdb", dir);
+    return access(f, W_OK) == 0 || (errno == ENOENT && access(dir, W_OK) == 0);
+}
+
 static int env_open(lm_env **out, const char *path, const es_open_options *opts)
 {
     struct stat sb;
@@ -354,7 +576,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
 
     if (stat(path, &sb) != 0) {
         if (errno != ENOENT)
-            return es__err(ES_EIO, "%s: %s", path, strerror(errno));
+            return es__err(ES_EIO, "cannot open %s: %s", path, strerror(errno));
         if (opts->flags & (ES_OPEN_NOCREATE | ES_OPEN_READONLY))
             return es__err(ES_ENOTFOUND, "no store at %s", path);
         if (mkdir(path, 0755) != 0 && errno != EEXIST)
@@ -364,16 +586,22 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     }
     if (!S_ISDIR(sb.st_mode))
         return es__err(ES_EINVAL, "%s is not a directory (lmdb: takes a directory)", path);
-    if (opts->flags & ES_OPEN_NOCREATE) {
-        char f[4096];
+    if (opts->flags & (ES_OPEN_NOCREATE | ES_OPEN_READONLY)) {
+        char f[4200];
         snprintf(f, sizeof f, "%s/data.mdb", path);
         if (access(f, F_OK) != 0)
-            return es__err(ES_ENOTFOUND, "no store at %s", path);
+            return errno == ENOENT ? es__err(ES_ENOTFOUND, "no store at %s", path)
+                                   : es__err(ES_EIO, "cannot open %s: %s", path, strerror(errno));
     }
 
     pthread_mutex_lock(&envs_lock);
     for (e = envs; e; e = e->next) {
         if (e->dev == sb.st_dev && e->ino == sb.st_ino) {
+            if (e->readonly && !readonly) {
+                pthread_mutex_unlock(&envs_lock);
+                return es__err(ES_EIO, "cannot open %s for writing: its files are not writable "
+                               "(this process has it open read-only)", path);
+            }
             e->refs++;
             pthread_mutex_unlock(&envs_lock);
             *out = e;
@@ -389,7 +617,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     e->dev = sb.st_dev;
     e->ino = sb.st_ino;
     e->refs = 1;
-    e->readonly = readonly;
+    e->readonly = readonly && !store_writable(path);
     /* Readers first: a thread reading through a cursor may take the lock
      * again (head, views) while a grower waits; the grower's wait is
      * bounded instead (set_mapsize). */
@@ -398,13 +626,21 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     pthread_cond_init(&e->qcond, NULL);
     pthread_cond_init(&e->lcond, NULL);
 
+    if ((rc = check_data_file(path, readonly)) < 0)
+        goto fail;
+    if ((rc = prepare_lock_file(path, e->readonly)) < 0)
+        goto fail;
+    /* A lock file we cannot write (a store made read-only with chmod): read
+     * without it.  Safe while nothing writes the store; a writer elsewhere
+     * could reuse pages under such a reader, since it is not registered. */
+    e->nolock = rc == 1;
     if ((rc = mdb_env_create(&e->env))) {
         e->env = NULL;
         rc = lm_err(rc, "creating an LMDB environment");
         goto fail;
     }
     mdb_env_set_maxdbs(e->env, 8);
-    mdb_env_set_maxreaders(e->env, 256);
+    mdb_env_set_maxreaders(e->env, MAX_READERS);
     e->mapsize = opts->map_size ? (size_t)opts->map_size : DEFAULT_MAP;
     if ((rc = mdb_env_set_mapsize(e->env, e->mapsize))) {
         rc = lm_err(rc, "setting the map size");
@@ -412,12 +648,14 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     }
     /* Durable mode: each commit syncs its data pages; the meta page is made
      * durable by the next sync (ours, or the next commit's), see lm_append. */
-    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : MDB_NOMETASYNC) | (readonly ? MDB_RDONLY : 0);
+    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : MDB_NOMETASYNC) |
+                     (e->readonly ? MDB_RDONLY : 0) | (e->nolock ? MDB_NOLOCK : 0);
     e->nosync = nosync;
+    e->psize = (size_t)sysconf(_SC_PAGESIZE);
     if ((rc = mdb_env_open(e->env, path, flags, 0644))) {
-        rc = rc == EACCES || rc == EROFS
+        rc = rc == EACCES || rc == EROFS || rc == EPERM
                  ? es__err(ES_EIO, "cannot open %s: %s", path, mdb_strerror(rc))
-                 : lm_err(rc, path);
+                 : lm_err_at(e, rc, path);
         goto fail;
     }
     MDB_envinfo info;
@@ -426,7 +664,8 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     mdb_env_stat(e->env, &mst);
     e->mapsize = info.me_mapsize; /* an existing store may be bigger */
     e->psize = mst.ms_psize;
-    if ((rc = open_dbis(e)) < 0)
+    clear_stale_readers(e);
+    if ((rc = open_dbis(e, readonly)) < 0)
         goto fail;
     e->next = envs;
     envs = e;
@@ -521,6 +760,7 @@ static int lm_open(void **out, const char *path, const es_open_options *opts, es
     }
     free(dir);
     s->st = st;
+    s->readonly = o.flags & ES_OPEN_READONLY;
     *out = s;
     return 0;
 }
@@ -708,6 +948,12 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
 static bool commit_group(lm_env *e, lm_req *group)
 {
     size_t bytes = 0, n = 0;
+    /* A process killed inside a read pins the pages of its snapshot until
+     * its slot is cleared: the file would grow instead of reusing them. */
+    if (++e->commits_since_check >= STALE_CHECK_EVERY) {
+        e->commits_since_check = 0;
+        clear_stale_readers(e);
+    }
     for (lm_req *r = group; r; r = r->next) {
         for (size_t k = 0; k < r->n; k++)
             bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (ES__REC_HDR + 64 + ES_MAX_KEY);
@@ -777,7 +1023,7 @@ static bool commit_group(lm_env *e, lm_req *group)
                 goto fail_all;
             continue;
         }
-        rc = lm_err(mrc, "committing an append");
+        rc = lm_err_at(e, mrc, "committing an append");
     fail_all:
         for (lm_req *r = group; r; r = r->next) {
             r->rc = rc;
@@ -794,7 +1040,7 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
     lm_env *e = s->e;
     lm_req me = {.s = s, .reqs = reqs, .n = n, .outs = outs};
 
-    if (e->readonly)
+    if (s->readonly || e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
     /*
      * Group commit.  Calls queue up; one thread at a time leads: it takes
@@ -893,7 +1139,7 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
             if (rc == 0 && target > e->synced_gen)
                 e->synced_gen = target;
             if (rc && me.gen > e->synced_gen) {
-                me.rc = lm_err(rc, "syncing to disk");
+                me.rc = lm_err_at(e, rc, "syncing to disk");
                 snprintf(me.err, sizeof me.err, "%s", es_error_last());
             }
             pthread_cond_broadcast(&e->qcond);
@@ -1239,6 +1485,11 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
                 break;
             }
             srow row;
+            if (k.mv_size == 0 || k.mv_size > ES_MAX_KEY) {
+                rc = es__err(ES_ECORRUPT, "the streams table holds a key of %zu bytes (keys "
+                             "are 1..%d bytes)", k.mv_size, ES_MAX_KEY);
+                break;
+            }
             if ((rc = srow_decode(&row, &v)) < 0)
                 break;
             memcpy(keys[n].k, k.mv_data, k.mv_size);
@@ -1256,8 +1507,9 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             rc = lm_err(rc, "listing streams");
         for (size_t i = 0; rc == 0 && i < n; i++) {
             int r = fn(keys[i].k, keys[i].len, keys[i].head, payload);
+            /* a library code from the callback keeps the message it set */
             if (r)
-                rc = es__cb_rc(r);
+                rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
         }
         if (n) {
             memcpy(from, keys[n - 1].k, keys[n - 1].len);
@@ -1307,10 +1559,11 @@ static size_t snap_key(uint8_t *out, const uint8_t *skey, size_t sklen, uint64_t
 }
 
 /* A small write transaction outside the group commit (snapshots, tamper). */
-static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, void *arg),
-                    void *arg)
+static int wtxn_run(lm_store *s, size_t bytes,
+                    int (*fn)(lm_env *e, MDB_txn *txn, void *arg), void *arg)
 {
-    if (e->readonly)
+    lm_env *e = s->e;
+    if (s->readonly || e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
     for (int attempt = 0;; attempt++) {
         MDB_txn *txn;
@@ -1340,7 +1593,7 @@ static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, 
                 return rc;
             continue;
         }
-        return IS_ES(rc) ? rc : lm_err(rc, "writing");
+        return IS_ES(rc) ? rc : lm_err_at(e, rc, "writing");
     }
 }
 
@@ -1370,7 +1623,7 @@ static int do_snap_put(lm_env *e, MDB_txn *txn, void *p)
 static int lm_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap)
 {
     snap_put_arg a = {skey, sklen, snap};
-    return wtxn_run(((lm_store *)be)->e, snap->len + 1024, do_snap_put, &a);
+    return wtxn_run(be, snap->len + 1024, do_snap_put, &a);
 }
 
 static int lm_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
@@ -1461,7 +1714,7 @@ static int do_snap_del(lm_env *e, MDB_txn *txn, void *p)
 static int lm_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq)
 {
     snap_del_arg a = {skey, sklen, seq};
-    return wtxn_run(((lm_store *)be)->e, 4096, do_snap_del, &a);
+    return wtxn_run(be, 4096, do_snap_del, &a);
 }
 
 /* ---- tamper (tests of es_verify) ---- */
@@ -1532,6 +1785,10 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
             MDB_val ik = {ev.stream_len + 8, ck}, iv;
             if ((rc = mdb_get(txn, e->index, &ik, &iv)))
                 goto done;
+            if (iv.mv_size != sizeof chunk) {
+                rc = es__err(ES_ECORRUPT, "index chunk is malformed");
+                goto done;
+            }
             memcpy(chunk, iv.mv_data, sizeof chunk);
             es__put_u64(chunk + 8 * (ev.seq - first), other);
             iv = (MDB_val){sizeof chunk, chunk};
@@ -1551,7 +1808,7 @@ done:
 static int lm_tamper(void *be, uint64_t position, int field, size_t offset)
 {
     tamper_arg a = {position, field, offset};
-    return wtxn_run(((lm_store *)be)->e, 1 << 20, do_tamper, &a);
+    return wtxn_run(be, 1 << 20, do_tamper, &a);
 }
 
 const es__backend es__backend_lmdb = {

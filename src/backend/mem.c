@@ -548,7 +548,8 @@ static int mem_streams(void *be, const void *prefix, size_t prefix_len, es_strea
     for (size_t i = 0; i < n; i++) {
         int r = fn(keys[i].key, keys[i].len, keys[i].head, payload);
         if (r) {
-            rc = es__cb_rc(r);
+            /* a library code from the callback keeps the message it set */
+            rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
             break;
         }
     }
