@@ -613,6 +613,45 @@ static void test_keep_time_for_imports(void **state)
     assert_int_equal(head_of(ST, "imp"), 1);
 }
 
+/* Importing the same file twice: the second import's appends all landed
+ * before, so they are replays, answered from the original even though their
+ * kept times are now before the store's latest commit (issue 7, item 4). */
+static void test_keep_time_replay_is_answered_from_the_original(void **state)
+{
+    uint8_t ids[3][ES_ID_SIZE];
+    for (int i = 0; i < 3; i++)
+        memset(ids[i], 0xa0 + i, ES_ID_SIZE);
+    es_event_new a[2] = {{.type = "A", .data = "1", .data_len = 1, .id = ids[0], .time_us = 1000000},
+                         {.type = "A", .data = "2", .data_len = 1, .id = ids[1], .time_us = 1000000}};
+    es_event_new b = {.type = "B", .id = ids[2], .time_us = 2000000};
+    es_append_result r1, r2, rb;
+    TU_EXPECT_OK(es_append_ex(&r1, ST, "imp-a", 5, ES_EXPECT_NO_STREAM, a, 2, ES_APPEND_KEEP_TIME));
+    TU_EXPECT_OK(es_append_ex(&rb, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
+    assert_int_equal(rb.time_us, 2000000);
+
+    /* the whole file again: every append a replay, in the original's order */
+    TU_EXPECT_OK(es_append_ex(&r2, ST, "imp-a", 5, ES_EXPECT_NO_STREAM, a, 2, ES_APPEND_KEEP_TIME));
+    assert_int_equal(r2.replayed, 1);
+    assert_int_equal(r2.first_seq, r1.first_seq);
+    assert_int_equal(r2.last_seq, r1.last_seq);
+    assert_int_equal(r2.first_position, r1.first_position);
+    assert_int_equal(r2.last_position, r1.last_position);
+    assert_int_equal(r2.time_us, 1000000);
+    assert_int_equal(r2.head, 2);
+    TU_EXPECT_OK(es_append_ex(&r2, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
+    assert_int_equal(r2.replayed, 1);
+    assert_int_equal(r2.first_position, rb.first_position);
+    assert_int_equal(tu_count_log(ST), 3);
+
+    /* a new append into a replayed stream is still held to its kept time */
+    uint8_t id4[ES_ID_SIZE];
+    memset(id4, 0xb4, sizeof id4);
+    es_event_new c = {.type = "C", .id = id4, .time_us = 1500000};
+    assert_int_equal(es_append_ex(&r2, ST, "imp-b", 5, ES_EXPECT_ANY, &c, 1, ES_APPEND_KEEP_TIME),
+                     ES_EINVAL);
+    assert_int_equal(tu_count_log(ST), 3);
+}
+
 static void test_verify_clean_store(void **state)
 {
     append_n(ST, "a", 5);
@@ -832,6 +871,7 @@ int main(int argc, char **argv)
         T(test_invalid_arguments_change_nothing),
         T(test_commit_times_never_go_back),
         T(test_keep_time_for_imports),
+        T(test_keep_time_replay_is_answered_from_the_original),
         T(test_verify_clean_store),
         T(test_threads_share_a_store),
         T(test_multi_stream_append_is_all_or_nothing),

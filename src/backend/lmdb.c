@@ -30,22 +30,26 @@
  */
 #define _GNU_SOURCE
 #include "../internal.h"
+#include "lmdb_record.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #define CHUNK 32
-#define REC_HDR 76
 #define FORMAT "eventsrc-lmdb-1"
 #define DEFAULT_MAP ((size_t)1 << 30) /* address space only; the file grows as written */
 #define READ_BATCH_EVENTS 1024
 #define GROUP_MAX 512
+#define MAX_READERS 256
+#define STALE_CHECK_EVERY 256 /* group commits */
 #define LINGER_NS 150000L /* about one sync of this machine's disk */
 #define FILL_NS 50000L
 
@@ -61,7 +65,8 @@ typedef struct lm_env {
     int refs;
     MDB_env *env;
     MDB_dbi log, streams, index, ids, snaps, meta;
-    bool readonly;
+    bool readonly; /* the environment itself: its files are not writable */
+    bool nolock;   /* opened without the lock file (MDB_NOLOCK) */
     size_t mapsize;
     size_t psize;
     pthread_rwlock_t resize; /* shared: any transaction; exclusive: resizing the map */
@@ -76,6 +81,7 @@ typedef struct lm_env {
     bool syncing;
     size_t inflight; /* threads inside lm_append */
     size_t qlen, last_group;
+    unsigned commits_since_check; /* of stale reader slots; by the leader only */
     pthread_cond_t lcond; /* a leader waiting for its group to fill */
     char path[];
 } lm_env;
@@ -83,6 +89,7 @@ typedef struct lm_env {
 typedef struct lm_store {
     lm_env *e;
     es_store *st;
+    bool readonly; /* this handle (ES_OPEN_READONLY); the environment may be shared */
 } lm_store;
 
 struct lm_req {
@@ -108,6 +115,7 @@ static int lm_err(int rc, const char *what)
     case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
+    case EFBIG:
         return es__err(ES_EFULL, "%s: the disk or the store is full (%s)", what, mdb_strerror(rc));
     case ENOMEM:
         return es__err(ES_ENOMEM, "%s: out of memory", what);
@@ -121,6 +129,18 @@ static int lm_err(int rc, const char *what)
     default:
         return es__err(ES_EIO, "%s: %s", what, mdb_strerror(rc));
     }
+}
+
+/* lm_err for a failure that may come from writing the file: LMDB reports
+ * a short write (which a full disk gives) as EIO, so an EIO when the file
+ * system has next to no room left is a full disk. */
+static int lm_err_at(const lm_env *e, int rc, const char *what)
+{
+    struct statvfs fs;
+    if (rc == EIO && statvfs(e->path, &fs) == 0 &&
+        (uint64_t)fs.f_bavail * fs.f_frsize < ((uint64_t)1 << 20))
+        rc = ENOSPC;
+    return lm_err(rc, what);
 }
 
 /* ---- map size ---- */
@@ -186,14 +206,23 @@ static int maybe_grow(lm_env *e, size_t bytes_to_write)
 }
 
 /* Begin a read transaction with the resize lock held shared. */
+static void clear_stale_readers(lm_env *e);
+
 static int rtxn_begin(lm_env *e, MDB_txn **txn)
 {
+    bool checked = false;
     for (;;) {
         pthread_rwlock_rdlock(&e->resize);
         int rc = mdb_txn_begin(e->env, NULL, MDB_RDONLY, txn);
         if (rc == 0)
             return 0;
         pthread_rwlock_unlock(&e->resize);
+        if (rc == MDB_READERS_FULL && !checked) {
+            /* slots of killed processes: clear them and try once more */
+            clear_stale_readers(e);
+            checked = true;
+            continue;
+        }
         if (rc != MDB_MAP_RESIZED)
             return lm_err(rc, "beginning a read");
         if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
@@ -205,40 +234,6 @@ static void rtxn_end(lm_env *e, MDB_txn *txn)
 {
     mdb_txn_abort(txn);
     pthread_rwlock_unlock(&e->resize);
-}
-
-/* ---- records ---- */
-
-static size_t rec_size(size_t sl, size_t tl, size_t dl, size_t ml)
-{
-    return REC_HDR + sl + tl + 1 + dl + ml;
-}
-
-/* Point ev's fields into a record; checks every length against the size. */
-static int rec_decode(es_event *ev, const uint8_t *r, size_t n, uint64_t position)
-{
-    if (n < REC_HDR || r[0] != 1)
-        return es__err(ES_ECORRUPT, "event record at position %llu is malformed",
-                       (unsigned long long)position);
-    size_t sl = r[1], tl = r[2];
-    size_t dl = es__get_u32(r + 4), ml = es__get_u32(r + 8);
-    if (sl == 0 || tl == 0 || rec_size(sl, tl, dl, ml) != n || r[REC_HDR + sl + tl] != 0)
-        return es__err(ES_ECORRUPT, "event record at position %llu has bad lengths",
-                       (unsigned long long)position);
-    ev->stream = r + REC_HDR;
-    ev->stream_len = sl;
-    ev->type = (const char *)r + REC_HDR + sl;
-    ev->type_len = tl;
-    ev->data = r + REC_HDR + sl + tl + 1;
-    ev->data_len = dl;
-    ev->meta = ev->data + dl;
-    ev->meta_len = ml;
-    ev->seq = es__get_u64(r + 12);
-    ev->time_us = (int64_t)es__get_u64(r + 20);
-    memcpy(ev->id, r + 28, ES_ID_SIZE);
-    memcpy(ev->hash, r + 44, ES_HASH_SIZE);
-    ev->position = position;
-    return 0;
 }
 
 /* ---- stream rows ---- */
@@ -330,11 +325,181 @@ static int log_get(lm_env *e, MDB_txn *txn, uint64_t pos, MDB_val *v)
 
 /* ---- open / close ---- */
 
-static int open_dbis(lm_env *e)
+/*
+ * What a damaged data.mdb can do, and what is checked here.  LMDB reads the
+ * file through a read-only map and writes it with pwrite (we do not use
+ * MDB_WRITEMAP), so a full disk is a write error, never a fault.  The map is
+ * read only up to the last page that the newest meta page names: LMDB
+ * itself refuses any page number past it (MDB_PAGE_NOTFOUND).  But LMDB
+ * does not compare that last page with the file's size, so a truncated file
+ * is read past its end, which is SIGBUS; and it does not check the inside
+ * of the B-tree pages (node offsets), so a flipped byte there can still make
+ * liblmdb read out of bounds.  So before LMDB maps the file we read both
+ * meta pages with pread and check their magic and version, the page size,
+ * the map size, and that the last page and the roots lie inside the file.
+ * Records read through LMDB are checked again by lmdb_record.c.
+ *
+ * The meta page layout is LMDB's (mdb.c: a 16-byte page header, then
+ * MDB_meta), in host byte order, for 64-bit builds of LMDB 0.9.
+ */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_DATA_VERSION 1u
+enum {
+    META_AT_MAGIC = 16,
+    META_AT_VERSION = 20,
+    META_AT_MAPSIZE = 32,
+    META_AT_DBS = 40,    /* two MDB_db: the free list, then the main table */
+    DB_SIZE = 48,
+    DB_AT_PAD = 0,       /* the free list's md_pad holds the page size */
+    DB_AT_ROOT = 40,
+    META_AT_LAST_PG = 136,
+    META_AT_TXNID = 144,
+    META_SIZE = 152,
+    META_MIN_PSIZE = 512,
+    META_MAX_PSIZE = 65536,
+};
+#define MAX_MAP ((uint64_t)1 << 44) /* 16 TiB, as for the map_size option */
+#define P_INVALID UINT64_MAX        /* an empty table's root */
+
+static uint64_t meta_u64(const uint8_t *m, size_t at)
+{
+    uint64_t v;
+    memcpy(&v, m + at, 8);
+    return v;
+}
+
+static uint32_t meta_u32(const uint8_t *m, size_t at)
+{
+    uint32_t v;
+    memcpy(&v, m + at, 4);
+    return v;
+}
+
+/* Check one meta page (read from `off`) against the file's page count. */
+static int check_meta(const char *f, const uint8_t *m, int which, uint64_t psize, uint64_t pages)
+{
+    if (meta_u32(m, META_AT_MAGIC) != LMDB_MAGIC)
+        return es__err(ES_ECORRUPT, "%s: meta page %d is not an LMDB meta page (bad magic)", f,
+                       which);
+    if (meta_u32(m, META_AT_VERSION) != LMDB_DATA_VERSION)
+        return es__err(ES_ECORRUPT, "%s: meta page %d has LMDB format version %u, not %u", f,
+                       which, meta_u32(m, META_AT_VERSION), LMDB_DATA_VERSION);
+    uint64_t last = meta_u64(m, META_AT_LAST_PG), map = meta_u64(m, META_AT_MAPSIZE);
+    if (last < 1 || last >= pages)
+        return es__err(ES_ECORRUPT,
+                       "%s is truncated or damaged: meta page %d names page %llu as its last, "
+                       "but the file holds %llu pages of %llu bytes",
+                       f, which, (unsigned long long)last, (unsigned long long)pages,
+                       (unsigned long long)psize);
+    if (map > MAX_MAP || map / psize < last + 1)
+        return es__err(ES_ECORRUPT, "%s: meta page %d has a bad map size (%llu bytes)", f, which,
+                       (unsigned long long)map);
+    for (int i = 0; i < 2; i++) {
+        uint64_t root = meta_u64(m, META_AT_DBS + (size_t)i * DB_SIZE + DB_AT_ROOT);
+        if (root != P_INVALID && (root < 2 || root > last))
+            return es__err(ES_ECORRUPT, "%s: meta page %d names a root page (%llu) outside the "
+                           "file", f, which, (unsigned long long)root);
+    }
+    return 0;
+}
+
+/* Validate DIR/data.mdb before LMDB maps it (see above).  A missing or
+ * empty file is a new store (LMDB writes its meta pages), unless `readonly`. */
+static int check_data_file(const char *dir, bool readonly)
+{
+#if UINTPTR_MAX == UINT64_MAX && !defined(MDB_VL32)
+    char f[4200];
+    uint8_t m[2][META_SIZE];
+    struct stat sb;
+    int fd, rc = 0;
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    if ((fd = open(f, O_RDONLY | O_CLOEXEC)) < 0) {
+        if (errno == ENOENT && !readonly)
+            return 0;
+        if (errno == ENOENT)
+            return es__err(ES_ENOTFOUND, "no store at %s", dir);
+        return es__err(ES_EIO, "cannot read %s: %s", f, strerror(errno));
+    }
+    /* Meta pages first, then the size: a writer in another process writes
+     * its pages before the meta page that names them, so the file can only
+     * have grown since. */
+    ssize_t n0 = pread(fd, m[0], META_SIZE, 0);
+    uint64_t psize = n0 == META_SIZE ? meta_u32(m[0], META_AT_DBS + DB_AT_PAD) : 0;
+    ssize_t n1 = psize >= META_MIN_PSIZE && psize <= META_MAX_PSIZE && !(psize & (psize - 1))
+                     ? pread(fd, m[1], META_SIZE, (off_t)psize)
+                     : 0;
+    if (fstat(fd, &sb) != 0) {
+        rc = es__err(ES_EIO, "%s: %s", f, strerror(errno));
+        goto done;
+    }
+    if (n0 < 0 || n1 < 0) {
+        rc = es__err(ES_EIO, "cannot read %s: %s", f, strerror(errno));
+        goto done;
+    }
+    if (sb.st_size == 0) {
+        if (readonly)
+            rc = es__err(ES_ECORRUPT, "%s is empty (was the store's creation interrupted?)", f);
+        goto done;
+    }
+    if (n0 != META_SIZE || meta_u32(m[0], META_AT_MAGIC) != LMDB_MAGIC) {
+        rc = es__err(ES_ECORRUPT, "%s is not an LMDB file (its first meta page is %s)", f,
+                     n0 != META_SIZE ? "cut short" : "damaged");
+        goto done;
+    }
+    if (n1 != META_SIZE) {
+        rc = es__err(ES_ECORRUPT, "%s is truncated or has a bad page size (%llu): no second "
+                     "meta page", f, (unsigned long long)psize);
+        goto done;
+    }
+    uint64_t pages = (uint64_t)sb.st_size / psize;
+    if ((rc = check_meta(f, m[0], 0, psize, pages)) == 0)
+        rc = check_meta(f, m[1], 1, psize, pages);
+done:
+    close(fd);
+    return rc;
+#else
+    (void)dir, (void)readonly;
+    return 0; /* the meta layout above is that of 64-bit LMDB */
+#endif
+}
+
+/* LMDB's lock file: (maxreaders - 1) reader slots after a header.  LMDB
+ * extends it with ftruncate, which leaves it sparse, and then writes it
+ * through a shared map: on a full disk that write is a SIGBUS.  So give it
+ * real blocks first.  Returns 0, 1 when the file cannot be written (a
+ * read-only store: open it without the lock), or an ES_E* code. */
+#define LOCK_SIZE (128 + 64 * (off_t)MAX_READERS)
+
+static int prepare_lock_file(const char *dir, bool readonly)
+{
+    char f[4200];
+    snprintf(f, sizeof f, "%s/lock.mdb", dir);
+    int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        if (readonly && (errno == EACCES || errno == EROFS || errno == EPERM))
+            return 1;
+        return es__err(ES_EIO, "cannot open %s: %s", f, strerror(errno));
+    }
+    struct stat sb;
+    int rc = 0;
+    if (fstat(fd, &sb) != 0) {
+        rc = es__err(ES_EIO, "%s: %s", f, strerror(errno));
+    } else if (sb.st_size < LOCK_SIZE) {
+        int err = posix_fallocate(fd, 0, LOCK_SIZE);
+        if (err == ENOSPC || err == EDQUOT || err == EFBIG)
+            rc = es__err(ES_EFULL, "the disk is full: no room for %s (%s)", f, strerror(err));
+        else if (err && err != EOPNOTSUPP && err != EINVAL)
+            rc = es__err(ES_EIO, "cannot allocate %s: %s", f, strerror(err));
+    }
+    close(fd);
+    return rc;
+}
+
+static int open_dbis(lm_env *e, bool readonly)
 {
     MDB_txn *txn;
-    unsigned f = e->readonly ? 0 : MDB_CREATE;
-    int rc = mdb_txn_begin(e->env, NULL, e->readonly ? MDB_RDONLY : 0, &txn);
+    unsigned f = readonly ? 0 : MDB_CREATE;
+    int rc = mdb_txn_begin(e->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
     if (rc)
         return lm_err(rc, "opening the store");
     if ((rc = mdb_dbi_open(txn, "log", f, &e->log)) || (rc = mdb_dbi_open(txn, "streams", f, &e->streams)) ||
@@ -347,7 +512,7 @@ static int open_dbis(lm_env *e)
     }
     MDB_val key = {6, "format"}, v;
     rc = mdb_get(txn, e->meta, &key, &v);
-    if (rc == MDB_NOTFOUND && !e->readonly) {
+    if (rc == MDB_NOTFOUND && !readonly) {
         v.mv_size = strlen(FORMAT);
         v.mv_data = FORMAT;
         rc = mdb_put(txn, e->meta, &key, &v, 0);
@@ -360,10 +525,10 @@ static int open_dbis(lm_env *e)
     }
     if (rc) {
         mdb_txn_abort(txn);
-        return lm_err(rc, "writing the store's format");
+        return lm_err_at(e, rc, "writing the store's format");
     }
     if ((rc = mdb_txn_commit(txn)))
-        return lm_err(rc, "creating the store");
+        return lm_err_at(e, rc, "creating the store");
     return 0;
 }
 
@@ -378,6 +543,29 @@ static void env_free(lm_env *e)
     free(e);
 }
 
+/* Clear the reader slots of processes that died inside a read (SIGKILL):
+ * until then they pin old pages, so the file grows instead of reusing
+ * them, and once every slot is taken no reader can start. */
+static void clear_stale_readers(lm_env *e)
+{
+    int dead = 0;
+    if (!e->nolock)
+        mdb_reader_check(e->env, &dead);
+}
+
+/* Does the directory let this process write the store?  (A read-only
+ * handle still opens the environment read-write when it can, so that a
+ * read-write handle opened later in this process can share it.) */
+static bool store_writable(const char *dir)
+{
+    char f[4200];
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    if (access(f, W_OK) != 0)
+        return false;
+    snprintf(f, sizeof f, "%s/lock.mdb", dir);
+    return access(f, W_OK) == 0 || (errno == ENOENT && access(dir, W_OK) == 0);
+}
+
 static int env_open(lm_env **out, const char *path, const es_open_options *opts)
 {
     struct stat sb;
@@ -388,7 +576,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
 
     if (stat(path, &sb) != 0) {
         if (errno != ENOENT)
-            return es__err(ES_EIO, "%s: %s", path, strerror(errno));
+            return es__err(ES_EIO, "cannot open %s: %s", path, strerror(errno));
         if (opts->flags & (ES_OPEN_NOCREATE | ES_OPEN_READONLY))
             return es__err(ES_ENOTFOUND, "no store at %s", path);
         if (mkdir(path, 0755) != 0 && errno != EEXIST)
@@ -398,16 +586,22 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     }
     if (!S_ISDIR(sb.st_mode))
         return es__err(ES_EINVAL, "%s is not a directory (lmdb: takes a directory)", path);
-    if (opts->flags & ES_OPEN_NOCREATE) {
-        char f[4096];
+    if (opts->flags & (ES_OPEN_NOCREATE | ES_OPEN_READONLY)) {
+        char f[4200];
         snprintf(f, sizeof f, "%s/data.mdb", path);
         if (access(f, F_OK) != 0)
-            return es__err(ES_ENOTFOUND, "no store at %s", path);
+            return errno == ENOENT ? es__err(ES_ENOTFOUND, "no store at %s", path)
+                                   : es__err(ES_EIO, "cannot open %s: %s", path, strerror(errno));
     }
 
     pthread_mutex_lock(&envs_lock);
     for (e = envs; e; e = e->next) {
         if (e->dev == sb.st_dev && e->ino == sb.st_ino) {
+            if (e->readonly && !readonly) {
+                pthread_mutex_unlock(&envs_lock);
+                return es__err(ES_EIO, "cannot open %s for writing: its files are not writable "
+                               "(this process has it open read-only)", path);
+            }
             e->refs++;
             pthread_mutex_unlock(&envs_lock);
             *out = e;
@@ -423,7 +617,7 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     e->dev = sb.st_dev;
     e->ino = sb.st_ino;
     e->refs = 1;
-    e->readonly = readonly;
+    e->readonly = readonly && !store_writable(path);
     /* Readers first: a thread reading through a cursor may take the lock
      * again (head, views) while a grower waits; the grower's wait is
      * bounded instead (set_mapsize). */
@@ -432,13 +626,21 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     pthread_cond_init(&e->qcond, NULL);
     pthread_cond_init(&e->lcond, NULL);
 
+    if ((rc = check_data_file(path, readonly)) < 0)
+        goto fail;
+    if ((rc = prepare_lock_file(path, e->readonly)) < 0)
+        goto fail;
+    /* A lock file we cannot write (a store made read-only with chmod): read
+     * without it.  Safe while nothing writes the store; a writer elsewhere
+     * could reuse pages under such a reader, since it is not registered. */
+    e->nolock = rc == 1;
     if ((rc = mdb_env_create(&e->env))) {
         e->env = NULL;
         rc = lm_err(rc, "creating an LMDB environment");
         goto fail;
     }
     mdb_env_set_maxdbs(e->env, 8);
-    mdb_env_set_maxreaders(e->env, 256);
+    mdb_env_set_maxreaders(e->env, MAX_READERS);
     e->mapsize = opts->map_size ? (size_t)opts->map_size : DEFAULT_MAP;
     if ((rc = mdb_env_set_mapsize(e->env, e->mapsize))) {
         rc = lm_err(rc, "setting the map size");
@@ -446,12 +648,14 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     }
     /* Durable mode: each commit syncs its data pages; the meta page is made
      * durable by the next sync (ours, or the next commit's), see lm_append. */
-    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : MDB_NOMETASYNC) | (readonly ? MDB_RDONLY : 0);
+    unsigned flags = MDB_NOTLS | (nosync ? MDB_NOSYNC : MDB_NOMETASYNC) |
+                     (e->readonly ? MDB_RDONLY : 0) | (e->nolock ? MDB_NOLOCK : 0);
     e->nosync = nosync;
+    e->psize = (size_t)sysconf(_SC_PAGESIZE);
     if ((rc = mdb_env_open(e->env, path, flags, 0644))) {
-        rc = rc == EACCES || rc == EROFS
+        rc = rc == EACCES || rc == EROFS || rc == EPERM
                  ? es__err(ES_EIO, "cannot open %s: %s", path, mdb_strerror(rc))
-                 : lm_err(rc, path);
+                 : lm_err_at(e, rc, path);
         goto fail;
     }
     MDB_envinfo info;
@@ -460,7 +664,8 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     mdb_env_stat(e->env, &mst);
     e->mapsize = info.me_mapsize; /* an existing store may be bigger */
     e->psize = mst.ms_psize;
-    if ((rc = open_dbis(e)) < 0)
+    clear_stale_readers(e);
+    if ((rc = open_dbis(e, readonly)) < 0)
         goto fail;
     e->next = envs;
     envs = e;
@@ -555,6 +760,7 @@ static int lm_open(void **out, const char *path, const es_open_options *opts, es
     }
     free(dir);
     s->st = st;
+    s->readonly = o.flags & ES_OPEN_READONLY;
     *out = s;
     return 0;
 }
@@ -587,16 +793,39 @@ static int lookup_id(void *ctx, const uint8_t id[ES_ID_SIZE], es_event *ev)
     uint64_t pos = es__get_u64(v.mv_data);
     if ((rc = log_get(c->e, c->txn, pos, &rec)) < 0)
         return rc;
-    if ((rc = rec_decode(ev, rec.mv_data, rec.mv_size, pos)) < 0)
+    if ((rc = es__rec_decode(ev, rec.mv_data, rec.mv_size, pos)) < 0)
         return rc;
     return 1;
 }
 
-/* Apply one request inside txn at commit time t.  Returns 0, an ES_E*
- * code, or 1 with *mdb_rc set when LMDB failed (the caller decides: grow,
- * or fail). */
+/* The commit time of one client call: worked out when its first request
+ * that writes needs it, so that a call of replays only is answered from the
+ * original whatever its kept time. */
+typedef struct commit_time {
+    es_store *st;
+    const es__append_req *first; /* the call's first request gives a kept time */
+    int64_t last_time;           /* the store's latest commit time */
+    bool known;
+    int64_t t;
+} commit_time;
+
+static int commit_time_get(commit_time *ct, int64_t *out)
+{
+    int rc;
+    if (!ct->known) {
+        if ((rc = es__commit_time(ct->st, ct->first, ct->last_time, &ct->t)) < 0)
+            return rc;
+        ct->known = true;
+    }
+    *out = ct->t;
+    return 0;
+}
+
+/* Apply one request inside txn.  Returns 0, an ES_E* code, or 1 with
+ * *mdb_rc set when LMDB failed (the caller decides: grow, or fail). */
 static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *last_pos,
-                        const es__append_req *req, es_append_result *out, int64_t t, int *mdb_rc)
+                        const es__append_req *req, es_append_result *out, commit_time *ct,
+                        int *mdb_rc)
 {
     lm_env *e = s->e;
     srow row;
@@ -616,6 +845,9 @@ static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *l
         return es__err(ES_ECONFLICT, "stream is at seq %llu, not at the expected state",
                        (unsigned long long)row.head);
     }
+    int64_t t;
+    if ((rc = commit_time_get(ct, &t)) < 0)
+        return rc;
     const uint8_t *prev = row.head ? row.hash : NULL;
     const uint64_t head = row.head;
     uint8_t prevbuf[ES_HASH_SIZE];
@@ -626,32 +858,12 @@ static int apply_append(lm_store *s, MDB_txn *txn, MDB_cursor *logc, uint64_t *l
         pos++;
         es__put_u64(posb, pos);
         key = (MDB_val){8, posb};
-        v.mv_size = rec_size(req->stream_len, tl, in->data_len, in->meta_len);
+        v.mv_size = es__rec_size(req->stream_len, tl, in->data_len, in->meta_len);
         if ((rc = mdb_cursor_put(logc, &key, &v, MDB_APPEND | MDB_RESERVE)))
             goto mdb_fail;
         uint8_t *r = v.mv_data;
-        r[0] = 1;
-        r[1] = (uint8_t)req->stream_len;
-        r[2] = (uint8_t)tl;
-        r[3] = 0;
-        es__put_u32(r + 4, (uint32_t)in->data_len);
-        es__put_u32(r + 8, (uint32_t)in->meta_len);
-        es__put_u64(r + 12, seq);
-        es__put_u64(r + 20, (uint64_t)t);
-        memcpy(r + 28, req->ids[i], ES_ID_SIZE);
-        uint8_t *p = r + REC_HDR;
-        memcpy(p, req->stream, req->stream_len);
-        p += req->stream_len;
-        memcpy(p, in->type, tl + 1);
-        p += tl + 1;
-        if (in->data_len)
-            memcpy(p, in->data, in->data_len);
-        p += in->data_len;
-        if (in->meta_len)
-            memcpy(p, in->meta, in->meta_len);
-        es__chain_hash(r + 44, prev, req->stream, req->stream_len, seq, t, req->ids[i], in->type,
-                       tl, in->data, in->data_len, in->meta, in->meta_len);
-        memcpy(prevbuf, r + 44, ES_HASH_SIZE);
+        es__rec_encode(r, req->stream, req->stream_len, seq, t, req->ids[i], in, tl, prev);
+        memcpy(prevbuf, r + ES__REC_AT_HASH, ES_HASH_SIZE);
         prev = prevbuf;
 
         MDB_val ik = {ES_ID_SIZE, (void *)req->ids[i]}, iv = {8, posb};
@@ -702,7 +914,7 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
     MDB_cursor *logc;
     MDB_val key, v;
     uint64_t pos = 0;
-    int64_t last_time = 0, t;
+    commit_time ct = {.st = r->s->st, .first = &r->reqs[0]};
     int rc;
 
     /* The last event gives the last position and the latest commit time. */
@@ -714,19 +926,18 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
     rc = mdb_cursor_get(logc, &key, &v, MDB_LAST);
     if (rc == 0) {
         pos = es__get_u64(key.mv_data);
-        if (v.mv_size < REC_HDR) {
+        if ((rc = es__rec_time(&ct.last_time, v.mv_data, v.mv_size, pos)) < 0) {
             mdb_cursor_close(logc);
-            return es__err(ES_ECORRUPT, "the last event record is malformed");
+            return rc;
         }
-        last_time = (int64_t)es__get_u64((const uint8_t *)v.mv_data + 20);
     } else if (rc != MDB_NOTFOUND) {
         mdb_cursor_close(logc);
         *mdb_rc = rc;
         return 1;
     }
-    rc = es__commit_time(r->s->st, &r->reqs[0], last_time, &t);
+    rc = 0;
     for (size_t k = 0; rc == 0 && k < r->n; k++)
-        rc = apply_append(r->s, txn, logc, &pos, &r->reqs[k], &r->outs[k], t, mdb_rc);
+        rc = apply_append(r->s, txn, logc, &pos, &r->reqs[k], &r->outs[k], &ct, mdb_rc);
     mdb_cursor_close(logc);
     return rc;
 }
@@ -737,9 +948,15 @@ static int apply_call(lm_req *r, MDB_txn *txn, int *mdb_rc)
 static bool commit_group(lm_env *e, lm_req *group)
 {
     size_t bytes = 0, n = 0;
+    /* A process killed inside a read pins the pages of its snapshot until
+     * its slot is cleared: the file would grow instead of reusing them. */
+    if (++e->commits_since_check >= STALE_CHECK_EVERY) {
+        e->commits_since_check = 0;
+        clear_stale_readers(e);
+    }
     for (lm_req *r = group; r; r = r->next) {
         for (size_t k = 0; k < r->n; k++)
-            bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (REC_HDR + 64 + ES_MAX_KEY);
+            bytes += r->reqs[k].payload_bytes + r->reqs[k].n * (ES__REC_HDR + 64 + ES_MAX_KEY);
         n++;
     }
     for (int attempt = 0;; attempt++) {
@@ -806,7 +1023,7 @@ static bool commit_group(lm_env *e, lm_req *group)
                 goto fail_all;
             continue;
         }
-        rc = lm_err(mrc, "committing an append");
+        rc = lm_err_at(e, mrc, "committing an append");
     fail_all:
         for (lm_req *r = group; r; r = r->next) {
             r->rc = rc;
@@ -823,7 +1040,7 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
     lm_env *e = s->e;
     lm_req me = {.s = s, .reqs = reqs, .n = n, .outs = outs};
 
-    if (e->readonly)
+    if (s->readonly || e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
     /*
      * Group commit.  Calls queue up; one thread at a time leads: it takes
@@ -922,7 +1139,7 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
             if (rc == 0 && target > e->synced_gen)
                 e->synced_gen = target;
             if (rc && me.gen > e->synced_gen) {
-                me.rc = lm_err(rc, "syncing to disk");
+                me.rc = lm_err_at(e, rc, "syncing to disk");
                 snprintf(me.err, sizeof me.err, "%s", es_error_last());
             }
             pthread_cond_broadcast(&e->qcond);
@@ -1022,7 +1239,7 @@ static int cur_push(lm_cursor *c, const MDB_val *rec, uint64_t pos)
         c->evs = r;
         c->cap = cap;
     }
-    int rc = rec_decode(&c->evs[c->n], rec->mv_data, rec->mv_size, pos);
+    int rc = es__rec_decode(&c->evs[c->n], rec->mv_data, rec->mv_size, pos);
     if (rc == 0)
         c->n++;
     return rc;
@@ -1087,16 +1304,22 @@ done:
     return rc;
 }
 
+/* Can the record be skipped by the cursor's filters?  Reads only what the
+ * record's size covers; a record too short to tell is kept, for the decoder
+ * to report. */
 static bool log_wanted(const lm_cursor *c, const MDB_val *v)
 {
     const uint8_t *r = v->mv_data;
-    if (v->mv_size < REC_HDR)
-        return true; /* let the decoder report it */
-    if (c->prefix_len && (r[1] < c->prefix_len || memcmp(r + REC_HDR, c->prefix, c->prefix_len)))
+    size_t sl, tl;
+    if (v->mv_size < ES__REC_HDR)
+        return true;
+    sl = r[ES__REC_AT_STREAM_LEN];
+    tl = r[ES__REC_AT_TYPE_LEN];
+    if (v->mv_size < ES__REC_HDR + sl + tl)
+        return true;
+    if (c->prefix_len && (sl < c->prefix_len || memcmp(r + ES__REC_HDR, c->prefix, c->prefix_len)))
         return false;
-    if (c->type_len && (r[2] != c->type_len ||
-                        (size_t)v->mv_size < REC_HDR + r[1] + c->type_len ||
-                        memcmp(r + REC_HDR + r[1], c->type, c->type_len)))
+    if (c->type_len && (tl != c->type_len || memcmp(r + ES__REC_HDR + sl, c->type, tl)))
         return false;
     return true;
 }
@@ -1262,6 +1485,11 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
                 break;
             }
             srow row;
+            if (k.mv_size == 0 || k.mv_size > ES_MAX_KEY) {
+                rc = es__err(ES_ECORRUPT, "the streams table holds a key of %zu bytes (keys "
+                             "are 1..%d bytes)", k.mv_size, ES_MAX_KEY);
+                break;
+            }
             if ((rc = srow_decode(&row, &v)) < 0)
                 break;
             memcpy(keys[n].k, k.mv_data, k.mv_size);
@@ -1279,8 +1507,9 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             rc = lm_err(rc, "listing streams");
         for (size_t i = 0; rc == 0 && i < n; i++) {
             int r = fn(keys[i].k, keys[i].len, keys[i].head, payload);
+            /* a library code from the callback keeps the message it set */
             if (r)
-                rc = es__cb_rc(r);
+                rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
         }
         if (n) {
             memcpy(from, keys[n - 1].k, keys[n - 1].len);
@@ -1330,10 +1559,11 @@ static size_t snap_key(uint8_t *out, const uint8_t *skey, size_t sklen, uint64_t
 }
 
 /* A small write transaction outside the group commit (snapshots, tamper). */
-static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, void *arg),
-                    void *arg)
+static int wtxn_run(lm_store *s, size_t bytes,
+                    int (*fn)(lm_env *e, MDB_txn *txn, void *arg), void *arg)
 {
-    if (e->readonly)
+    lm_env *e = s->e;
+    if (s->readonly || e->readonly)
         return es__err(ES_EINVAL, "the store was opened read-only");
     for (int attempt = 0;; attempt++) {
         MDB_txn *txn;
@@ -1363,7 +1593,7 @@ static int wtxn_run(lm_env *e, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, 
                 return rc;
             continue;
         }
-        return IS_ES(rc) ? rc : lm_err(rc, "writing");
+        return IS_ES(rc) ? rc : lm_err_at(e, rc, "writing");
     }
 }
 
@@ -1393,7 +1623,7 @@ static int do_snap_put(lm_env *e, MDB_txn *txn, void *p)
 static int lm_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap)
 {
     snap_put_arg a = {skey, sklen, snap};
-    return wtxn_run(((lm_store *)be)->e, snap->len + 1024, do_snap_put, &a);
+    return wtxn_run(be, snap->len + 1024, do_snap_put, &a);
 }
 
 static int lm_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
@@ -1484,7 +1714,7 @@ static int do_snap_del(lm_env *e, MDB_txn *txn, void *p)
 static int lm_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq)
 {
     snap_del_arg a = {skey, sklen, seq};
-    return wtxn_run(((lm_store *)be)->e, 4096, do_snap_del, &a);
+    return wtxn_run(be, 4096, do_snap_del, &a);
 }
 
 /* ---- tamper (tests of es_verify) ---- */
@@ -1517,16 +1747,15 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
         return ES_ENOMEM;
     memcpy(r, v.mv_data, v.mv_size);
     size_t n = v.mv_size;
-    if ((rc = rec_decode(&ev, r, n, a->position)) < 0)
+    if ((rc = es__rec_decode(&ev, r, n, a->position)) < 0)
         goto done;
-    size_t sl = r[1], tl = r[2];
     switch (a->field) {
-    case ES__F_KEY: flip(r + REC_HDR, sl, a->offset); break;
-    case ES__F_SEQ: flip(r + 12, 8, a->offset); break;
-    case ES__F_TIME: flip(r + 20, 8, a->offset); break;
-    case ES__F_ID: flip(r + 28, 16, a->offset); break;
-    case ES__F_HASH: flip(r + 44, 32, a->offset); break;
-    case ES__F_TYPE: flip(r + REC_HDR + sl, tl, a->offset); break;
+    case ES__F_KEY: flip(r + ES__REC_HDR, ev.stream_len, a->offset); break;
+    case ES__F_SEQ: flip(r + ES__REC_AT_SEQ, 8, a->offset); break;
+    case ES__F_TIME: flip(r + ES__REC_AT_TIME, 8, a->offset); break;
+    case ES__F_ID: flip(r + ES__REC_AT_ID, ES_ID_SIZE, a->offset); break;
+    case ES__F_HASH: flip(r + ES__REC_AT_HASH, ES_HASH_SIZE, a->offset); break;
+    case ES__F_TYPE: flip(r + ES__REC_HDR + ev.stream_len, ev.type_len, a->offset); break;
     case ES__F_DATA: flip((uint8_t *)ev.data, ev.data_len, a->offset); break;
     case ES__F_META: flip((uint8_t *)ev.meta, ev.meta_len, a->offset); break;
     case ES__F_POSITION: {
@@ -1556,6 +1785,10 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
             MDB_val ik = {ev.stream_len + 8, ck}, iv;
             if ((rc = mdb_get(txn, e->index, &ik, &iv)))
                 goto done;
+            if (iv.mv_size != sizeof chunk) {
+                rc = es__err(ES_ECORRUPT, "index chunk is malformed");
+                goto done;
+            }
             memcpy(chunk, iv.mv_data, sizeof chunk);
             es__put_u64(chunk + 8 * (ev.seq - first), other);
             iv = (MDB_val){sizeof chunk, chunk};
@@ -1575,7 +1808,7 @@ done:
 static int lm_tamper(void *be, uint64_t position, int field, size_t offset)
 {
     tamper_arg a = {position, field, offset};
-    return wtxn_run(((lm_store *)be)->e, 1 << 20, do_tamper, &a);
+    return wtxn_run(be, 1 << 20, do_tamper, &a);
 }
 
 const es__backend es__backend_lmdb = {

@@ -183,131 +183,142 @@ static mem_event *build_event(const es__append_req *req, size_t i, uint64_t seq,
 /*
  * Appends are all or nothing: plan every request (expectations, retries,
  * seqs; a stream named twice sees its earlier events), make every
- * allocation, and only then publish, which cannot fail.
+ * allocation, and only then publish, which cannot fail.  All of it under the
+ * write lock; an append's working state lives in one `append_ctx`.
  */
-static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_result *outs)
+typedef struct append_ctx {
+    mem_store *m;
+    const es__append_req *reqs;
+    size_t n;
+    es_append_result *outs;
+    plan *p;
+    es__map batch_streams; /* streams new in this append */
+    uint8_t **keys;        /* owned map keys: ids, then new streams */
+    size_t nkeys;
+    size_t total;          /* events written (replays excluded) */
+    size_t new_streams;
+    uint64_t pos;          /* last position used */
+    int64_t t;             /* commit time */
+} append_ctx;
+
+/* 1. Plan: expectations and retries of every request, nothing changed.
+ * A request whose ids all landed before is a replay, answered from the
+ * original whatever else it asks. */
+static int plan_requests(append_ctx *a)
 {
-    mem_store *m = be;
-    plan *p = es__calloc(n, sizeof *p);
-    es__map batch_streams = {0}; /* streams new in this append */
-    uint8_t **keys = NULL;       /* owned map keys: ids, then new streams */
-    size_t total = 0, nkeys = 0, new_streams = 0;
-    int64_t t;
-    int rc = 0;
-
-    if (!p)
-        return es__err(ES_ENOMEM, "out of memory for an append");
-    for (size_t k = 0; k < n; k++)
-        total += reqs[k].n;
-    pthread_rwlock_wrlock(&m->lock);
-    if ((rc = es__commit_time(m->st, &reqs[0], m->last_time, &t)) < 0)
-        goto fail;
-
-    /* 1. plan */
-    uint64_t pos = m->n;
-    for (size_t k = 0; k < n; k++) {
-        const es__append_req *req = &reqs[k];
+    mem_store *m = a->m;
+    int rc;
+    for (size_t k = 0; k < a->n; k++) {
+        const es__append_req *req = &a->reqs[k];
+        plan *p = a->p;
         mem_stream *s = es__map_get(&m->streams, req->stream, req->stream_len);
-        if (!s && (s = es__map_get(&batch_streams, req->stream, req->stream_len)))
+        if (!s && (s = es__map_get(&a->batch_streams, req->stream, req->stream_len)))
             p[k].is_new = true;
         /* the head as earlier requests of this append left it */
         uint64_t head = s ? s->n : 0;
         for (size_t j = 0; j < k; j++)
             if (p[j].s == s && s && !p[j].replayed)
-                head = p[j].head + reqs[j].n;
-        if ((rc = es__idempotency_check(req, lookup_id, m, head, &outs[k])) < 0)
-            goto fail;
+                head = p[j].head + a->reqs[j].n;
+        if ((rc = es__idempotency_check(req, lookup_id, m, head, &a->outs[k])) < 0)
+            return rc;
         if (rc == 1) {
             p[k].replayed = true;
             p[k].s = s;
-            rc = 0;
             continue;
         }
         if (!es__expect_ok(req->expected, head)) {
-            outs[k].head = head;
-            rc = es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
-                         n > 1 ? "one of the append's streams: " : "", (unsigned long long)head);
-            goto fail;
+            a->outs[k].head = head;
+            return es__err(ES_ECONFLICT, "%sstream is at seq %llu, not at the expected state",
+                           a->n > 1 ? "one of the append's streams: " : "",
+                           (unsigned long long)head);
         }
         if (!s) {
             if (!(s = es__calloc(1, sizeof *s)) ||
-                es__map_put(&batch_streams, req->stream, req->stream_len, s) < 0) {
+                es__map_put(&a->batch_streams, req->stream, req->stream_len, s) < 0) {
                 free(s);
-                rc = es__err(ES_ENOMEM, "out of memory for a new stream");
-                goto fail;
+                return es__err(ES_ENOMEM, "out of memory for a new stream");
             }
             p[k].is_new = true;
-            new_streams++;
+            a->new_streams++;
         }
         p[k].s = s;
         p[k].head = head;
+        a->total += req->n;
     }
+    return 0;
+}
 
-    /* 2. allocate */
-    if (m->n + total > m->cap) {
+/* Keep an owned copy of a map key, to publish later. */
+static int keep_key(append_ctx *a, const void *key, size_t len)
+{
+    uint8_t *copy = es__malloc(len);
+    if (!copy)
+        return es__err(ES_ENOMEM, "out of memory for an append");
+    memcpy(copy, key, len);
+    a->keys[a->nkeys++] = copy;
+    return 0;
+}
+
+/* 2. Allocate: room in the log, the maps and the stream indexes, and every
+ * event built with its chain hash. */
+static int build_events(append_ctx *a)
+{
+    mem_store *m = a->m;
+    plan *p = a->p;
+    int rc;
+    if (m->n + a->total > m->cap) {
         uint64_t c = m->cap ? m->cap : 64;
-        while (c < m->n + total)
+        while (c < m->n + a->total)
             c *= 2;
         mem_event **ev = es__realloc(m->events, c * sizeof *ev);
-        if (!ev) {
-            rc = es__err(ES_ENOMEM, "out of memory growing the log");
-            goto fail;
-        }
+        if (!ev)
+            return es__err(ES_ENOMEM, "out of memory growing the log");
         m->events = ev;
         m->cap = c;
     }
-    if (es__map_reserve(&m->ids, total) < 0 || es__map_reserve(&m->streams, new_streams) < 0 ||
-        !(keys = es__calloc(total + new_streams + 1, sizeof *keys))) {
-        rc = es__err(ES_ENOMEM, "out of memory for an append");
-        goto fail;
-    }
-    for (size_t k = 0; k < n; k++) {
-        const es__append_req *req = &reqs[k];
+    if (es__map_reserve(&m->ids, a->total) < 0 ||
+        es__map_reserve(&m->streams, a->new_streams) < 0 ||
+        !(a->keys = es__calloc(a->total + a->new_streams + 1, sizeof *a->keys)))
+        return es__err(ES_ENOMEM, "out of memory for an append");
+    for (size_t k = 0; k < a->n; k++) {
+        const es__append_req *req = &a->reqs[k];
         if (p[k].replayed)
             continue;
         if ((rc = grow_u64(&p[k].s->positions, &p[k].s->cap, p[k].head + req->n)) < 0)
-            goto fail;
-        if (!(p[k].made = es__calloc(req->n, sizeof *p[k].made))) {
-            rc = es__err(ES_ENOMEM, "out of memory for an append");
-            goto fail;
-        }
+            return rc;
+        if (!(p[k].made = es__calloc(req->n, sizeof *p[k].made)))
+            return es__err(ES_ENOMEM, "out of memory for an append");
         /* the previous hash: the stream's, or that of an earlier request's last event */
         const uint8_t *prev = p[k].head ? p[k].s->hash : NULL;
         for (size_t j = 0; j < k; j++)
             if (p[j].s == p[k].s && !p[j].replayed)
-                prev = p[j].made[reqs[j].n - 1]->ev.hash;
+                prev = p[j].made[a->reqs[j].n - 1]->ev.hash;
         for (size_t i = 0; i < req->n; i++) {
-            mem_event *e = build_event(req, i, p[k].head + 1 + i, ++pos, t, prev);
-            uint8_t *key = es__malloc(ES_ID_SIZE);
-            if (!e || !key) {
-                free(e);
-                free(key);
-                rc = es__err(ES_ENOMEM, "out of memory for an event");
-                goto fail;
-            }
-            memcpy(key, req->ids[i], ES_ID_SIZE);
-            keys[nkeys++] = key;
+            mem_event *e = build_event(req, i, p[k].head + 1 + i, ++a->pos, a->t, prev);
+            if (!e)
+                return es__err(ES_ENOMEM, "out of memory for an event");
             p[k].made[i] = e;
+            if ((rc = keep_key(a, req->ids[i], ES_ID_SIZE)) < 0)
+                return rc;
             prev = e->ev.hash;
         }
     }
-    for (size_t i = 0; i < batch_streams.cap; i++) {
-        es__map_slot *sl = &batch_streams.slots[i];
-        if (!sl->key)
-            continue;
-        uint8_t *key = es__malloc(sl->len);
-        if (!key) {
-            rc = es__err(ES_ENOMEM, "out of memory for a new stream");
-            goto fail;
-        }
-        memcpy(key, sl->key, sl->len);
-        keys[nkeys++] = key;
+    for (size_t i = 0; i < a->batch_streams.cap; i++) {
+        es__map_slot *sl = &a->batch_streams.slots[i];
+        if (sl->key && (rc = keep_key(a, sl->key, sl->len)) < 0)
+            return rc;
     }
+    return 0;
+}
 
-    /* 3. publish: nothing below can fail */
+/* 3. Publish what was built: nothing here can fail. */
+static void publish(append_ctx *a)
+{
+    mem_store *m = a->m;
+    plan *p = a->p;
     size_t key_i = 0;
-    for (size_t k = 0; k < n; k++) {
-        const es__append_req *req = &reqs[k];
+    for (size_t k = 0; k < a->n; k++) {
+        const es__append_req *req = &a->reqs[k];
         if (p[k].replayed)
             continue;
         mem_stream *s = p[k].s;
@@ -315,47 +326,64 @@ static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_
             mem_event *e = p[k].made[i];
             m->events[e->ev.position - 1] = e;
             s->positions[p[k].head + i] = e->ev.position;
-            es__map_put_owned(&m->ids, keys[key_i++], ES_ID_SIZE, e);
+            es__map_put_owned(&m->ids, a->keys[key_i++], ES_ID_SIZE, e);
             m->bytes += sizeof(mem_event) + e->ev.stream_len + e->ev.type_len + e->ev.data_len +
                         e->ev.meta_len;
         }
         s->n = p[k].head + req->n;
         memcpy(s->hash, p[k].made[req->n - 1]->ev.hash, ES_HASH_SIZE);
-        outs[k] = (es_append_result){
+        a->outs[k] = (es_append_result){
             .first_seq = p[k].head + 1,
             .last_seq = s->n,
             .first_position = p[k].made[0]->ev.position,
             .last_position = p[k].made[req->n - 1]->ev.position,
-            .time_us = t,
+            .time_us = a->t,
             .head = s->n,
             .replayed = 0,
         };
         free(p[k].made);
         p[k].made = NULL;
     }
-    for (size_t i = 0; i < batch_streams.cap; i++) {
-        es__map_slot *sl = &batch_streams.slots[i];
+    for (size_t i = 0; i < a->batch_streams.cap; i++) {
+        es__map_slot *sl = &a->batch_streams.slots[i];
         if (sl->key)
-            es__map_put_owned(&m->streams, keys[key_i++], sl->len, sl->value);
+            es__map_put_owned(&m->streams, a->keys[key_i++], sl->len, sl->value);
     }
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < a->n; k++)
         if (p[k].replayed && p[k].s)
-            outs[k].head = p[k].s->n;
-    if (pos > m->n)
-        m->last_time = t;
-    m->n = pos;
-    es__map_free(&batch_streams, NULL);
-    free(keys);
-    free(p);
-    pthread_rwlock_unlock(&m->lock);
-    return 0;
+            a->outs[k].head = p[k].s->n;
+    if (a->pos > m->n)
+        m->last_time = a->t;
+    m->n = a->pos;
+    a->nkeys = 0; /* the maps own them now */
+}
 
-fail:
-    for (size_t i = 0; i < nkeys; i++)
-        free(keys[i]);
-    free(keys);
-    free_plans(p, reqs, n);
-    es__map_free(&batch_streams, free_stream); /* new streams were never published */
+static int mem_append(void *be, const es__append_req *reqs, size_t n, es_append_result *outs)
+{
+    mem_store *m = be;
+    append_ctx a = {.m = m, .reqs = reqs, .n = n, .outs = outs};
+    int rc;
+
+    if (!(a.p = es__calloc(n, sizeof *a.p)))
+        return es__err(ES_ENOMEM, "out of memory for an append");
+    pthread_rwlock_wrlock(&m->lock);
+    a.pos = m->n;
+    if ((rc = plan_requests(&a)) < 0)
+        goto done;
+    /* The commit time is needed (and a kept one checked) only when
+     * something is written: a pure replay is answered from the original. */
+    if (a.total && (rc = es__commit_time(m->st, &reqs[0], m->last_time, &a.t)) < 0)
+        goto done;
+    if ((rc = build_events(&a)) < 0)
+        goto done;
+    publish(&a);
+done:
+    for (size_t i = 0; i < a.nkeys; i++)
+        free(a.keys[i]);
+    free(a.keys);
+    free_plans(a.p, reqs, n); /* after publish, nothing is left in them */
+    /* new streams are the store's once published, else never were */
+    es__map_free(&a.batch_streams, rc < 0 ? free_stream : NULL);
     pthread_rwlock_unlock(&m->lock);
     return rc;
 }
@@ -525,7 +553,8 @@ static int mem_streams(void *be, const void *prefix, size_t prefix_len, es_strea
     for (size_t i = 0; i < n; i++) {
         int r = fn(keys[i].key, keys[i].len, keys[i].head, payload);
         if (r) {
-            rc = es__cb_rc(r);
+            /* a library code from the callback keeps the message it set */
+            rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
             break;
         }
     }
