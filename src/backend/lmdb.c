@@ -65,6 +65,8 @@ typedef struct lm_env {
     int refs;
     MDB_env *env;
     MDB_dbi log, streams, index, ids, snaps, meta;
+    MDB_dbi kv;  /* the library's own records (subscriptions); see lm_kv_* */
+    bool has_kv; /* false: an older store opened read-only, without that table */
     bool readonly; /* the environment itself: its files are not writable */
     bool nolock;   /* opened without the lock file (MDB_NOLOCK) */
     size_t mapsize;
@@ -510,6 +512,16 @@ static int open_dbis(lm_env *e, bool readonly)
             return es__err(ES_ENOTFOUND, "%s is not an eventsrc store (opened read-only)", e->path);
         return lm_err(rc, "opening the store's tables");
     }
+    /* Added after the first format: a store made before it gets the table
+     * at its first read-write open; a read-only opener does without. */
+    rc = mdb_dbi_open(txn, "kv", f, &e->kv);
+    if (rc == MDB_NOTFOUND && readonly)
+        rc = 0;
+    else if (rc) {
+        mdb_txn_abort(txn);
+        return lm_err(rc, "opening the store's tables");
+    } else
+        e->has_kv = true;
     MDB_val key = {6, "format"}, v;
     rc = mdb_get(txn, e->meta, &key, &v);
     if (rc == MDB_NOTFOUND && !readonly) {
@@ -1597,6 +1609,184 @@ static int wtxn_run(lm_store *s, size_t bytes,
     }
 }
 
+/* ---- the key-value table (subscriptions, checkpoints, leases) ----
+ *
+ * A record is u64be version | value.  Versions come from one counter in the
+ * meta table ("kv_version"), so none is ever reused. */
+
+#define KV_VERSION_SIZE 8
+
+static int lm_kv_get(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    MDB_txn *txn;
+    MDB_val k = {klen, (void *)key}, v;
+    int rc;
+    es_buf_reset(val);
+    *version = 0;
+    if (!e->has_kv)
+        return 0;
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    rc = mdb_get(txn, e->kv, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    else if (rc)
+        rc = lm_err(rc, "reading a record");
+    else if (v.mv_size < KV_VERSION_SIZE)
+        rc = es__err(ES_ECORRUPT, "a record of the kv table is %zu bytes", v.mv_size);
+    else {
+        *version = es__get_u64(v.mv_data);
+        rc = es_buf_put(val, (uint8_t *)v.mv_data + KV_VERSION_SIZE, v.mv_size - KV_VERSION_SIZE);
+    }
+    rtxn_end(e, txn);
+    return rc;
+}
+
+typedef struct kv_cas_arg {
+    const uint8_t *key;
+    size_t klen;
+    uint64_t expected;
+    const uint8_t *val;
+    size_t vlen;
+    uint64_t version;
+} kv_cas_arg;
+
+static int do_kv_cas(lm_env *e, MDB_txn *txn, void *p)
+{
+    kv_cas_arg *a = p;
+    MDB_val k = {a->klen, (void *)a->key}, v;
+    int rc = mdb_get(txn, e->kv, &k, &v);
+    uint64_t current = 0;
+    if (rc == 0) {
+        if (v.mv_size < KV_VERSION_SIZE)
+            return es__err(ES_ECORRUPT, "a record of the kv table is %zu bytes", v.mv_size);
+        current = es__get_u64(v.mv_data);
+    } else if (rc != MDB_NOTFOUND)
+        return rc;
+    if (current != a->expected)
+        return es__err(ES_ECONFLICT, "record changed since it was read");
+    if (!a->val) {
+        a->version = 0;
+        return current ? mdb_del(txn, e->kv, &k, NULL) : 0;
+    }
+    MDB_val ck = {10, "kv_version"}, cv;
+    uint64_t next = 1;
+    if ((rc = mdb_get(txn, e->meta, &ck, &cv)) == 0 && cv.mv_size == 8)
+        next = es__get_u64(cv.mv_data) + 1;
+    else if (rc && rc != MDB_NOTFOUND)
+        return rc;
+    uint8_t nb[8];
+    es__put_u64(nb, next);
+    cv.mv_size = 8;
+    cv.mv_data = nb;
+    if ((rc = mdb_put(txn, e->meta, &ck, &cv, 0)))
+        return rc;
+    v.mv_size = KV_VERSION_SIZE + a->vlen;
+    if ((rc = mdb_put(txn, e->kv, &k, &v, MDB_RESERVE)))
+        return rc;
+    es__put_u64(v.mv_data, next);
+    if (a->vlen)
+        memcpy((uint8_t *)v.mv_data + KV_VERSION_SIZE, a->val, a->vlen);
+    a->version = next;
+    return 0;
+}
+
+static int lm_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected,
+                     const uint8_t *val, size_t vlen, uint64_t *version)
+{
+    lm_store *s = be;
+    if (!s->e->has_kv)
+        return es__err(ES_EINVAL, "the store was opened read-only");
+    kv_cas_arg a = {key, klen, expected, val, vlen, 0};
+    int rc = wtxn_run(s, vlen + klen + 1024, do_kv_cas, &a);
+    if (rc == 0)
+        *version = a.version;
+    return rc;
+}
+
+typedef struct kv_row {
+    uint8_t *key, *val;
+    size_t klen, vlen;
+    uint64_t version;
+} kv_row;
+
+static int lm_kv_list(void *be, const uint8_t *prefix, size_t plen,
+                      int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                                uint64_t version, void *payload),
+                      void *payload)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k = {plen, (void *)prefix}, v;
+    kv_row *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+    if (!e->has_kv)
+        return 0;
+    /* Copy the rows, then call fn outside the read transaction (fn may
+     * write to the store). */
+    if ((rc = rtxn_begin(e, &txn)) < 0)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, e->kv, &c))) {
+        rtxn_end(e, txn);
+        return lm_err(rc, "listing records");
+    }
+    for (rc = mdb_cursor_get(c, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (!es__has_prefix(k.mv_data, k.mv_size, prefix, plen))
+            break;
+        if (v.mv_size < KV_VERSION_SIZE) {
+            rc = es__err(ES_ECORRUPT, "a record of the kv table is %zu bytes", v.mv_size);
+            break;
+        }
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            kv_row *p = es__realloc(rows, nc * sizeof *p);
+            if (!p) {
+                rc = es__err(ES_ENOMEM, "out of memory listing records");
+                break;
+            }
+            rows = p;
+            cap = nc;
+        }
+        kv_row *r = &rows[n];
+        r->klen = k.mv_size;
+        r->vlen = v.mv_size - KV_VERSION_SIZE;
+        r->key = es__malloc(r->klen ? r->klen : 1);
+        r->val = es__malloc(r->vlen ? r->vlen : 1);
+        if (!r->key || !r->val) {
+            free(r->key);
+            free(r->val);
+            rc = es__err(ES_ENOMEM, "out of memory listing records");
+            break;
+        }
+        memcpy(r->key, k.mv_data, r->klen);
+        memcpy(r->val, (uint8_t *)v.mv_data + KV_VERSION_SIZE, r->vlen);
+        r->version = es__get_u64(v.mv_data);
+        n++;
+    }
+    mdb_cursor_close(c);
+    rtxn_end(e, txn);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    else if (!IS_ES(rc))
+        rc = lm_err(rc, "listing records");
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0) {
+            int u = fn(rows[i].key, rows[i].klen, rows[i].val, rows[i].vlen, rows[i].version,
+                       payload);
+            if (u)
+                rc = es__cb_rc(u);
+        }
+        free(rows[i].key);
+        free(rows[i].val);
+    }
+    free(rows);
+    return rc;
+}
+
 typedef struct snap_put_arg {
     const uint8_t *skey;
     size_t sklen;
@@ -1827,5 +2017,8 @@ const es__backend es__backend_lmdb = {
     .snap_list = lm_snap_list,
     .snap_del = lm_snap_del,
     .tamper = lm_tamper,
+    .kv_get = lm_kv_get,
+    .kv_cas = lm_kv_cas,
+    .kv_list = lm_kv_list,
     .log_time_ordered = true, /* LMDB has one writer: positions and times in commit order */
 };
