@@ -98,7 +98,7 @@ typedef struct es__backend {
                      size_t *n);
     int (*snap_del)(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);
     /* Optional: wait until the log's last position is past `after` (0) or
-     * timeout_ms passes (ES_ITEROVER).  NULL: the library polls. */
+     * timeout_ms passes (ES_ETIMEDOUT).  NULL: the library polls. */
     int (*wait)(void *be, uint64_t after, int timeout_ms);
     /* Optional: a position that no event committed so far can have or pass
      * (postgres: the next transaction id's first position).  NULL: the last

@@ -721,12 +721,14 @@ static int cmd_verify(esrc_ctx *cx, int argc, char **argv)
     const char *stream = optind < argc ? argv[optind] : NULL;
     if (stream && (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY))
         return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY, strlen(stream));
+    /* A store too damaged to open or walk failed verification: exit 4. */
     if ((rc = open_store(&st, cx, false, true)))
-        return rc;
+        return es_error_last_code() == ES_ECORRUPT ? ESRC_VERIFY : rc;
     if ((rc = es_verify(&v, st, stream, stream ? strlen(stream) : 0)) < 0) {
+        int corrupt = rc == ES_ECORRUPT;
         rc = lib_error("verify", rc);
         es_store_close(st);
-        return rc;
+        return corrupt ? ESRC_VERIFY : rc;
     }
     char bad[SHOW_NAME];
     show_bytes(bad, sizeof bad, v.bad_stream, v.bad_stream_len, false);
