@@ -58,26 +58,27 @@ summary=
 failed=
 # step NAME COMMAND...: run, time, record; never exits.
 step() {
-    name=$1
+    step_name=$1
     shift
-    echo "== $name"
+    echo "== $step_name"
     t0=$(date +%s)
     if "$@"; then
         res=ok
     else
         res=FAILED
         failed="$failed
-  $name"
+  $step_name"
     fi
     summary="$summary
-  $(printf '%-44s %-6s %5ss' "$name" "$res" $(($(date +%s) - t0)))"
+  $(printf '%-44s %-6s %5ss' "$step_name" "$res" $(($(date +%s) - t0)))"
 }
 
 build() { # build DIR cmake-args...
-    dir=$1
+    build_dir=$1
     shift
-    cmake -S . -B "$dir" -DES_WERROR=ON "$@" >/dev/null && cmake --build "$dir" -j"$JOBS" >"$dir.log" 2>&1 ||
-        { tail -n 40 "$dir.log"; return 1; }
+    cmake -S . -B "$build_dir" -DES_WERROR=ON "$@" >/dev/null &&
+        cmake --build "$build_dir" -j"$JOBS" >"$build_dir.log" 2>&1 ||
+        { tail -n 40 "$build_dir.log"; return 1; }
 }
 
 # ctest in DIR, as one command for step/env/setarch
@@ -112,12 +113,12 @@ if [ -z "$fast" ]; then
     # The matrix needs no server: its PostgreSQL tests (lmdb off) skip.
     for combo in "lmdb-off -DES_WITH_LMDB=OFF" "pg-off -DES_WITH_PG=OFF" \
                  "both-off -DES_WITH_LMDB=OFF -DES_WITH_PG=OFF"; do
-        name=${combo%% *}
+        combo_name=${combo%% *}
         args=${combo#* }
         # shellcheck disable=SC2086
-        step "matrix $name: build" build "build-matrix-$name" $args
-        step "matrix $name: tests" env -u ES_TEST_PG_URI -u ES_TEST_PG_RESTART \
-            sh -c "$(ctest_in "build-matrix-$name")"
+        step "matrix $combo_name: build" build "build-matrix-$combo_name" $args
+        step "matrix $combo_name: tests" env -u ES_TEST_PG_URI -u ES_TEST_PG_RESTART \
+            sh -c "$(ctest_in "build-matrix-$combo_name")"
     done
 
     if [ "$FUZZ_SECONDS" -gt 0 ] && command -v clang >/dev/null 2>&1; then
