@@ -77,8 +77,8 @@ build() { # build DIR cmake-args...
     build_dir=$1
     shift
     cmake -S . -B "$build_dir" -DES_WERROR=ON "$@" >/dev/null &&
-        cmake --build "$build_dir" -j"$JOBS" >"$build_dir.log" 2>&1 ||
-        { tail -n 40 "$build_dir.log"; return 1; }
+        cmake --build "$build_dir" -j"$JOBS" >"$build_dir/build-output.log" 2>&1 ||
+        { tail -n 40 "$build_dir/build-output.log"; return 1; }
 }
 
 # ctest in DIR, as one command for step/env/setarch
