@@ -731,7 +731,10 @@ typedef struct es_save_options {
  * new events are read) and the operations run again, after a full-jitter
  * exponential backoff, until max_attempts or max_total_ms.
  *
- * A save whose operations emit nothing is SAVED with no append.
+ * A save whose operations emit nothing is SAVED with no append.  Once its
+ * append succeeded a save is SAVED and returns 0 whatever happens next: if
+ * memory runs out while it builds out->snapshot, that snapshot is left
+ * empty (ES_SNAP_NONE, seq 0) and es_view_get gives the value.
  *
  * @param[out] out  result, cleared with es_save_result_clear
  * @return 0 when out->status says what happened; ES_EINVAL, ES_ENOMEM,

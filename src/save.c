@@ -402,6 +402,32 @@ static void sleep_us(uint64_t us)
         ;
 }
 
+/* The snapshot after a save's append: the stored events (real seqs, time
+ * and positions) folded into a fresh copy of the base, so that it equals a
+ * later get.  A failure leaves out->snapshot for the caller to reset; a
+ * snapshot that cannot be persisted is only a cache left stale. */
+static int saved_snapshot(es_save_result *out, es_view *v, const es__vkeys *k,
+                          const es__fold *base, const es_op_ctx *ctx, const es_append_result *ar,
+                          es__fold *work)
+{
+    int rc;
+    es__fold_clear(work, v);
+    if ((rc = es__fold_clone(work, v, k, base)) < 0)
+        return rc;
+    uint64_t i_own = 0;
+    for (size_t i = 0; i < ctx->n; i++) {
+        if (ctx->evs[i].stream)
+            continue;
+        es_event ev = pending_event(k, &ctx->evs[i], ar->first_seq + i_own, ar->time_us,
+                                    ar->first_position + i_own);
+        i_own++;
+        if ((rc = es__fold_apply(work, v, k, &ev)) < 0)
+            return rc;
+    }
+    (void)es__fold_maybe_persist(work, v, k);
+    return es__fold_view(&out->snapshot, v, k, work, true);
+}
+
 int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, const es_op *ops,
             size_t n_ops, const es_save_options *opts)
 {
@@ -477,29 +503,19 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         batch = NULL;
         rc = append_emitted(&ar, v->st, &k, base.seq, &ctx, &batch);
         if (rc == 0) {
-            /* Fold the stored events (real seqs, time and positions) into a
-             * fresh copy of the base, so the result equals a later get. */
-            es__fold_clear(&work, v);
-            if ((rc = es__fold_clone(&work, v, &k, &base)) < 0)
-                goto done;
-            uint64_t i_own = 0;
-            for (size_t i = 0; i < ctx.n; i++) {
-                if (ctx.evs[i].stream)
-                    continue;
-                es_event ev = pending_event(&k, &ctx.evs[i], ar.first_seq + i_own, ar.time_us,
-                                            ar.first_position + i_own);
-                i_own++;
-                if ((rc = es__fold_apply(&work, v, &k, &ev)) < 0)
-                    goto done;
-            }
-            if (i_own == 0)
-                ar.last_seq = base.seq; /* only other streams were written */
+            /* The events are stored: from here on nothing turns the save into
+             * an error, or a caller's retry would write them twice. */
+            size_t n_own = 0;
+            for (size_t i = 0; i < ctx.n; i++)
+                n_own += ctx.evs[i].stream == NULL;
             out->status = ES_SAVED;
-            out->last_seq = ar.last_seq;
+            out->last_seq = n_own ? ar.last_seq : base.seq;
             out->retries = attempt - 1;
-            if ((rc = es__fold_maybe_persist(&work, v, &k)) < 0)
-                goto done;
-            rc = es__fold_view(&out->snapshot, v, &k, &work, true);
+            if (saved_snapshot(out, v, &k, &base, &ctx, &ar, &work) < 0) {
+                es_snapshot_clear(&out->snapshot, v);
+                out->snapshot = (es_snapshot)ES_SNAPSHOT_INIT;
+            }
+            es_error_clear();
             goto done;
         }
         if (rc != ES_ECONFLICT)

@@ -154,8 +154,9 @@ static void test_verify_reports_the_first_bad_event(void **state)
  * are checked through their streams and never reported as a mismatch. */
 typedef struct bg_writer {
     es_store *st;
-    volatile int stop;
-    int appended, failed;
+    /* shared with the main thread, which reads them while the writer runs */
+    _Atomic int stop;
+    _Atomic int appended, failed;
 } bg_writer;
 
 static void *append_until_stopped(void *arg)

@@ -214,7 +214,7 @@ static void test_log_never_skips_while_writers_commit_out_of_order(void **state)
 
 typedef struct restart_run {
     char uri[600];
-    volatile int acked;
+    _Atomic int acked; /* read by the main thread while the writer runs */
     int errors, other_errors;
     char first_error[300];
 } restart_run;

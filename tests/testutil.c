@@ -35,8 +35,7 @@ int tu_init(int argc, char **argv, const char *suite)
 int64_t tu_clock(void *payload)
 {
     tu_store *ts = payload;
-    ts->clock_now += 1000;
-    return ts->clock_now;
+    return atomic_fetch_add(&ts->clock_now, 1000) + 1000;
 }
 
 static void make_uri(tu_store *ts)

@@ -9,6 +9,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -24,7 +25,9 @@ typedef struct tu_store {
     es_store *st;
     char uri[512];
     char dir[256];
-    int64_t clock_now; /* fake clock, advanced 1 ms per call */
+    /* fake clock, advanced 1 ms per call; atomic because a store calls its
+     * clock from every thread that appends (outside any lock of its own) */
+    _Atomic int64_t clock_now;
 } tu_store;
 
 /* Open a fresh, empty store of the backend under test with the fake clock. */
