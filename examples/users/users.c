@@ -580,25 +580,31 @@ typedef struct save_user_ctx {
     const uint8_t *event_id;
 } save_user_ctx;
 
-static int save_user_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op)
+/* Emit InsertUser for u (the same in both ways of saving a user). */
+static int emit_insert_user(es_op_ctx *ctx, const us_user *u, const uint8_t *event_id)
 {
-    const save_user_ctx *c = op->payload;
     es_buf buf = ES_BUF_INIT;
     es_event_new ev;
-    us_event e = {.kind = US_INSERT_USER, .id = c->u->id};
+    us_event e = {.kind = US_INSERT_USER, .id = u->id};
     int rc;
-
-    /* Unique per company, unless it is the same user. */
-    if (snap->state == ES_SNAP_VALUE && *(const int64_t *)snap->value != c->u->id)
-        return es_op_reject(ctx, "duplicate username");
-    strcpy(e.name, c->u->name);
-    strcpy(e.username, c->u->username);
+    strcpy(e.name, u->name);
+    strcpy(e.username, u->username);
     if ((rc = us_event_new(&ev, &buf, &e)) == 0) {
-        ev.id = c->event_id;
+        ev.id = event_id;
         rc = es_op_emit(ctx, &ev);
     }
     es_buf_free(&buf);
     return rc;
+}
+
+static int save_user_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op)
+{
+    const save_user_ctx *c = op->payload;
+
+    /* Unique per company, unless it is the same user. */
+    if (snap->state == ES_SNAP_VALUE && *(const int64_t *)snap->value != c->u->id)
+        return es_op_reject(ctx, "duplicate username");
+    return emit_insert_user(ctx, c->u, c->event_id);
 }
 
 int us_save_user(es_save_result *out, es_view *by_name, int64_t company, const us_user *u,
@@ -705,17 +711,7 @@ static int save_claimed_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op
             (rc = emit_claim(ctx, old_claim, head, "UsernameReleased", c->u->id)) < 0)
             return rc;
     }
-    es_buf buf = ES_BUF_INIT;
-    es_event_new ev;
-    us_event e = {.kind = US_INSERT_USER, .id = c->u->id};
-    strcpy(e.name, c->u->name);
-    strcpy(e.username, c->u->username);
-    if ((rc = us_event_new(&ev, &buf, &e)) == 0) {
-        ev.id = c->event_id;
-        rc = es_op_emit(ctx, &ev);
-    }
-    es_buf_free(&buf);
-    return rc;
+    return emit_insert_user(ctx, c->u, c->event_id);
 }
 
 /* UserByStream: a plain-struct view (value_size) over a user's own stream;
