@@ -183,7 +183,11 @@ static int count_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_
     if (ev->type_len == 3 && memcmp(ev->type, "Del", 3) == 0)
         return ES_FOLD_DELETED;
     c->events++;
-    c->sum += strtoll((const char *)ev->data, NULL, 10);
+    char num[32]; /* event data is not NUL-terminated */
+    size_t n = ev->data_len < sizeof num - 1 ? ev->data_len : sizeof num - 1;
+    memcpy(num, ev->data, n);
+    num[n] = 0;
+    c->sum += strtoll(num, NULL, 10);
     return ES_FOLD_CHANGED;
 }
 
