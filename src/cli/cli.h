@@ -5,6 +5,7 @@
 #define ESRC_CLI_H
 
 #include <eventsrc.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -16,6 +17,52 @@ enum {
     ESRC_CONFLICT = 3, /* --expect did not hold */
     ESRC_VERIFY = 4,   /* verify found a bad event */
 };
+
+/* What every command gets from the global options. */
+typedef struct esrc_ctx {
+    const char *store_uri;
+    int json;
+    bool fake;        /* ESRC_CLOCK_START_US is set: a fake clock, for reproducible output */
+    int64_t fake_now; /* its last reading; each reading adds one second */
+} esrc_ctx;
+
+/* ---- shared by the command files (defined in esrc.c) ---- */
+
+/* One line "esrc: MESSAGE (see --help)" on stderr; @return ESRC_USAGE. */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Open the store of cx (with its fake clock); `create` lets a missing lmdb
+ * store be made.  @return 0, or an exit code after a message. */
+int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly);
+/* A decimal number, digits only.  @return 0, or ESRC_USAGE after a message. */
+int parse_u64(uint64_t *out, const char *s, const char *what);
+/* Print a JSON object as one line and free it. */
+void print_json(json_t *o);
+
+/* The command's argv, for messages about its options (getopt's own are off). */
+extern char **current_argv;
+
+#define COMMON_OPTS                                                                              \
+    {"help", no_argument, NULL, 'h'}, {"store", required_argument, NULL, 'S'},                   \
+        {"json", no_argument, NULL, 'J'}
+
+/* A common option: 100 after --help, ESRC_OK when taken, ESRC_USAGE after a
+ * message, -1 when c is not one. */
+int common_opt(esrc_ctx *cx, int c, const char *help);
+
+/* Used inside a getopt loop: `continue`s past a common option. */
+#define HANDLE_COMMON(cx, c, help)                                                               \
+    {                                                                                            \
+        int r_ = common_opt(cx, c, help);                                                        \
+        if (r_ == 100)                                                                           \
+            return ESRC_OK;                                                                      \
+        if (r_ == ESRC_USAGE)                                                                    \
+            return ESRC_USAGE;                                                                   \
+        if (r_ == ESRC_OK)                                                                       \
+            continue;                                                                            \
+    }
+
+/* `esrc sub …` (sub.c): argv[0] is "sub". */
+int esrc_sub(esrc_ctx *cx, int argc, char **argv);
 
 typedef struct demo_clock {
     int64_t now;

@@ -40,18 +40,10 @@
 /* The stores built in, for `esrc --version` (and scripts that test them). */
 #define ESRC_STORES "mem" ESRC_STORE_LMDB ESRC_STORE_PG
 
-typedef struct esrc_ctx {
-    const char *store_uri;
-    int json;
-    bool fake;        /* ESRC_CLOCK_START_US is set: a fake clock, for reproducible output */
-    int64_t fake_now; /* its last reading; each reading adds one second */
-} esrc_ctx;
-
 /* The latest ESRC_CLOCK_START_US: 9999-12-31T23:59:59Z, far from overflowing. */
 #define ESRC_CLOCK_MAX_US INT64_C(253402300799000000)
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, "esrc: ");
@@ -80,7 +72,7 @@ static int64_t fake_clock(void *payload)
 }
 
 /* Open the store; `create` lets a missing lmdb store be made. */
-static int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
+int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
 {
     es_open_options o = ES_OPEN_OPTIONS_INIT;
     int rc;
@@ -99,14 +91,9 @@ static int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
 
 /* ---- options common to every command ---- */
 
-/* The command's argv, for messages about its options (getopt's own are off). */
-static char **current_argv;
+char **current_argv;
 
-#define COMMON_OPTS                                                                              \
-    {"help", no_argument, NULL, 'h'}, {"store", required_argument, NULL, 'S'},                   \
-        {"json", no_argument, NULL, 'J'}
-
-static int common_opt(esrc_ctx *cx, int c, const char *help)
+int common_opt(esrc_ctx *cx, int c, const char *help)
 {
     switch (c) {
     case 'h':
@@ -129,20 +116,8 @@ static int common_opt(esrc_ctx *cx, int c, const char *help)
     }
 }
 
-/* Used inside a getopt loop: `continue`s past a common option. */
-#define HANDLE_COMMON(cx, c, help)                                                               \
-    {                                                                                            \
-        int r_ = common_opt(cx, c, help);                                                        \
-        if (r_ == 100)                                                                           \
-            return ESRC_OK;                                                                      \
-        if (r_ == ESRC_USAGE)                                                                    \
-            return ESRC_USAGE;                                                                   \
-        if (r_ == ESRC_OK)                                                                       \
-            continue;                                                                            \
-    }
-
 /* A decimal number: digits only (no sign, no blanks: strtoull would take both). */
-static int parse_u64(uint64_t *out, const char *s, const char *what)
+int parse_u64(uint64_t *out, const char *s, const char *what)
 {
     char *end;
     if (!*s || strspn(s, "0123456789") != strlen(s))
@@ -157,7 +132,7 @@ static int parse_u64(uint64_t *out, const char *s, const char *what)
 
 /* ---- output helpers ---- */
 
-static void print_json(json_t *o)
+void print_json(json_t *o)
 {
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII * 0);
     if (s) {
@@ -1030,6 +1005,7 @@ static const command commands[] = {
     {"export", cmd_export, "write every event as JSON Lines"},
     {"import", cmd_import, "append the events of an export"},
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
+    {"sub", esrc_sub, "manage and run subscriptions (durable consumers)"},
     {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
