@@ -830,11 +830,14 @@ typedef struct es_sub_info {
     uint64_t head;          /* the log's last position */
     uint64_t behind;        /* matching events after the checkpoint (capped) */
     int behind_capped;      /* 1: there are more than `behind` */
-    int64_t behind_us;      /* now minus the commit time of the oldest
+    int64_t behind_us;      /* now (the store's clock, which commit times come
+                               from) minus the commit time of the oldest
                                unacknowledged event (0: none) */
-    int64_t last_ack_us;    /* when the checkpoint last moved (0: never) */
+    int64_t last_ack_us;    /* when the checkpoint last moved, by the store's
+                               clock (0: never) */
     es_sub_state state;
-    int64_t lease_until_us; /* the owner's lease (0: none) */
+    int64_t lease_until_us; /* the owner's lease, by the system's real-time
+                               clock that all processes share (0: none) */
     uint64_t acked;         /* events acknowledged over the subscription's life */
     uint64_t reserved_[8];
 } es_sub_info;

@@ -3,13 +3,13 @@
  * checkpoint and an ownership lease kept in the store's key-value table
  * (the backend's kv_* calls), so they behave the same on every store.
  *
- * Two records per subscription:
- *   "sub/d/<name>"  its definition (filters, start), written at creation;
- *   "sub/s/<name>"  its state: checkpoint, counters, owner and lease, and a
- *                   generation bumped by each reset.
- * Every write of the state is a compare-and-set on the version read, so a
- * consumer whose lease was taken over cannot move the checkpoint, and a
- * reset is seen by the owner at its next batch or checkpoint.
+ * One record per subscription, "sub/<name>": its state (checkpoint,
+ * counters, owner and lease, a generation bumped by each reset) followed by
+ * its definition (filters, start), which never changes.  One record means
+ * creating or deleting a subscription is one compare-and-set, so no crash
+ * can leave half of one behind.  Every write is conditional on the version
+ * read, so a consumer whose lease was taken over cannot move the
+ * checkpoint, and a reset is seen by the owner at its next batch.
  *
  * Delivery reads the log from the last delivered position.  It never
  * skips: a log cursor only returns a position when everything before it is
@@ -22,9 +22,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define SUB_DEF_PREFIX "sub/d/"
-#define SUB_STATE_PREFIX "sub/s/"
-#define SUB_PREFIX_LEN 6
+#define SUB_PREFIX "sub/"
+#define SUB_PREFIX_LEN 4
 #define SUB_DEF_MAGIC 0x53554231u   /* "SUB1" */
 #define SUB_STATE_MAGIC 0x53544131u /* "STA1" */
 #define SUB_BEHIND_CAP 1000000      /* events counted for the lag, at most */
@@ -53,8 +52,9 @@ typedef struct sub_state {
     int64_t lease_until_us;
 } sub_state;
 
-/* Layout of the state record: magic u32 | checkpoint u64 | last_ack i64 |
- * acked u64 | generation u64 | owner[16] | lease_until i64 */
+/* Layout of the state, at the head of the record: magic u32 | checkpoint
+ * u64 | last_ack i64 | acked u64 | generation u64 | owner[16] | lease_until
+ * i64; the definition follows. */
 #define STATE_SIZE (4 + 8 + 8 + 8 + 8 + 16 + 8)
 
 static void state_encode(uint8_t out[STATE_SIZE], const sub_state *s)
@@ -71,7 +71,7 @@ static void state_encode(uint8_t out[STATE_SIZE], const sub_state *s)
 
 static int state_decode(sub_state *s, const uint8_t *p, size_t n, const char *name)
 {
-    if (n != STATE_SIZE || es__get_u32(p) != SUB_STATE_MAGIC)
+    if (n < STATE_SIZE || es__get_u32(p) != SUB_STATE_MAGIC)
         return es__err(ES_ECORRUPT, "subscription '%s': its state record is damaged", name);
     p += 4;
     s->checkpoint = es__get_u64(p), p += 8;
@@ -117,10 +117,11 @@ static int def_encode(es_buf *out, const sub_def *d)
 
 static int def_decode(sub_def *d, const uint8_t *p, size_t n, const char *name)
 {
-    const uint8_t *end = p + n;
     memset(d, 0, sizeof *d);
-    if (n < 26 || es__get_u32(p) != SUB_DEF_MAGIC || p[4] > ES_SUB_FROM_TIME)
+    /* an empty record has no bytes at all (p may be NULL): check first */
+    if (!p || n < 26 || es__get_u32(p) != SUB_DEF_MAGIC || p[4] > ES_SUB_FROM_TIME)
         goto bad;
+    const uint8_t *end = p + n;
     d->start = (es_sub_start)p[4];
     d->start_position = es__get_u64(p + 5);
     d->start_time_us = (int64_t)es__get_u64(p + 13);
@@ -167,28 +168,27 @@ static int check_name(const char *name, size_t *len)
         return es__err(ES_EINVAL, "subscription name must be 1..%d bytes", ES_MAX_SUB_NAME);
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
+        /* the name itself is not echoed: it may hold control characters */
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == '-'))
             return es__err(ES_EINVAL,
-                           "subscription name '%.*s' has a byte other than A-Z a-z 0-9 . _ -",
-                           (int)n, name);
+                           "subscription name: byte %zu is 0x%02x; a name is made of A-Z a-z "
+                           "0-9 . _ -",
+                           i, (unsigned)(unsigned char)c);
     }
     *len = n;
     return 0;
 }
 
-typedef struct sub_keys {
-    uint8_t def[SUB_PREFIX_LEN + ES_MAX_SUB_NAME];
-    uint8_t state[SUB_PREFIX_LEN + ES_MAX_SUB_NAME];
+typedef struct sub_key {
+    uint8_t k[SUB_PREFIX_LEN + ES_MAX_SUB_NAME];
     size_t len;
-} sub_keys;
+} sub_key;
 
-static void make_keys(sub_keys *k, const char *name, size_t n)
+static void make_key(sub_key *k, const char *name, size_t n)
 {
-    memcpy(k->def, SUB_DEF_PREFIX, SUB_PREFIX_LEN);
-    memcpy(k->def + SUB_PREFIX_LEN, name, n);
-    memcpy(k->state, SUB_STATE_PREFIX, SUB_PREFIX_LEN);
-    memcpy(k->state + SUB_PREFIX_LEN, name, n);
+    memcpy(k->k, SUB_PREFIX, SUB_PREFIX_LEN);
+    memcpy(k->k + SUB_PREFIX_LEN, name, n);
     k->len = SUB_PREFIX_LEN + n;
 }
 
@@ -201,38 +201,41 @@ static int need_kv(es_store *st)
     return 0;
 }
 
-static int load_def(sub_def *d, es_store *st, const sub_keys *k, const char *name)
+/* Read a subscription's record: its state and version, and (when asked)
+ * its definition, decoded and as bytes. */
+static int load_sub(sub_state *s, uint64_t *ver, sub_def *d, es_buf *def_bytes, es_store *st,
+                    const sub_key *k, const char *name)
 {
     es_buf b = ES_BUF_INIT;
-    uint64_t ver;
-    int rc = st->ops->kv_get(st->be, k->def, k->len, &b, &ver);
-    if (rc == 0 && ver == 0)
-        rc = es__err(ES_ENOTFOUND, "no subscription named '%s'", name);
-    if (rc == 0)
-        rc = def_decode(d, b.data, b.len, name);
-    es_buf_free(&b);
-    return rc;
-}
-
-static int load_state(sub_state *s, uint64_t *ver, es_store *st, const sub_keys *k,
-                      const char *name)
-{
-    es_buf b = ES_BUF_INIT;
-    int rc = st->ops->kv_get(st->be, k->state, k->len, &b, ver);
+    int rc = st->ops->kv_get(st->be, k->k, k->len, &b, ver);
     if (rc == 0 && *ver == 0)
         rc = es__err(ES_ENOTFOUND, "no subscription named '%s'", name);
     if (rc == 0)
         rc = state_decode(s, b.data, b.len, name);
+    if (rc == 0 && d)
+        rc = def_decode(d, b.data + STATE_SIZE, b.len - STATE_SIZE, name);
+    if (rc == 0 && def_bytes) {
+        es_buf_reset(def_bytes);
+        rc = es_buf_put(def_bytes, b.data + STATE_SIZE, b.len - STATE_SIZE);
+    }
     es_buf_free(&b);
     return rc;
 }
 
-static int store_state(es_store *st, const sub_keys *k, uint64_t expected, const sub_state *s,
-                       uint64_t *ver)
+/* Write a subscription's record (state, then the definition's bytes) if
+ * its version is still `expected` (0: only if there is none). */
+static int store_sub(es_store *st, const sub_key *k, uint64_t expected, const sub_state *s,
+                     const es_buf *def_bytes, uint64_t *ver)
 {
-    uint8_t b[STATE_SIZE];
-    state_encode(b, s);
-    return st->ops->kv_cas(st->be, k->state, k->len, expected, b, sizeof b, ver);
+    es_buf b = ES_BUF_INIT;
+    int rc;
+    uint8_t head[STATE_SIZE];
+    state_encode(head, s);
+    if ((rc = es_buf_put(&b, head, sizeof head)) == 0 &&
+        (rc = es_buf_put(&b, def_bytes->data, def_bytes->len)) == 0)
+        rc = st->ops->kv_cas(st->be, k->k, k->len, expected, b.data, b.len, ver);
+    es_buf_free(&b);
+    return rc;
 }
 
 /* ---- where a start points ---- */
@@ -302,7 +305,7 @@ int es_sub_create(es_store *st, const char *name, const es_sub_options *opts)
     es_sub_options o = ES_SUB_OPTIONS_INIT;
     sub_def *d = NULL;
     es_buf b = ES_BUF_INIT;
-    sub_keys k;
+    sub_key k;
     size_t nl;
     uint64_t ver;
     int rc;
@@ -348,7 +351,7 @@ int es_sub_create(es_store *st, const char *name, const es_sub_options *opts)
         memcpy(d->type[i], o.types[i], tl);
         d->type_len[i] = tl;
     }
-    make_keys(&k, name, nl);
+    make_key(&k, name, nl);
     sub_state s;
     memset(&s, 0, sizeof s);
     if ((rc = start_checkpoint(&s.checkpoint, st, d->start, d->start_position,
@@ -356,25 +359,8 @@ int es_sub_create(es_store *st, const char *name, const es_sub_options *opts)
         goto done;
     if ((rc = def_encode(&b, d)) < 0)
         goto done;
-    /* The state first: a definition without a state is never visible. */
-    rc = store_state(st, &k, 0, &s, &ver);
-    if (rc == ES_ECONFLICT) {
+    if ((rc = store_sub(st, &k, 0, &s, &b, &ver)) == ES_ECONFLICT)
         rc = es__err(ES_ECONFLICT, "a subscription named '%s' exists", name);
-        goto done;
-    }
-    if (rc < 0)
-        goto done;
-    if ((rc = st->ops->kv_cas(st->be, k.def, k.len, 0, b.data, b.len, &ver)) < 0) {
-        uint64_t gone;
-        /* undo the state so the name is free again */
-        es_buf sb = ES_BUF_INIT;
-        uint64_t cur;
-        if (st->ops->kv_get(st->be, k.state, k.len, &sb, &cur) == 0 && cur)
-            st->ops->kv_cas(st->be, k.state, k.len, cur, NULL, 0, &gone);
-        es_buf_free(&sb);
-        if (rc == ES_ECONFLICT)
-            rc = es__err(ES_ECONFLICT, "a subscription named '%s' exists", name);
-    }
 done:
     es_buf_free(&b);
     free(d);
@@ -383,34 +369,23 @@ done:
 
 int es_sub_delete(es_store *st, const char *name)
 {
-    sub_keys k;
+    sub_key k;
     size_t nl;
     uint64_t ver, gone;
     es_buf b = ES_BUF_INIT;
     int rc;
     if ((rc = need_kv(st)) < 0 || (rc = check_name(name, &nl)) < 0)
         return rc;
-    make_keys(&k, name, nl);
-    /* The state goes first: an owner's next checkpoint then fails. */
-    for (;;) {
-        if ((rc = st->ops->kv_get(st->be, k.state, k.len, &b, &ver)) < 0)
+    make_key(&k, name, nl);
+    /* an owner's next checkpoint then finds it gone */
+    do {
+        if ((rc = st->ops->kv_get(st->be, k.k, k.len, &b, &ver)) < 0)
             break;
         if (ver == 0) {
             rc = es__err(ES_ENOTFOUND, "no subscription named '%s'", name);
             break;
         }
-        rc = st->ops->kv_cas(st->be, k.state, k.len, ver, NULL, 0, &gone);
-        if (rc != ES_ECONFLICT)
-            break;
-    }
-    if (rc == 0) {
-        for (;;) {
-            if ((rc = st->ops->kv_get(st->be, k.def, k.len, &b, &ver)) < 0 || ver == 0)
-                break;
-            if ((rc = st->ops->kv_cas(st->be, k.def, k.len, ver, NULL, 0, &gone)) != ES_ECONFLICT)
-                break;
-        }
-    }
+    } while ((rc = st->ops->kv_cas(st->be, k.k, k.len, ver, NULL, 0, &gone)) == ES_ECONFLICT);
     es_buf_free(&b);
     return rc;
 }
@@ -418,27 +393,27 @@ int es_sub_delete(es_store *st, const char *name)
 int es_sub_reset(es_store *st, const char *name, es_sub_start start, uint64_t position,
                  int64_t time_us)
 {
-    sub_keys k;
+    sub_key k;
     sub_state s;
+    es_buf def_bytes = ES_BUF_INIT;
     size_t nl;
     uint64_t ver, cp;
     int rc;
     if ((rc = need_kv(st)) < 0 || (rc = check_name(name, &nl)) < 0 ||
         (rc = check_start(start, position, time_us)) < 0)
         return rc;
-    make_keys(&k, name, nl);
+    make_key(&k, name, nl);
     if ((rc = start_checkpoint(&cp, st, start, position, time_us)) < 0)
         return rc;
-    for (;;) {
-        if ((rc = load_state(&s, &ver, st, &k, name)) < 0)
-            return rc;
+    do {
+        if ((rc = load_sub(&s, &ver, NULL, &def_bytes, st, &k, name)) < 0)
+            break;
         s.checkpoint = cp;
         s.generation++;
-        s.last_ack_us = es__realtime_us();
-        rc = store_state(st, &k, ver, &s, &ver);
-        if (rc != ES_ECONFLICT)
-            return rc;
-    }
+        s.last_ack_us = es__now(st);
+    } while ((rc = store_sub(st, &k, ver, &s, &def_bytes, &ver)) == ES_ECONFLICT);
+    es_buf_free(&def_bytes);
+    return rc;
 }
 
 /* ---- info and list ---- */
@@ -475,7 +450,7 @@ static int open_log(es_cursor **c, es_store *st, const sub_def *d, uint64_t from
 
 static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl)
 {
-    sub_keys k;
+    sub_key k;
     sub_def *d;
     sub_state s;
     uint64_t ver;
@@ -485,10 +460,10 @@ static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl
 
     memset(out, 0, sizeof *out);
     memcpy(out->name, name, nl);
-    make_keys(&k, name, nl);
+    make_key(&k, name, nl);
     if (!(d = es__malloc(sizeof *d)))
         return es__err(ES_ENOMEM, "out of memory reading a subscription");
-    if ((rc = load_def(d, st, &k, name)) < 0 || (rc = load_state(&s, &ver, st, &k, name)) < 0)
+    if ((rc = load_sub(&s, &ver, d, NULL, st, &k, name)) < 0)
         goto done;
     if ((rc = es_store_last_position(&out->head, st)) < 0)
         goto done;
@@ -498,6 +473,7 @@ static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl
     int64_t now = es__realtime_us();
     bool owned = s.lease_until_us > now;
     out->lease_until_us = owned ? s.lease_until_us : 0;
+    int64_t store_now = es__now(st); /* commit times come from the store's clock */
     if (s.checkpoint < out->head) {
         if ((rc = open_log(&c, st, d, s.checkpoint + 1)) < 0)
             goto done;
@@ -505,7 +481,7 @@ static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl
             if (!def_match(d, ev))
                 continue;
             if (out->behind == 0)
-                out->behind_us = now > ev->time_us ? now - ev->time_us : 0;
+                out->behind_us = store_now > ev->time_us ? store_now - ev->time_us : 0;
             if (++out->behind >= SUB_BEHIND_CAP) {
                 out->behind_capped = es_cursor_next(&ev, c) == 0;
                 rc = ES_ITEROVER;
@@ -547,6 +523,12 @@ static int collect_name(const uint8_t *key, size_t klen, const uint8_t *val, siz
     (void)val, (void)vlen, (void)version;
     if (klen <= SUB_PREFIX_LEN || klen > SUB_PREFIX_LEN + ES_MAX_SUB_NAME)
         return 0;
+    for (size_t i = SUB_PREFIX_LEN; i < klen; i++) {
+        uint8_t c = key[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0; /* not a name this library writes: not one of its records */
+    }
     if (l->n == l->cap) {
         size_t c = l->cap ? l->cap * 2 : 16;
         void *p = es__realloc(l->names, c * sizeof *l->names);
@@ -570,7 +552,7 @@ int es_sub_list(es_store *st, es_sub_info_fn fn, void *payload)
     if (!fn)
         return es__err(ES_EINVAL, "es_sub_list: fn is NULL");
     /* Names first, then each info with no kv call in progress. */
-    rc = st->ops->kv_list(st->be, (const uint8_t *)SUB_DEF_PREFIX, SUB_PREFIX_LEN, collect_name,
+    rc = st->ops->kv_list(st->be, (const uint8_t *)SUB_PREFIX, SUB_PREFIX_LEN, collect_name,
                           &l);
     for (size_t i = 0; rc == 0 && i < l.n; i++) {
         es_sub_info info;
@@ -594,8 +576,9 @@ int es_sub_list(es_store *st, es_sub_info_fn fn, void *payload)
 struct es_sub {
     es_store *st;
     char name[ES_MAX_SUB_NAME + 1];
-    sub_keys k;
+    sub_key k;
     sub_def def;
+    es_buf def_bytes; /* the record's definition, rewritten with each state */
     sub_state state;   /* as last written or read */
     uint64_t version;  /* of the state record */
     uint64_t read_pos; /* every matching event up to it was delivered */
@@ -625,15 +608,15 @@ static int persist(es_sub *s)
 {
     for (;;) {
         sub_state next = s->state;
-        int64_t now = es__realtime_us();
+        int64_t now = es__realtime_us(); /* leases: the real clock, shared by processes */
         if (s->acked_pos > next.checkpoint) {
             next.acked += s->acked_events;
             next.checkpoint = s->acked_pos;
-            next.last_ack_us = now;
+            next.last_ack_us = es__now(s->st);
         }
         next.lease_until_us = now + (int64_t)s->lease_ms * 1000;
         uint64_t ver;
-        int rc = store_state(s->st, &s->k, s->version, &next, &ver);
+        int rc = store_sub(s->st, &s->k, s->version, &next, &s->def_bytes, &ver);
         if (rc == 0) {
             s->state = next;
             s->version = ver;
@@ -644,7 +627,7 @@ static int persist(es_sub *s)
         if (rc != ES_ECONFLICT)
             return rc;
         sub_state cur;
-        if ((rc = load_state(&cur, &ver, s->st, &s->k, s->name)) < 0)
+        if ((rc = load_sub(&cur, &ver, NULL, NULL, s->st, &s->k, s->name)) < 0)
             return rc;
         if (memcmp(cur.owner, s->state.owner, 16) != 0)
             return es__err(ES_ECONFLICT,
@@ -687,14 +670,12 @@ int es_sub_open(es_sub **out, es_store *st, const char *name, const es_sub_open_
         return es__err(ES_ENOMEM, "out of memory opening a subscription");
     s->st = st;
     memcpy(s->name, name, nl);
-    make_keys(&s->k, name, nl);
+    make_key(&s->k, name, nl);
     s->every = o.checkpoint_every ? o.checkpoint_every : 1;
     s->every_ms = o.checkpoint_ms;
     s->lease_ms = o.lease_ms ? o.lease_ms : 10000;
-    if ((rc = load_def(&s->def, st, &s->k, name)) < 0)
-        goto fail;
     for (;;) {
-        if ((rc = load_state(&s->state, &s->version, st, &s->k, name)) < 0)
+        if ((rc = load_sub(&s->state, &s->version, &s->def, &s->def_bytes, st, &s->k, name)) < 0)
             goto fail;
         int64_t now = es__realtime_us();
         static const uint8_t nobody[16];
@@ -709,7 +690,7 @@ int es_sub_open(es_sub **out, es_store *st, const char *name, const es_sub_open_
         randombytes_buf(mine.owner, sizeof mine.owner);
         mine.lease_until_us = now + (int64_t)s->lease_ms * 1000;
         uint64_t ver;
-        rc = store_state(st, &s->k, s->version, &mine, &ver);
+        rc = store_sub(st, &s->k, s->version, &mine, &s->def_bytes, &ver);
         if (rc == 0) {
             s->state = mine;
             s->version = ver;
@@ -723,6 +704,7 @@ int es_sub_open(es_sub **out, es_store *st, const char *name, const es_sub_open_
     *out = s;
     return 0;
 fail:
+    es_buf_free(&s->def_bytes);
     free(s);
     return rc;
 }
@@ -833,7 +815,7 @@ int es_sub_next(const es_event *const **out, size_t *n, es_sub *s, int timeout_m
          * persist's compare-and-set */
         uint64_t ver;
         sub_state cur;
-        if ((rc = load_state(&cur, &ver, s->st, &s->k, s->name)) < 0)
+        if ((rc = load_sub(&cur, &ver, NULL, NULL, s->st, &s->k, s->name)) < 0)
             return rc;
         if ((ver != s->version || mono_ms() - s->persisted_at_ms > s->lease_ms / 2) &&
             (rc = persist(s)) < 0)
@@ -918,10 +900,11 @@ void es_sub_close(es_sub *s)
         memset(free_.owner, 0, sizeof free_.owner);
         free_.lease_until_us = 0;
         uint64_t ver;
-        (void)store_state(s->st, &s->k, s->version, &free_, &ver);
+        (void)store_sub(s->st, &s->k, s->version, &free_, &s->def_bytes, &ver);
     }
     free(s->events);
     free(s->ptrs);
     es_buf_free(&s->arena);
+    es_buf_free(&s->def_bytes);
     free(s);
 }

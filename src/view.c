@@ -57,16 +57,8 @@ static void pod_free(void *acc, void *payload)
         free((pod_head *)acc - 1);
 }
 
-/* Never called: init and decode need the view's value_size, so view_init
- * and view_decode below handle plain-old-data views themselves.  It is
- * there so that def.init is never NULL. */
-static int pod_init(void **out, const uint8_t *fkey, size_t fkey_len, void *payload)
-{
-    (void)fkey, (void)fkey_len, (void)payload;
-    *out = NULL;
-    return es__err(ES_EINVAL, "plain-old-data view initialised without its size");
-}
-
+/* init and decode need the view's value_size, which the callbacks do not
+ * get: plain-old-data views are made and read here, not through def.init. */
 static int view_init(const es_view *v, void **out, const es__vkeys *k)
 {
     if (v->def.value_size) {
@@ -138,14 +130,14 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
             return es__err(ES_EINVAL,
                            "view '%s' is sharded with a value_size: free_selected is required",
                            def->name);
-        d.init = pod_init;
         d.encode = pod_encode;
         d.decode = pod_decode;
         d.free_value = pod_free;
     }
     if (!def->stream_key)
         d.stream_key = identity_stream_key;
-    if (!def->init || !def->apply || !def->encode || !def->decode || !def->free_value)
+    if ((!def->init && !def->value_size) || !def->apply || !def->encode || !def->decode ||
+        !def->free_value)
         return es__err(ES_EINVAL,
                        "view '%s' lacks a callback (apply, and init, encode, decode and "
                        "free_value unless value_size is set, are required)",

@@ -4,6 +4,7 @@
  * position and by time, one owner at a time with lease takeover, push
  * delivery, and bad input.  Run per backend.
  */
+#include "internal.h" /* the kv table, to plant damaged records */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -527,6 +528,93 @@ static void test_delete_while_open(void **state)
     tu_close(&ts);
 }
 
+/* Hostile input: damaged records in the store, options over the limits,
+ * names with control characters.  Each is an error code and changes
+ * nothing else. */
+static void test_hostile_input_changes_nothing(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    es_sub_info info;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 4);
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    TU_EXPECT_OK(es_sub_create(ts.st, "good", NULL));
+    TU_EXPECT_OK(es_sub_create(ts.st, "bad", NULL));
+    es_store_stats before, after;
+    TU_EXPECT_OK(es_store_stats_get(&before, ts.st));
+
+    /* its record cut inside the state, then a sound state before a
+     * definition that is not one */
+    es_buf b = ES_BUF_INIT;
+    uint64_t ver, nv;
+    es_store *st = ts.st;
+    const uint8_t *key = (const uint8_t *)"sub/bad";
+    TU_EXPECT_OK(st->ops->kv_get(st->be, key, 7, &b, &ver));
+    assert_true(ver > 0 && b.len > 60);
+    TU_EXPECT_OK(st->ops->kv_cas(st->be, key, 7, ver, b.data, 8, &nv));
+    assert_int_equal(es_sub_info_get(&info, ts.st, "bad"), ES_ECORRUPT);
+    assert_int_equal(es_sub_open(&s, ts.st, "bad", NULL), ES_ECORRUPT);
+    assert_int_equal(es_sub_reset(ts.st, "bad", ES_SUB_FROM_BEGINNING, 0, 0), ES_ECORRUPT);
+    static const uint8_t junk[] = {0x53, 0x55, 0x42, 0x31, 9, 9, 9};
+    b.len = 60; /* the state: magic, checkpoint, … lease (60 bytes) */
+    TU_EXPECT_OK(es_buf_put(&b, junk, sizeof junk));
+    TU_EXPECT_OK(st->ops->kv_cas(st->be, key, 7, nv, b.data, b.len, &nv));
+    assert_int_equal(es_sub_info_get(&info, ts.st, "bad"), ES_ECORRUPT);
+    assert_int_equal(es_sub_open(&s, ts.st, "bad", NULL), ES_ECORRUPT);
+    assert_int_equal(es_sub_list(ts.st, list_fn, &(lister){0}), ES_ECORRUPT);
+    /* a damaged subscription can still be deleted */
+    TU_EXPECT_OK(es_sub_delete(ts.st, "bad"));
+    TU_EXPECT_OK(st->ops->kv_get(st->be, key, 7, &b, &ver));
+    assert_int_equal(ver, 0);
+    es_buf_free(&b);
+    /* a record under a key that is no name of ours is not listed */
+    TU_EXPECT_OK(st->ops->kv_cas(st->be, (const uint8_t *)"sub/\x1b", 5, 0, junk, sizeof junk,
+                                 &nv));
+    /* the other subscription and the events are as they were */
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "good"));
+    assert_int_equal(info.behind, 4);
+    TU_EXPECT_OK(es_store_stats_get(&after, ts.st));
+    assert_int_equal(after.events, before.events);
+    assert_int_equal(after.last_position, before.last_position);
+
+    /* options over the limits create nothing */
+    const void *prefixes[ES_MAX_SUB_FILTERS + 1];
+    size_t lens[ES_MAX_SUB_FILTERS + 1];
+    static uint8_t long_prefix[ES_MAX_KEY + 1];
+    for (int i = 0; i <= ES_MAX_SUB_FILTERS; i++) {
+        prefixes[i] = "p";
+        lens[i] = 1;
+    }
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.prefixes = prefixes;
+    o.prefix_lens = lens;
+    o.n_prefixes = ES_MAX_SUB_FILTERS + 1;
+    assert_int_equal(es_sub_create(ts.st, "over", &o), ES_ETOOBIG);
+    o.n_prefixes = 1;
+    prefixes[0] = long_prefix;
+    lens[0] = sizeof long_prefix;
+    assert_int_equal(es_sub_create(ts.st, "over", &o), ES_EINVAL);
+    lens[0] = 0;
+    assert_int_equal(es_sub_create(ts.st, "over", &o), ES_EINVAL);
+    const char *types[] = {""};
+    o = (es_sub_options)ES_SUB_OPTIONS_INIT;
+    o.types = types;
+    o.n_types = 1;
+    assert_int_equal(es_sub_create(ts.st, "over", &o), ES_EINVAL);
+    assert_int_equal(es_sub_info_get(&info, ts.st, "over"), ES_ENOTFOUND);
+
+    /* a name with an escape sequence is refused without echoing it */
+    assert_int_equal(es_sub_create(ts.st, "a\x1b[2Jb", NULL), ES_EINVAL);
+    assert_null(strchr(es_error_last(), 0x1b));
+    assert_non_null(strstr(es_error_last(), "0x1b"));
+    lister l = {0};
+    TU_EXPECT_OK(es_sub_list(ts.st, list_fn, &l));
+    assert_int_equal(l.n, 1); /* "good" only */
+    tu_close(&ts);
+}
+
 int main(int argc, char **argv)
 {
     int rc = tu_init(argc, argv, "sub");
@@ -543,6 +631,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_one_owner_and_lease_takeover),
         cmocka_unit_test(test_push_delivery),
         cmocka_unit_test(test_delete_while_open),
+        cmocka_unit_test(test_hostile_input_changes_nothing),
     };
     char name[64];
     snprintf(name, sizeof name, "sub/%s", tu_backend);

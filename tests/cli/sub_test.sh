@@ -114,7 +114,7 @@ ok "sub run --help" [ "$(sed -n 1p "$T/help")" = "usage: esrc sub run NAME [--au
 check "create without a name" 2 "" "esrc: sub create needs one NAME (see --help)" -- "$ESRC" sub create
 check "create with two names" 2 "" "esrc: sub create needs one NAME (see --help)" -- "$ESRC" sub create a b
 check "create: a name with a slash" 2 "" \
-    "esrc: sub create: subscription name 'a/b' has a byte other than A-Z a-z 0-9 . _ -" -- \
+    "esrc: sub create: subscription name: byte 1 is 0x2f; a name is made of A-Z a-z 0-9 . _ -" -- \
     "$ESRC" sub create a/b
 long=$(printf '%065d' 0)
 check "create: a name of 65 bytes" 2 "" "esrc: sub create: subscription name must be 1..64 bytes" -- \
@@ -163,7 +163,7 @@ check "reset of an unknown subscription" 1 "" "esrc: sub reset: no subscription 
     "$ESRC" sub reset nope --to end
 check "run of an unknown subscription" 1 "" "esrc: sub run: no subscription named 'nope'" -- \
     "$ESRC" sub run nope --auto-ack
-check "info: a bad name" 2 "" "esrc: sub info: subscription name 'a b' has a byte other than A-Z a-z 0-9 . _ -" -- \
+check "info: a bad name" 2 "" "esrc: sub info: subscription name: byte 1 is 0x20; a name is made of A-Z a-z 0-9 . _ -" -- \
     "$ESRC" sub info "a b"
 
 if [ "$KIND" = mem ]; then
