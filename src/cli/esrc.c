@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "args.h"
 #include "import.h"
 
 #include <errno.h>
@@ -119,14 +120,8 @@ int common_opt(esrc_ctx *cx, int c, const char *help)
 /* A decimal number: digits only (no sign, no blanks: strtoull would take both). */
 int parse_u64(uint64_t *out, const char *s, const char *what)
 {
-    char *end;
-    if (!*s || strspn(s, "0123456789") != strlen(s))
+    if (esrc_parse_u64(out, s) != 0)
         return usage_error("%s must be a non-negative integer, not '%s'", what, s);
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return usage_error("%s must be a non-negative integer, not '%s'", what, s);
-    *out = v;
     return 0;
 }
 
@@ -1037,8 +1032,7 @@ int main(int argc, char **argv)
     const char *fake = getenv("ESRC_CLOCK_START_US");
     if (fake && *fake) {
         uint64_t v;
-        if (strspn(fake, "0123456789") != strlen(fake) || strlen(fake) > 18 ||
-            (v = strtoull(fake, NULL, 10)) > (uint64_t)ESRC_CLOCK_MAX_US)
+        if (esrc_parse_u64(&v, fake) != 0 || v > (uint64_t)ESRC_CLOCK_MAX_US)
             return usage_error("ESRC_CLOCK_START_US must be microseconds since 1970 from 0 to %"
                                PRId64 " (9999-12-31), not '%s'", ESRC_CLOCK_MAX_US, fake);
         cx.fake = true;

@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "args.h"
 #include "import.h"
 
 #include <errno.h>
@@ -56,82 +57,21 @@ static int64_t mono_ms(void)
 
 /* ---- starts: beginning | end | POSITION | @TIME ---- */
 
-/* An ISO 8601 UTC time, YYYY-MM-DDTHH:MM:SS[.ffffff]Z, years 1970..9999. */
-static int parse_iso_time(int64_t *out, const char *s)
-{
-    int y, mo, d, h, mi, sec, n = 0;
-    if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
-        s[16] != ':')
-        return -1;
-    for (int i = 0; i < 19; i++)
-        if (i != 4 && i != 7 && i != 10 && i != 13 && i != 16 && (s[i] < '0' || s[i] > '9'))
-            return -1;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
-        return -1;
-    const char *p = s + 19;
-    int64_t frac = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
-            if (digits == 6)
-                return -1;
-            frac = frac * 10 + (*p - '0');
-        }
-        if (digits == 0)
-            return -1;
-        for (; digits < 6; digits++)
-            frac *= 10;
-    }
-    if (strcmp(p, "Z") != 0 || y < 1970)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
-                    .tm_min = mi, .tm_sec = sec};
-    time_t t = timegm(&tm);
-    /* timegm normalises 02-30 into March: a date that moved was not a date */
-    if (t == (time_t)-1 || tm.tm_year != y - 1900 || tm.tm_mon != mo - 1 || tm.tm_mday != d ||
-        tm.tm_hour != h || tm.tm_min != mi || tm.tm_sec != sec)
-        return -1;
-    *out = (int64_t)t * 1000000 + frac;
-    return 0;
-}
-
 static int parse_start(es_sub_start *start, uint64_t *position, int64_t *time_us, const char *s,
                        const char *opt)
 {
-    uint64_t v;
-    *position = 0;
-    *time_us = 0;
-    if (strcmp(s, "beginning") == 0) {
-        *start = ES_SUB_FROM_BEGINNING;
+    switch (esrc_parse_start(start, position, time_us, s)) {
+    case 0:
         return 0;
+    case ESRC_START_POSITION:
+        return usage_error("%s: a position is 1..%" PRIu64 ", not '%s'", opt, ES_SEQ_MAX - 1, s);
+    case ESRC_START_TIME:
+        return usage_error("%s: '%s' is not a time: use @MICROSECONDS since 1970 or "
+                           "@YYYY-MM-DDTHH:MM:SS[.ffffff]Z (UTC)",
+                           opt, s);
+    default:
+        return usage_error("%s must be beginning, end, a position or @TIME, not '%s'", opt, s);
     }
-    if (strcmp(s, "end") == 0) {
-        *start = ES_SUB_FROM_END;
-        return 0;
-    }
-    if (*s && strspn(s, "0123456789") == strlen(s)) {
-        if (strlen(s) > 19 || (v = strtoull(s, NULL, 10)) == 0 || v >= ES_SEQ_MAX)
-            return usage_error("%s: a position is 1..%" PRIu64 ", not '%s'", opt, ES_SEQ_MAX - 1,
-                               s);
-        *start = ES_SUB_FROM_POSITION;
-        *position = v;
-        return 0;
-    }
-    if (s[0] == '@') {
-        const char *t = s + 1;
-        if (*t && strspn(t, "0123456789") == strlen(t)) {
-            if (strlen(t) > 18)
-                return usage_error("%s: time '%s' is out of range", opt, s);
-            *time_us = (int64_t)strtoll(t, NULL, 10);
-        } else if (parse_iso_time(time_us, t) != 0) {
-            return usage_error("%s: '%s' is not a time: use @MICROSECONDS since 1970 or "
-                               "@YYYY-MM-DDTHH:MM:SS[.ffffff]Z (UTC)",
-                               opt, s);
-        }
-        *start = ES_SUB_FROM_TIME;
-        return 0;
-    }
-    return usage_error("%s must be beginning, end, a position or @TIME, not '%s'", opt, s);
 }
 
 /* ---- lag and health ---- */
@@ -620,18 +560,15 @@ static int deliver_stdin(run_ctx *r, const es_event *const *evs, size_t n)
         }
         if (rc != 1)
             return rc;
-        char *p = line + strspn(line, " \t\r"), *end = p + strlen(p);
-        while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
-            *--end = 0;
-        if (!*p)
-            continue;
         uint64_t pos;
-        if (strspn(p, "0123456789") != strlen(p) || strlen(p) > 19) {
+        int got = esrc_parse_ack_line(&pos, line);
+        if (got == 0)
+            continue;
+        if (got < 0) {
             fprintf(stderr, "esrc: sub run: acknowledgement line %lu: '%s' is not a position\n",
-                    r->line_no, p);
+                    r->line_no, line);
             return ESRC_USAGE;
         }
-        pos = strtoull(p, NULL, 10);
         if (pos > last) {
             fprintf(stderr,
                     "esrc: sub run: acknowledgement line %lu: position %" PRIu64
