@@ -191,6 +191,15 @@ static int count_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_
     return ES_FOLD_CHANGED;
 }
 
+/* A plain-struct view (value_size, no codec) counting and summing events;
+ * *applied counts the events it folded. */
+static es_view_def counter_def(const char *name, int *applied)
+{
+    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = name, .view_version = 1,
+                     .apply = count_apply, .payload = applied, .value_size = sizeof(counter)};
+    return d;
+}
+
 static void append_numbers(es_store *st, const char *stream, int from, int to)
 {
     for (int i = from; i <= to; i++) {
@@ -214,12 +223,7 @@ static void test_plain_struct_view(void **state)
     es_snapshot s = ES_SNAPSHOT_INIT;
     int applied = 0;
     tu_open(&ts);
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION,
-                     .name = "counter",
-                     .view_version = 1,
-                     .apply = count_apply,
-                     .payload = &applied,
-                     .value_size = sizeof(counter)};
+    es_view_def d = counter_def("counter", &applied);
     es_view_options vo = ES_VIEW_OPTIONS_INIT;
     vo.snapshot_every = 5;
     TU_EXPECT_OK(es_view_new(&v, ts.st, &d, &vo));
@@ -453,9 +457,7 @@ static void test_save_across_streams(void **state)
     es_view *v;
     int applied = 0;
     tu_open(&ts);
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "u", .view_version = 1,
-                     .apply = count_apply, .payload = &applied,
-                     .value_size = sizeof(counter)};
+    es_view_def d = counter_def("u", &applied);
     TU_EXPECT_OK(es_view_new(&v, ts.st, &d, NULL));
     claim_op homer = {ts.st, "homer"};
     es_op op = {claim_run, &homer, NULL, 0, 0};
@@ -535,9 +537,7 @@ static void test_save_other_stream_conflict_retries(void **state)
     es_view *v;
     int applied = 0;
     tu_open(&ts);
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "f", .view_version = 1,
-                     .apply = count_apply, .payload = &applied,
-                     .value_size = sizeof(counter)};
+    es_view_def d = counter_def("f", &applied);
     TU_EXPECT_OK(es_view_new(&v, ts.st, &d, NULL));
     TU_EXPECT_OK(tu_append1(ts.st, "other", ES_EXPECT_NO_STREAM, "E", "0", NULL));
     flaky f = {0};
@@ -572,9 +572,7 @@ static void test_emit_to_own_stream_is_refused(void **state)
     es_view *v;
     int applied = 0;
     tu_open(&ts);
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "f", .view_version = 1,
-                     .apply = count_apply, .payload = &applied,
-                     .value_size = sizeof(counter)};
+    es_view_def d = counter_def("f", &applied);
     TU_EXPECT_OK(es_view_new(&v, ts.st, &d, NULL));
     es_op op = {own_stream_run, NULL, NULL, 0, 0};
     es_save_result r = ES_SAVE_RESULT_INIT;

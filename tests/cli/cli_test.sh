@@ -21,46 +21,9 @@ store() { if [ "$KIND" = lmdb ]; then echo "lmdb:$T/$1"; else echo "mem:"; fi; }
 export ESRC_STORE="$(store store)"
 export ESRC_CLOCK_START_US=1767225600000000 # 2026-01-01T00:00:00Z + 1 s: every
 # process starts its fake clock there; commit times never go back, so all are equal
-fails=0 n=0 skipped=0
 echo "# store kind: $KIND"
 
-# check NAME STATUS EXPECTED-STDOUT EXPECTED-STDERR -- COMMAND...
-check() {
-    name=$1 want_status=$2 want_out=$3 want_err=$4
-    shift 5
-    check_in "$name" "$want_status" "$want_out" "$want_err" /dev/null -- "$@"
-}
-
-# check_in NAME STATUS OUT ERR INPUT-FILE -- COMMAND...: like check, with stdin
-check_in() {
-    name=$1 want_status=$2 want_out=$3 want_err=$4 input=$5
-    shift 6
-    n=$((n + 1))
-    "$@" >"$T/out" 2>"$T/err" <"$input"
-    status=$?
-    sed "s|$T|TMP|g" "$T/out" >"$T/out.n"
-    sed "s|$T|TMP|g" "$T/err" >"$T/err.n"
-    if [ "$status" != "$want_status" ] || [ "$(cat "$T/out.n")" != "$want_out" ] ||
-        [ "$(cat "$T/err.n")" != "$want_err" ]; then
-        fails=$((fails + 1))
-        echo "FAIL $n: $name"
-        echo "  status $status (want $want_status)"
-        echo "  stdout:"; sed 's/^/    /' "$T/out.n"
-        echo "  want stdout:"; printf '%s\n' "$want_out" | sed 's/^/    /'
-        echo "  stderr:"; sed 's/^/    /' "$T/err.n"
-        echo "  want stderr:"; printf '%s\n' "$want_err" | sed 's/^/    /'
-    else
-        echo "ok $n: $name"
-    fi
-}
-
-# ok NAME COMMAND...: a check that is a shell condition
-ok() {
-    name=$1
-    shift
-    n=$((n + 1))
-    if "$@"; then echo "ok $n: $name"; else fails=$((fails + 1)); echo "FAIL $n: $name"; fi
-}
+. "$(dirname "$0")/check.sh"
 
 # lmdb_only NAME: true on lmdb, else counts NAME as skipped
 lmdb_only() {

@@ -36,7 +36,6 @@ esac
 export ESRC_STORE="$URI"
 START=1767225600000000 # 2026-01-01T00:00:00Z
 export ESRC_CLOCK_START_US=$START
-fails=0 n=0 skipped=0
 echo "# store kind: $KIND"
 echo 's/^$//' >"$T/norm.sed" # positions, once the flows know them
 
@@ -50,43 +49,7 @@ norm() {
         -e 's/runs for [0-9]+ ms more/runs for N ms more/' "$1"
 }
 
-# check NAME STATUS EXPECTED-STDOUT EXPECTED-STDERR -- COMMAND...
-check() {
-    name=$1 want_status=$2 want_out=$3 want_err=$4
-    shift 5
-    check_in "$name" "$want_status" "$want_out" "$want_err" /dev/null -- "$@"
-}
-
-# check_in NAME STATUS OUT ERR INPUT-FILE -- COMMAND...: like check, with stdin
-check_in() {
-    name=$1 want_status=$2 want_out=$3 want_err=$4 input=$5
-    shift 6
-    n=$((n + 1))
-    "$@" >"$T/out" 2>"$T/err" <"$input"
-    status=$?
-    norm "$T/out" >"$T/out.n"
-    norm "$T/err" >"$T/err.n"
-    if [ "$status" != "$want_status" ] || [ "$(cat "$T/out.n")" != "$want_out" ] ||
-        [ "$(cat "$T/err.n")" != "$want_err" ]; then
-        fails=$((fails + 1))
-        echo "FAIL $n: $name"
-        echo "  status $status (want $want_status)"
-        echo "  stdout:"; sed 's/^/    /' "$T/out.n"
-        echo "  want stdout:"; printf '%s\n' "$want_out" | sed 's/^/    /'
-        echo "  stderr:"; sed 's/^/    /' "$T/err.n"
-        echo "  want stderr:"; printf '%s\n' "$want_err" | sed 's/^/    /'
-    else
-        echo "ok $n: $name"
-    fi
-}
-
-# ok NAME COMMAND...: a check that is a shell condition
-ok() {
-    name=$1
-    shift
-    n=$((n + 1))
-    if "$@"; then echo "ok $n: $name"; else fails=$((fails + 1)); echo "FAIL $n: $name"; fi
-}
+. "$(dirname "$0")/check.sh"
 
 # wait_for COMMAND...: true once COMMAND is (within 10 s)
 wait_for() {
