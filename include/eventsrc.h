@@ -369,7 +369,7 @@ ES_EXTERN int es_store_last_position(uint64_t *out, es_store *store);
  * once (polling alone keeps it working behind a transaction-pooling proxy);
  * lmdb and mem: polls every 5 ms (another process may be the writer).
  * @param timeout_ms  0..86400000
- * @return 0 (there is a new event), ES_ITEROVER (the timeout passed),
+ * @return 0 (there is a new event), ES_ETIMEDOUT (the timeout passed),
  *         ES_EINVAL, ES_EIO, ES_EUNAVAILABLE.
  */
 ES_EXTERN int es_log_wait(es_store *store, uint64_t after, int timeout_ms);
@@ -382,8 +382,8 @@ ES_EXTERN int es_log_wait(es_store *store, uint64_t after, int timeout_ms);
  * started before it has ended (milliseconds, or as long as a long
  * transaction elsewhere lasts).  mem and lmdb: returns at once.
  * @param timeout_ms  0..86400000
- * @return 0, ES_EUNAVAILABLE (the log did not catch up in time), ES_EINVAL,
- *         ES_EIO.
+ * @return 0, ES_ETIMEDOUT (the log did not catch up in time), ES_EINVAL,
+ *         ES_EIO, ES_EUNAVAILABLE.
  */
 ES_EXTERN int es_log_catch_up(es_store *store, int timeout_ms);
 
@@ -671,12 +671,16 @@ ES_EXTERN int es_op_emit(es_op_ctx *ctx, const es_event_new *ev);
 /**
  * Emit an event (copied) for ANOTHER stream than the view key's, appended in
  * the same atomic commit as the save's own events, with its own expectation
- * (ES_EXPECT_NO_STREAM, a seq, …).  Consecutive events for one stream and
- * expectation are one request.  If that stream is not as expected, the
- * save conflicts and runs its operations again, like a conflict on its own
- * stream: an operation that claims something elsewhere (a unique username
- * as the stream "username/homer", expected no stream) must look at that
- * stream itself each time it runs and reject when the claim is taken.
+ * (ES_EXPECT_NO_STREAM, a seq, …).  The first event a save emits for a
+ * stream sets that stream's expectation; later ones for it follow in the
+ * same commit.  If that stream is not as expected, the save conflicts and
+ * runs its operations again, like a conflict on its own stream: an
+ * operation that claims something elsewhere (a unique username as the
+ * stream "username/homer", expected no stream) must look at that stream
+ * itself each time it runs and reject when the claim is taken.  A save
+ * whose operations emit only with this call writes nothing to the view
+ * key's stream and is not checked against it: the other streams'
+ * expectations are what make it conditional.
  * @return 0, ES_EINVAL (NULL, empty key, or the view key's own stream),
  *         ES_ETOOBIG, ES_ENOMEM.
  */

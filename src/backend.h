@@ -148,6 +148,10 @@ bool es__expect_ok(uint64_t expected, uint64_t head);
  * clock (or the kept time), never below the store's latest commit time.
  * Returns ES_EINVAL for a kept time that goes back. */
 int es__commit_time(es_store *st, const es__append_req *req, int64_t last_time, int64_t *out);
+/* A kept time (ES_APPEND_KEEP_TIME) may be at most ES_MAX_TIME_AHEAD_US past
+ * the store's clock; checked only for requests that write, so that a retry
+ * of an append that landed is answered whatever its time. */
+int es__check_kept_time(es_store *st, int64_t t);
 
 extern const es__backend es__backend_mem;
 #ifdef ES_HAVE_LMDB

@@ -110,6 +110,10 @@ static inline bool es__has_prefix(const uint8_t *key, size_t len, const void *pr
  * library's codes as is, anything else ES_EUSER (the value in the message). */
 static inline int es__cb_rc(int r)
 {
+    /* a code the library set with its message (a callback that called the
+     * library, or the library's own codec) keeps that message */
+    if (ES_IS_ERRNO(r) && es_error_last_code() == r)
+        return r;
     if (ES_IS_ERRNO(r))
         return es__err(r, "stopped by a callback (%s)", es_strerror(r));
     return es__err(ES_EUSER, "stopped by a callback that returned %d", r);

@@ -293,7 +293,7 @@ static int append_emitted(es_append_result *own, es_store *st, const es__vkeys *
 {
     es_append_op *ops = NULL;
     es_append_result *res = NULL;
-    size_t n_own = 0, n_ops = 0;
+    size_t n_own = ctx->n - ctx->n_side, n_ops = 0;
     int rc;
 
     memset(own, 0, sizeof *own);
@@ -313,7 +313,6 @@ static int append_emitted(es_append_result *own, es_store *st, const es__vkeys *
             b[m].id = e->id;
             b[m].time_us = 0;
             m++;
-            n_own += pass == 0;
         }
     if (ctx->n_side == 0)
         return es_append(own, st, k->stream, k->stream_len, base_seq, b, n_own);
@@ -325,18 +324,26 @@ static int append_emitted(es_append_result *own, es_store *st, const es__vkeys *
     }
     if (n_own)
         ops[n_ops++] = (es_append_op){k->stream, k->stream_len, base_seq, b, n_own};
-    const op_event *prev = NULL;
-    size_t m = n_own;
-    for (size_t i = 0; i < ctx->n; i++) {
+    /* A stream's first event sets its expectation; later ones follow it in
+     * the same commit (adjacent ones in the same request, others in a
+     * request that expects anything: the first already fixed the state). */
+    size_t first_side = n_ops;
+    for (size_t i = 0, m = n_own; i < ctx->n; i++) {
         const op_event *e = &ctx->evs[i];
         if (!e->stream)
             continue;
-        if (prev && prev->expected == e->expected && prev->stream_len == e->stream_len &&
-            memcmp(prev->stream, e->stream, e->stream_len) == 0)
-            ops[n_ops - 1].n++;
-        else
-            ops[n_ops++] = (es_append_op){e->stream, e->stream_len, e->expected, &b[m], 1};
-        prev = e;
+        es_append_op *last = n_ops > first_side ? &ops[n_ops - 1] : NULL;
+        if (last && last->stream_len == e->stream_len &&
+            memcmp(last->stream, e->stream, e->stream_len) == 0) {
+            last->n++;
+        } else {
+            uint64_t expected = e->expected;
+            for (size_t j = first_side; j < n_ops; j++)
+                if (ops[j].stream_len == e->stream_len &&
+                    memcmp(ops[j].stream, e->stream, e->stream_len) == 0)
+                    expected = ES_EXPECT_ANY;
+            ops[n_ops++] = (es_append_op){e->stream, e->stream_len, expected, &b[m], 1};
+        }
         m++;
     }
     if ((rc = es_append_multi(res, st, ops, n_ops, 0)) == 0 && n_own)
@@ -505,11 +512,8 @@ int es_save(es_save_result *out, es_view *v, const void *vkey, size_t vkey_len, 
         if (rc == 0) {
             /* The events are stored: from here on nothing turns the save into
              * an error, or a caller's retry would write them twice. */
-            size_t n_own = 0;
-            for (size_t i = 0; i < ctx.n; i++)
-                n_own += ctx.evs[i].stream == NULL;
             out->status = ES_SAVED;
-            out->last_seq = n_own ? ar.last_seq : base.seq;
+            out->last_seq = ctx.n > ctx.n_side ? ar.last_seq : base.seq;
             out->retries = attempt - 1;
             if (saved_snapshot(out, v, &k, &base, &ctx, &ar, &work) < 0) {
                 es_snapshot_clear(&out->snapshot, v);

@@ -123,11 +123,26 @@ bool es__expect_ok(uint64_t expected, uint64_t head)
     return head == expected;
 }
 
+int es__check_kept_time(es_store *st, int64_t t)
+{
+    int64_t now = es__now(st);
+    /* now is at most INT64_MAX: compare without overflowing */
+    if (now < INT64_MAX - ES_MAX_TIME_AHEAD_US && t > now + ES_MAX_TIME_AHEAD_US)
+        return es__err(ES_EINVAL,
+                       "es_append: kept time %lld is over a day past the store's clock (%lld); "
+                       "it would pin every later commit time",
+                       (long long)t, (long long)now);
+    return 0;
+}
+
 int es__commit_time(es_store *st, const es__append_req *req, int64_t last_time, int64_t *out)
 {
     int64_t t;
+    int rc;
     if (req->keep_time) {
         t = req->events[0].time_us;
+        if ((rc = es__check_kept_time(st, t)) < 0)
+            return rc;
         if (t < last_time)
             return es__err(ES_EINVAL,
                            "kept commit time %lld is before the store's latest commit time %lld",
@@ -295,17 +310,8 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     }
     if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
         return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
-    if (flags & ES_APPEND_KEEP_TIME) {
-        int64_t t = ops[0].events[0].time_us, now = es__now(st);
-        if (t <= 0)
-            return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
-        /* now is at most INT64_MAX: compare without overflowing */
-        if (now < INT64_MAX - ES_MAX_TIME_AHEAD_US && t > now + ES_MAX_TIME_AHEAD_US)
-            return es__err(ES_EINVAL,
-                           "es_append: kept time %lld is over a day past the store's clock "
-                           "(%lld); it would pin every later commit time",
-                           (long long)t, (long long)now);
-    }
+    if ((flags & ES_APPEND_KEEP_TIME) && ops[0].events[0].time_us <= 0)
+        return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
 
     if (!(ids = es__malloc(count * sizeof *ids)) || !(reqs = es__calloc(n_ops, sizeof *reqs))) {
         rc = es__err(ES_ENOMEM, "out of memory for %zu event ids", count);

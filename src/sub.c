@@ -159,6 +159,13 @@ bad:
 
 /* ---- names and keys ---- */
 
+/* The bytes of a subscription name: A-Z a-z 0-9 . _ - */
+static bool name_char_ok(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+}
+
 static int check_name(const char *name, size_t *len)
 {
     if (!name)
@@ -167,14 +174,13 @@ static int check_name(const char *name, size_t *len)
     if (n == 0 || n > ES_MAX_SUB_NAME)
         return es__err(ES_EINVAL, "subscription name must be 1..%d bytes", ES_MAX_SUB_NAME);
     for (size_t i = 0; i < n; i++) {
-        char c = name[i];
+        uint8_t c = (uint8_t)name[i];
         /* the name itself is not echoed: it may hold control characters */
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+        if (!name_char_ok(c))
             return es__err(ES_EINVAL,
                            "subscription name: byte %zu is 0x%02x; a name is made of A-Z a-z "
                            "0-9 . _ -",
-                           i, (unsigned)(unsigned char)c);
+                           i, (unsigned)c);
     }
     *len = n;
     return 0;
@@ -523,12 +529,9 @@ static int collect_name(const uint8_t *key, size_t klen, const uint8_t *val, siz
     (void)val, (void)vlen, (void)version;
     if (klen <= SUB_PREFIX_LEN || klen > SUB_PREFIX_LEN + ES_MAX_SUB_NAME)
         return 0;
-    for (size_t i = SUB_PREFIX_LEN; i < klen; i++) {
-        uint8_t c = key[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+    for (size_t i = SUB_PREFIX_LEN; i < klen; i++)
+        if (!name_char_ok(key[i]))
             return 0; /* not a name this library writes: not one of its records */
-    }
     if (l->n == l->cap) {
         size_t c = l->cap ? l->cap * 2 : 16;
         void *p = es__realloc(l->names, c * sizeof *l->names);
@@ -584,6 +587,7 @@ struct es_sub {
     uint64_t read_pos; /* every matching event up to it was delivered */
     uint64_t delivered_last;
     uint64_t acked_pos;    /* acknowledged, maybe not yet persisted */
+    uint64_t voided_upto;  /* a reset voided the batch in hand: its acks are no-ops */
     uint64_t acked_events; /* acknowledged since the last persist */
     int64_t persisted_at_ms;
     uint32_t every, every_ms, lease_ms;
@@ -601,10 +605,30 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Write the state with our lease renewed and the acknowledged checkpoint.
- * On a conflict, read it again: another owner means we lost it; our own
- * record with a new generation means a reset, which we adopt. */
-static int persist(es_sub *s)
+/* Take a state record that changed under us: another owner means we lost
+ * the subscription; our own with a new generation is a reset, which we
+ * follow (the batch in hand is void: its acknowledgements do nothing). */
+static int adopt(es_sub *s, const sub_state *cur, uint64_t ver)
+{
+    if (memcmp(cur->owner, s->state.owner, 16) != 0)
+        return es__err(ES_ECONFLICT,
+                       "subscription '%s' was taken over by another consumer (its lease ran out)",
+                       s->name);
+    if (cur->generation != s->state.generation) {
+        if (s->delivered_last > s->voided_upto)
+            s->voided_upto = s->delivered_last;
+        s->read_pos = s->delivered_last = s->acked_pos = cur->checkpoint;
+        s->acked_events = 0;
+        s->n = 0;
+    }
+    s->state = *cur;
+    s->version = ver;
+    return 0;
+}
+
+/* Write the state: our lease renewed (or given back, `release`) and the
+ * acknowledged checkpoint, conditional on the version we read. */
+static int persist(es_sub *s, bool release)
 {
     for (;;) {
         sub_state next = s->state;
@@ -614,7 +638,12 @@ static int persist(es_sub *s)
             next.checkpoint = s->acked_pos;
             next.last_ack_us = es__now(s->st);
         }
-        next.lease_until_us = now + (int64_t)s->lease_ms * 1000;
+        if (release) {
+            memset(next.owner, 0, sizeof next.owner);
+            next.lease_until_us = 0;
+        } else {
+            next.lease_until_us = now + (int64_t)s->lease_ms * 1000;
+        }
         uint64_t ver;
         int rc = store_sub(s->st, &s->k, s->version, &next, &s->def_bytes, &ver);
         if (rc == 0) {
@@ -627,23 +656,9 @@ static int persist(es_sub *s)
         if (rc != ES_ECONFLICT)
             return rc;
         sub_state cur;
-        if ((rc = load_sub(&cur, &ver, NULL, NULL, s->st, &s->k, s->name)) < 0)
+        if ((rc = load_sub(&cur, &ver, NULL, NULL, s->st, &s->k, s->name)) < 0 ||
+            (rc = adopt(s, &cur, ver)) < 0)
             return rc;
-        if (memcmp(cur.owner, s->state.owner, 16) != 0)
-            return es__err(ES_ECONFLICT,
-                           "subscription '%s' was taken over by another consumer (its lease "
-                           "ran out)",
-                           s->name);
-        if (cur.generation != s->state.generation) {
-            /* reset: start again from its checkpoint; pending acks are void */
-            s->read_pos = cur.checkpoint;
-            s->delivered_last = cur.checkpoint;
-            s->acked_pos = cur.checkpoint;
-            s->acked_events = 0;
-            s->n = 0;
-        }
-        s->state = cur;
-        s->version = ver;
     }
 }
 
@@ -810,16 +825,17 @@ int es_sub_next(const es_event *const **out, size_t *n, es_sub *s, int timeout_m
                        timeout_ms);
     int64_t deadline = mono_ms() + timeout_ms;
     for (;;) {
-        /* renew the lease when half of it has passed; a state record that
-         * changed under us (a reset, a delete, a takeover) is dealt with by
-         * persist's compare-and-set */
+        /* a state record that changed under us (a reset, a delete, a
+         * takeover) is followed; the lease is renewed at half its time */
         uint64_t ver;
         sub_state cur;
         if ((rc = load_sub(&cur, &ver, NULL, NULL, s->st, &s->k, s->name)) < 0)
             return rc;
-        if ((ver != s->version || mono_ms() - s->persisted_at_ms > s->lease_ms / 2) &&
-            (rc = persist(s)) < 0)
+        if (ver != s->version && (rc = adopt(s, &cur, ver)) < 0)
             return rc;
+        if (mono_ms() - s->persisted_at_ms > s->lease_ms / 2 && (rc = persist(s, false)) < 0)
+            return rc;
+        s->voided_upto = 0; /* the batch in hand is given up for a new one */
         if ((rc = scan(s)) < 0)
             return rc;
         if (s->n) {
@@ -840,10 +856,26 @@ int es_sub_next(const es_event *const **out, size_t *n, es_sub *s, int timeout_m
     }
 }
 
+/* How many events of the batch in hand are at or before `position`. */
+static size_t batch_upto(const es_sub *s, uint64_t position)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->events[mid].position <= position)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 int es_sub_ack(es_sub *s, uint64_t position)
 {
     if (!s)
         return es__err(ES_EINVAL, "es_sub_ack: sub is NULL");
+    if (s->voided_upto && position <= s->voided_upto)
+        return 0; /* from a batch a reset voided */
     if (position > s->delivered_last)
         return es__err(ES_EINVAL,
                        "es_sub_ack: position %llu was not delivered (the last delivered is %llu)",
@@ -851,21 +883,20 @@ int es_sub_ack(es_sub *s, uint64_t position)
     if (position < s->acked_pos)
         return es__err(ES_EINVAL, "es_sub_ack: position %llu is before the checkpoint %llu",
                        (unsigned long long)position, (unsigned long long)s->acked_pos);
-    /* count the delivered events now acknowledged (those in the batch) */
-    for (size_t i = 0; i < s->n; i++)
-        if (s->events[i].position > s->acked_pos && s->events[i].position <= position)
-            s->acked_events++;
+    /* count the events of the batch now acknowledged (it is in position
+     * order: two binary searches) */
+    s->acked_events += batch_upto(s, position) - batch_upto(s, s->acked_pos);
     s->acked_pos = position;
     bool due = s->acked_events >= s->every ||
                (s->every_ms && mono_ms() - s->persisted_at_ms >= (int64_t)s->every_ms);
-    return due ? persist(s) : 0;
+    return due ? persist(s, false) : 0;
 }
 
 int es_sub_commit(es_sub *s)
 {
     if (!s)
         return es__err(ES_EINVAL, "es_sub_commit: sub is NULL");
-    return persist(s);
+    return persist(s, false);
 }
 
 int es_sub_run(es_sub *s, es_sub_handler handler, volatile int *stop, void *payload)
@@ -894,14 +925,9 @@ void es_sub_close(es_sub *s)
 {
     if (!s)
         return;
-    /* a clean close: the final checkpoint, and the lease given back */
-    if (persist(s) == 0) {
-        sub_state free_ = s->state;
-        memset(free_.owner, 0, sizeof free_.owner);
-        free_.lease_until_us = 0;
-        uint64_t ver;
-        (void)store_sub(s->st, &s->k, s->version, &free_, &s->def_bytes, &ver);
-    }
+    /* a clean close: the final checkpoint and the lease given back, in one
+     * write (none if the subscription was taken over or deleted) */
+    (void)persist(s, true);
     free(s->events);
     free(s->ptrs);
     es_buf_free(&s->arena);

@@ -16,35 +16,14 @@
 /*
  * The plain-old-data codec (es_view_def.value_size): the accumulator is
  * value_size bytes, zeroed by init, copied byte for byte to and from
- * snapshots.  The callbacks get only the user's payload, so each value
- * carries its size in a header just before it (aligned like malloc's).
+ * snapshots.  init and encode need the size, which the callbacks do not
+ * get, so view_init and view_encode below handle these views themselves.
  */
-typedef union pod_head {
-    size_t size;
-    max_align_t align_;
-} pod_head;
-
-static void *pod_alloc(size_t size)
-{
-    pod_head *h = es__calloc(1, sizeof *h + size);
-    if (!h)
-        return NULL;
-    h->size = size;
-    return h + 1;
-}
-
-static int pod_encode(es_buf *out, const void *acc, void *payload)
-{
-    const pod_head *h = (const pod_head *)acc - 1;
-    return es_buf_put(out, acc, h->size);
-}
-
 static int pod_decode(void **out, const uint8_t *data, size_t len, void *payload)
 {
     (void)payload;
-    *out = NULL;
-    /* the size was checked against value_size when the snapshot was read */
-    if (!(*out = pod_alloc(len)))
+    /* the size was checked against value_size by view_decode */
+    if (!(*out = es__malloc(len ? len : 1)))
         return es__err(ES_ENOMEM, "out of memory for a view value");
     memcpy(*out, data, len);
     return 0;
@@ -53,20 +32,24 @@ static int pod_decode(void **out, const uint8_t *data, size_t len, void *payload
 static void pod_free(void *acc, void *payload)
 {
     (void)payload;
-    if (acc)
-        free((pod_head *)acc - 1);
+    free(acc);
 }
 
-/* init and decode need the view's value_size, which the callbacks do not
- * get: plain-old-data views are made and read here, not through def.init. */
 static int view_init(const es_view *v, void **out, const es__vkeys *k)
 {
     if (v->def.value_size) {
-        if (!(*out = pod_alloc(v->def.value_size)))
+        if (!(*out = es__calloc(1, v->def.value_size)))
             return es__err(ES_ENOMEM, "out of memory for a view value");
         return 0;
     }
     return v->def.init(out, k->fkey, k->fkey_len, v->def.payload);
+}
+
+static int view_encode(const es_view *v, es_buf *out, const void *acc)
+{
+    if (v->def.value_size)
+        return es_buf_put(out, acc, v->def.value_size);
+    return v->def.encode(out, acc, v->def.payload);
 }
 
 static int view_decode(const es_view *v, void **out, const uint8_t *data, size_t len)
@@ -130,13 +113,12 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
             return es__err(ES_EINVAL,
                            "view '%s' is sharded with a value_size: free_selected is required",
                            def->name);
-        d.encode = pod_encode;
         d.decode = pod_decode;
         d.free_value = pod_free;
     }
     if (!def->stream_key)
         d.stream_key = identity_stream_key;
-    if ((!def->init && !def->value_size) || !def->apply || !def->encode || !def->decode ||
+    if ((!def->value_size && (!def->init || !def->encode)) || !def->apply || !def->decode ||
         !def->free_value)
         return es__err(ES_EINVAL,
                        "view '%s' lacks a callback (apply, and init, encode, decode and "
@@ -365,7 +347,7 @@ int es__fold_maybe_persist(es__fold *f, es_view *v, const es__vkeys *k)
         return 0;
     if (v->st->flags & ES_OPEN_READONLY)
         return 0;
-    if (f->state == ES_SNAP_VALUE && (rc = v->def.encode(&buf, f->acc, v->def.payload)) != 0) {
+    if (f->state == ES_SNAP_VALUE && (rc = view_encode(v, &buf, f->acc)) != 0) {
         rc = es__cb_rc(rc);
         goto done;
     }
@@ -419,7 +401,7 @@ int es__fold_clone(es__fold *dst, es_view *v, const es__vkeys *k, const es__fold
 
     *dst = *src;
     dst->acc = NULL;
-    if ((rc = v->def.encode(&buf, src->acc, v->def.payload)) != 0) {
+    if ((rc = view_encode(v, &buf, src->acc)) != 0) {
         rc = es__cb_rc(rc);
         goto done;
     }

@@ -254,6 +254,7 @@ static void test_plain_struct_view(void **state)
     d2.value_size = sizeof(counter) + 8;
     TU_EXPECT_OK(es_view_new(&v, ts.st, &d2, &vo));
     assert_int_equal(es_view_get(&s, v, "nums", 4, ES_LATEST_SNAPSHOT), ES_ECORRUPT);
+    assert_non_null(strstr(es_error_last(), "change view_version")); /* the library's message */
     es_view_free(v);
 
     /* value_size and codec callbacks together are refused */
@@ -565,6 +566,72 @@ static int own_stream_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *
     return es_op_emit_to(ctx, "mine", 4, ES_EXPECT_ANY, &e);
 }
 
+/* An operation that goes back to a stream it already emitted to (A, B, A):
+ * the stream's first event sets its expectation, the later one follows. */
+static int back_and_forth_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op)
+{
+    (void)snap, (void)op;
+    es_event_new e = {.type = "E", .data = "1", .data_len = 1};
+    int rc;
+    if ((rc = es_op_emit_to(ctx, "A", 1, ES_EXPECT_NO_STREAM, &e)) < 0 ||
+        (rc = es_op_emit_to(ctx, "B", 1, ES_EXPECT_NO_STREAM, &e)) < 0 ||
+        (rc = es_op_emit_to(ctx, "A", 1, ES_EXPECT_NO_STREAM, &e)) < 0)
+        return rc;
+    return es_op_emit(ctx, &e);
+}
+
+static void test_emit_to_a_stream_twice(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_view *v;
+    int applied = 0;
+    tu_open(&ts);
+    es_view_def d = counter_def("f", &applied);
+    TU_EXPECT_OK(es_view_new(&v, ts.st, &d, NULL));
+    es_op op = {back_and_forth_run, NULL, NULL, 0, 0};
+    es_save_result r = ES_SAVE_RESULT_INIT;
+    es_save_options so = ES_SAVE_OPTIONS_INIT;
+    so.max_attempts = 2;
+    TU_EXPECT_OK(es_save(&r, v, "mine", 4, &op, 1, &so));
+    assert_int_equal(r.status, ES_SAVED);
+    assert_int_equal(r.retries, 0);
+    es_save_result_clear(&r, v);
+    uint64_t h;
+    TU_EXPECT_OK(es_stream_head(&h, ts.st, "A", 1));
+    assert_int_equal(h, 2);
+    TU_EXPECT_OK(es_stream_head(&h, ts.st, "B", 1));
+    assert_int_equal(h, 1);
+    /* a second save: A exists now, so its first expectation fails → rejected
+     * only after the bounded retries, nothing written */
+    TU_EXPECT_OK(es_save(&r, v, "mine", 4, &op, 1, &so));
+    assert_int_equal(r.status, ES_GAVE_UP);
+    es_save_result_clear(&r, v);
+    TU_EXPECT_OK(es_stream_head(&h, ts.st, "A", 1));
+    assert_int_equal(h, 2);
+    es_view_free(v);
+    tu_close(&ts);
+}
+
+/* A retry of an append with a kept time is answered from the original even
+ * when the store's clock has since gone back by more than the bound. */
+static void test_kept_time_replay_whatever_the_clock(void **state)
+{
+    (void)state;
+    tu_store ts;
+    tu_open(&ts);
+    static const uint8_t id[ES_ID_SIZE] = {7, 7, 7};
+    es_event_new e = {.type = "T", .data = "x", .data_len = 1, .id = id};
+    e.time_us = ts.clock_now + ES_MAX_TIME_AHEAD_US / 2;
+    es_append_result r1, r2;
+    TU_EXPECT_OK(es_append_ex(&r1, ts.st, "s", 1, ES_EXPECT_NO_STREAM, &e, 1, ES_APPEND_KEEP_TIME));
+    ts.clock_now -= 2 * ES_MAX_TIME_AHEAD_US;
+    TU_EXPECT_OK(es_append_ex(&r2, ts.st, "s", 1, ES_EXPECT_NO_STREAM, &e, 1, ES_APPEND_KEEP_TIME));
+    assert_int_equal(r2.replayed, 1);
+    assert_int_equal(r2.first_position, r1.first_position);
+    tu_close(&ts);
+}
+
 static void test_emit_to_own_stream_is_refused(void **state)
 {
     (void)state;
@@ -723,6 +790,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_save_across_streams),
         cmocka_unit_test(test_save_other_stream_conflict_retries),
         cmocka_unit_test(test_emit_to_own_stream_is_refused),
+        cmocka_unit_test(test_emit_to_a_stream_twice),
+        cmocka_unit_test(test_kept_time_replay_whatever_the_clock),
         cmocka_unit_test(test_users_with_claim_streams),
         cmocka_unit_test(test_kept_time_bounded),
     };

@@ -419,6 +419,53 @@ static void test_starts_and_resets(void **state)
     tu_close(&ts);
 }
 
+/* A reset while the consumer holds a batch: acknowledging that batch does
+ * nothing (it is void), and the next batch starts at the reset's position
+ * and can be acknowledged — backwards and forwards. */
+static void test_reset_voids_the_batch_in_hand(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    const es_event *const *evs;
+    size_t n;
+    static uint64_t all[20];
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 10);
+    assert_int_equal(log_positions(ts.st, all, 20, NULL, NULL), 10);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 5;
+    TU_EXPECT_OK(es_sub_create(ts.st, "v", &o));
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "v", NULL));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 5);
+    TU_EXPECT_OK(es_sub_ack(s, all[1]));
+    /* backwards, while positions 3..5 are in hand and unacknowledged */
+    TU_EXPECT_OK(es_sub_reset(ts.st, "v", ES_SUB_FROM_POSITION, all[0], 0));
+    TU_EXPECT_OK(es_sub_commit(s)); /* the consumer sees the reset here */
+    TU_EXPECT_OK(es_sub_ack(s, all[4])); /* void: does nothing */
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "v"));
+    assert_int_equal(info.checkpoint, all[0] - 1);
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 5);
+    assert_int_equal(evs[0]->position, all[0]);
+    TU_EXPECT_OK(es_sub_ack(s, all[2])); /* inside the old void range: counts now */
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "v"));
+    assert_int_equal(info.checkpoint, all[2]);
+    /* forwards, noticed by es_sub_next itself */
+    TU_EXPECT_OK(es_sub_reset(ts.st, "v", ES_SUB_FROM_POSITION, all[8], 0));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 2);
+    assert_int_equal(evs[0]->position, all[8]);
+    TU_EXPECT_OK(es_sub_ack(s, all[9]));
+    es_sub_close(s);
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "v"));
+    assert_int_equal(info.checkpoint, all[9]);
+    assert_int_equal(info.state, ES_SUB_IDLE);
+    tu_close(&ts);
+}
+
 static void test_one_owner_and_lease_takeover(void **state)
 {
     (void)state;
@@ -628,6 +675,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_checkpoint_survives_reopen),
         cmocka_unit_test(test_checkpoint_policy),
         cmocka_unit_test(test_starts_and_resets),
+        cmocka_unit_test(test_reset_voids_the_batch_in_hand),
         cmocka_unit_test(test_one_owner_and_lease_takeover),
         cmocka_unit_test(test_push_delivery),
         cmocka_unit_test(test_delete_while_open),

@@ -1521,7 +1521,7 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             int r = fn(keys[i].k, keys[i].len, keys[i].head, payload);
             /* a library code from the callback keeps the message it set */
             if (r)
-                rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
+                rc = es__cb_rc(r);
         }
         if (n) {
             memcpy(from, keys[n - 1].k, keys[n - 1].len);

@@ -554,7 +554,7 @@ static int mem_streams(void *be, const void *prefix, size_t prefix_len, es_strea
         int r = fn(keys[i].key, keys[i].len, keys[i].head, payload);
         if (r) {
             /* a library code from the callback keeps the message it set */
-            rc = ES_IS_ERRNO(r) ? r : es__cb_rc(r);
+            rc = es__cb_rc(r);
             break;
         }
     }

@@ -52,6 +52,8 @@ static void cache_put(pg_store *s, const uint8_t *stream, size_t len, uint64_t h
 enum {
     TRY_AGAIN = 2,     /* the cache was stale or a race was lost: nothing written */
     TRY_IDS_EXIST = 3, /* some event ids are stored: resolve them, then go again */
+    TRY_KEPT_TIME = 4, /* a kept time was refused (the message is set): unless the
+                          requests turn out to be retries, that is the answer */
 };
 
 typedef struct lookup_ctx {
@@ -249,6 +251,8 @@ static int commit_time(commit *c)
     c->check_time = false;
     if (reqs[0].keep_time) {
         c->t = reqs[0].events[0].time_us;
+        if (es__check_kept_time(s->st, c->t) < 0)
+            return TRY_KEPT_TIME;
     } else if (s->st->clock) {
         c->t = es__now(s->st);
     } else {
@@ -268,11 +272,12 @@ static int commit_time(commit *c)
             e->h.time_us = INT64_MIN;
         }
         if (e->known && e->h.head && e->h.time_us > c->t) {
-            if (reqs[0].keep_time)
-                return es__err(ES_EINVAL,
-                               "kept commit time %lld is before the stream's latest commit "
-                               "time %lld",
-                               (long long)c->t, (long long)e->h.time_us);
+            if (reqs[0].keep_time) {
+                es__err(ES_EINVAL,
+                        "kept commit time %lld is before the stream's latest commit time %lld",
+                        (long long)c->t, (long long)e->h.time_us);
+                return TRY_KEPT_TIME;
+            }
             c->t = e->h.time_us;
         }
     }
@@ -517,7 +522,7 @@ static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t 
         rc = nomem_append();
         goto out;
     }
-    if ((rc = commit_time(&c)) < 0)
+    if ((rc = commit_time(&c)) != 0)
         goto out;
     chain_hashes(&c);
     if ((rc = event_arrays(&c)) < 0 || (rc = build_params(&c, &p, &stmt)) < 0)
@@ -554,10 +559,22 @@ int es__pg_append(void *be, const es__append_req *reqs, size_t n, es_append_resu
         free(skip);
         return rc;
     }
+    bool resolved = false; /* the ids were looked up after a refused kept time */
     for (int tries = 0;; tries++) {
         rc = attempt(s, pc, reqs, n, skip, outs);
         if (rc <= 0)
             break;
+        if (rc == TRY_KEPT_TIME) {
+            /* a retry of an append that landed is answered whatever its
+             * time, as on every store: look the ids up once, then go again;
+             * a kept time still refused then is the answer */
+            if (resolved) {
+                rc = ES_EINVAL; /* with commit_time's message */
+                break;
+            }
+            resolved = true;
+            rc = TRY_IDS_EXIST;
+        }
         if (tries >= PG_MAX_TRIES) {
             rc = es__err(ES_EUNAVAILABLE,
                          "postgres: the append kept racing with other writers (%d tries)", tries);
