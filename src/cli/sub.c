@@ -550,6 +550,9 @@ static int deliver_stdin(run_ctx *r, const es_event *const *evs, size_t n)
     uint64_t last = evs[n - 1]->position;
     char line[ACK_LINE_MAX + 1];
     int rc;
+    /* after a reset back, the batch starts before what was acknowledged */
+    if (r->acked >= evs[0]->position)
+        r->acked = evs[0]->position - 1;
     if ((rc = print_batch(evs, n)))
         return rc;
     for (;;) {
