@@ -15,9 +15,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static bool same_event(const esrc_line_event *a, const esrc_line_event *b)
 {
     return a->stream_len == b->stream_len && memcmp(a->stream, b->stream, a->stream_len) == 0 &&
-           a->seq == b->seq && a->time_us == b->time_us &&
-           memcmp(a->id, b->id, ES_ID_SIZE) == 0 && a->type_len == b->type_len &&
-           memcmp(a->type, b->type, a->type_len) == 0 && a->data.len == b->data.len &&
+           a->seq == b->seq && a->time_us == b->time_us && memcmp(a->id, b->id, ES_ID_SIZE) == 0 &&
+           a->type_len == b->type_len && memcmp(a->type, b->type, a->type_len) == 0 &&
+           a->data.len == b->data.len &&
            (a->data.len == 0 || memcmp(a->data.data, b->data.data, a->data.len) == 0) &&
            a->meta.len == b->meta.len &&
            (a->meta.len == 0 || memcmp(a->meta.data, b->meta.data, a->meta.len) == 0) &&

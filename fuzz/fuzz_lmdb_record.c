@@ -39,8 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *again = malloc(size);
         if (!again)
             abort();
-        es__rec_encode(again, ev.stream, ev.stream_len, ev.seq, ev.time_us, ev.id, &in,
-                       ev.type_len, NULL);
+        es__rec_encode(again, ev.stream, ev.stream_len, ev.seq, ev.time_us, ev.id, &in, ev.type_len,
+                       NULL);
         /* everything but the hash (which depends on the previous event) */
         if (memcmp(again, r, ES__REC_AT_HASH) != 0 ||
             memcmp(again + ES__REC_HDR, r + ES__REC_HDR, size - ES__REC_HDR) != 0)

@@ -22,6 +22,9 @@
  *    cursor belongs to one thread at a time.  A view handle is read-only
  *    after creation and may be shared.
  */
+/* The public header is laid out by hand (aligned field comments, one-line
+ * initialiser macros), which clang-format would undo. */
+/* clang-format off */
 #ifndef EVENTSRC_H
 #define EVENTSRC_H
 
@@ -921,3 +924,4 @@ ES_EXTERN void es_sub_close(es_sub *sub);
 #endif
 
 #endif /* EVENTSRC_H */
+/* clang-format on */

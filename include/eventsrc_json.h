@@ -19,6 +19,9 @@
  * A snapshot's value (es_snapshot.value) is then a json_t * the snapshot
  * owns: borrow it, or json_incref it to keep it past es_snapshot_clear.
  */
+/* The public header is laid out by hand (aligned field comments, one-line
+ * initialiser macros), which clang-format would undo. */
+/* clang-format off */
 #ifndef EVENTSRC_JSON_H
 #define EVENTSRC_JSON_H
 
@@ -70,3 +73,4 @@ static inline void es_view_def_use_json(es_view_def *def)
 }
 
 #endif /* EVENTSRC_JSON_H */
+/* clang-format on */

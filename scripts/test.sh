@@ -1,6 +1,6 @@
 #!/bin/sh
 # The full test suite, as CI runs it:
-#   1. format check (warn-only for now: scripts/check-format.sh)
+#   1. format check (scripts/check-format.sh --strict: clang-format 14, .clang-format)
 #   2. a normal build (warnings are errors) and every test
 #   3. an AddressSanitizer + UndefinedBehaviorSanitizer build and every test
 #      (leaks included)
@@ -96,7 +96,7 @@ if [ "$bits" -gt 28 ] && command -v setarch >/dev/null 2>&1; then
     echo "test: vm.mmap_rnd_bits=$bits: the TSan tests run under '$tsan_wrap'"
 fi
 
-step "format (warn-only)" ./scripts/check-format.sh
+step "format" ./scripts/check-format.sh --strict
 
 step "build" build build
 step "tests" sh -c "$(ctest_in build)"

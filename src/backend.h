@@ -84,15 +84,14 @@ typedef struct es__backend {
     /* The backend may use the prefix/type filters to skip work; the generic
      * layer re-checks them. */
     int (*log_cursor)(es_cursor **out, void *be, const es_log_options *opts);
-    int (*streams)(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn,
-                   void *payload);
+    int (*streams)(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn, void *payload);
     int (*stats)(void *be, es_store_stats *out);
     /* Snapshots: stored per (skey, seq). */
     int (*snap_put)(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap);
     /* The snapshot with the greatest seq such that seq <= max_seq and
      * time_us <= max_time; its bytes are copied into buf.  ES_ENOTFOUND if none. */
-    int (*snap_get)(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
-                    int64_t max_time, es__snap *out, es_buf *buf);
+    int (*snap_get)(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq, int64_t max_time,
+                    es__snap *out, es_buf *buf);
     /* Seqs of the retained snapshots, ascending (at most cap). */
     int (*snap_list)(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
                      size_t *n);

@@ -185,8 +185,8 @@ static int verify_stream(es_verify_result *r, es_store *st, const void *stream, 
     }
     if (r->ok && vs.seq < head) {
         es_event e = {.stream = stream, .stream_len = len, .seq = vs.seq + 1};
-        fail(r, &e, "stream head is %llu but its events end at seq %llu",
-             (unsigned long long)head, (unsigned long long)vs.seq);
+        fail(r, &e, "stream head is %llu but its events end at seq %llu", (unsigned long long)head,
+             (unsigned long long)vs.seq);
     }
     r->streams_checked++;
     return 0;
@@ -292,8 +292,10 @@ int es_verify(es_verify_result *out, es_store *st, const void *stream, size_t st
         if (rc < 0)
             goto done;
         if (w.far.position >= ceiling) {
-            es_event e = {.stream = w.far.stream, .stream_len = w.far.stream_len,
-                          .seq = w.far.seq, .position = w.far.position};
+            es_event e = {.stream = w.far.stream,
+                          .stream_len = w.far.stream_len,
+                          .seq = w.far.seq,
+                          .position = w.far.position};
             fail(out, &e, "position %llu is past every position assigned so far",
                  (unsigned long long)w.far.position);
         }

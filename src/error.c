@@ -12,8 +12,8 @@ static _Thread_local int last_code;
 const char *es_strerror(int code)
 {
     switch (code) {
-#define ES__ERRNO_STR(name, num, msg)                                                            \
-    case num:                                                                                    \
+#define ES__ERRNO_STR(name, num, msg)                                                              \
+    case num:                                                                                      \
         return msg;
         ES_ERRNO_MAP(ES__ERRNO_STR)
 #undef ES__ERRNO_STR

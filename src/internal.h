@@ -105,7 +105,6 @@ static inline bool es__has_prefix(const uint8_t *key, size_t len, const void *pr
     return prefix_len <= len && (prefix_len == 0 || memcmp(key, prefix, prefix_len) == 0);
 }
 
-
 /* Map a callback's non-zero return to what the API hands back: one of the
  * library's codes as is, anything else ES_EUSER (the value in the message). */
 static inline int es__cb_rc(int r)
@@ -126,8 +125,7 @@ static inline int es__check_version(unsigned version, unsigned current, const ch
 {
     if (version >= 1 && version <= current)
         return 0;
-    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version,
-                   current);
+    return es__err(ES_EINVAL, "%s.version is %u; this library knows 1..%u", what, version, current);
 }
 
 #endif

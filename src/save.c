@@ -80,8 +80,8 @@ typedef struct op_event {
 struct es_op_ctx {
     op_event *evs;
     size_t n, cap;
-    size_t n_side;                 /* events for other streams */
-    const es__vkeys *k;            /* the view key's streams */
+    size_t n_side;      /* events for other streams */
+    const es__vkeys *k; /* the view key's streams */
     size_t first_of_op; /* index of the first event of the running op */
     size_t bytes;
     char **reasons;
@@ -413,9 +413,8 @@ static void sleep_us(uint64_t us)
  * and positions) folded into a fresh copy of the base, so that it equals a
  * later get.  A failure leaves out->snapshot for the caller to reset; a
  * snapshot that cannot be persisted is only a cache left stale. */
-static int saved_snapshot(es_save_result *out, es_view *v, const es__vkeys *k,
-                          const es__fold *base, const es_op_ctx *ctx, const es_append_result *ar,
-                          es__fold *work)
+static int saved_snapshot(es_save_result *out, es_view *v, const es__vkeys *k, const es__fold *base,
+                          const es_op_ctx *ctx, const es_append_result *ar, es__fold *work)
 {
     int rc;
     es__fold_clear(work, v);

@@ -70,7 +70,7 @@ int es_store_open(es_store **out, const char *uri, const es_open_options *opts)
     if (!opts)
         opts = &defaults;
     if ((rc = es__check_version(opts->version, ES_OPEN_OPTIONS_VERSION, "es_open_options")) < 0)
-            return rc;
+        return rc;
     if (opts->flags & ~(unsigned)(ES_OPEN_NOSYNC | ES_OPEN_READONLY | ES_OPEN_NOCREATE))
         return es__err(ES_EINVAL, "es_open_options.flags has unknown bits 0x%x", opts->flags);
     if (opts->timeout_ms < 0)
@@ -418,7 +418,8 @@ int es_log_wait(es_store *st, uint64_t after, int timeout_ms)
         if (last > after)
             return 0;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        int64_t ms = (int64_t)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        int64_t ms =
+            (int64_t)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
         if (ms >= timeout_ms)
             return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms",
                            (unsigned long long)after, timeout_ms);
@@ -546,8 +547,7 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
         if ((rc = es__check_version(opts->version, ES_LOG_OPTIONS_VERSION, "es_log_options")) < 0)
             return rc;
         /* version 1 ends before the time range */
-        memcpy(&o, opts,
-               opts->version == 1 ? offsetof(es_log_options, from_time_us) : sizeof o);
+        memcpy(&o, opts, opts->version == 1 ? offsetof(es_log_options, from_time_us) : sizeof o);
         o.version = ES_LOG_OPTIONS_VERSION;
     }
     if (o.from_time_us < 0 || o.to_time_us < 0)
@@ -633,8 +633,7 @@ void es_cursor_free(es_cursor *c)
     c->ops->free(c);
 }
 
-int es_streams(es_store *st, const void *prefix, size_t prefix_len, es_stream_fn fn,
-               void *payload)
+int es_streams(es_store *st, const void *prefix, size_t prefix_len, es_stream_fn fn, void *payload)
 {
     if (!st || !fn)
         return es__err(ES_EINVAL, "es_streams: NULL store or callback");

@@ -162,8 +162,8 @@ bad:
 /* The bytes of a subscription name: A-Z a-z 0-9 . _ - */
 static bool name_char_ok(uint8_t c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
 static int check_name(const char *name, size_t *len)
@@ -360,8 +360,8 @@ int es_sub_create(es_store *st, const char *name, const es_sub_options *opts)
     make_key(&k, name, nl);
     sub_state s;
     memset(&s, 0, sizeof s);
-    if ((rc = start_checkpoint(&s.checkpoint, st, d->start, d->start_position,
-                               d->start_time_us)) < 0)
+    if ((rc = start_checkpoint(&s.checkpoint, st, d->start, d->start_position, d->start_time_us)) <
+        0)
         goto done;
     if ((rc = def_encode(&b, d)) < 0)
         goto done;
@@ -555,8 +555,7 @@ int es_sub_list(es_store *st, es_sub_info_fn fn, void *payload)
     if (!fn)
         return es__err(ES_EINVAL, "es_sub_list: fn is NULL");
     /* Names first, then each info with no kv call in progress. */
-    rc = st->ops->kv_list(st->be, (const uint8_t *)SUB_PREFIX, SUB_PREFIX_LEN, collect_name,
-                          &l);
+    rc = st->ops->kv_list(st->be, (const uint8_t *)SUB_PREFIX, SUB_PREFIX_LEN, collect_name, &l);
     for (size_t i = 0; rc == 0 && i < l.n; i++) {
         es_sub_info info;
         rc = fill_info(&info, st, l.names[i], strlen(l.names[i]));
@@ -581,7 +580,7 @@ struct es_sub {
     char name[ES_MAX_SUB_NAME + 1];
     sub_key k;
     sub_def def;
-    es_buf def_bytes; /* the record's definition, rewritten with each state */
+    es_buf def_bytes;  /* the record's definition, rewritten with each state */
     sub_state state;   /* as last written or read */
     uint64_t version;  /* of the state record */
     uint64_t read_pos; /* every matching event up to it was delivered */

@@ -98,8 +98,7 @@ int es_view_new(es_view **out, es_store *st, const es_view_def *def, const es_vi
     memcpy(&d, def, def->version == 1 ? offsetof(es_view_def, value_size) : sizeof d);
     d.version = ES_VIEW_DEF_VERSION;
     def = &d;
-    if (!def->name || (nl = strnlen(def->name, ES_MAX_VIEW_NAME + 1)) == 0 ||
-        nl > ES_MAX_VIEW_NAME)
+    if (!def->name || (nl = strnlen(def->name, ES_MAX_VIEW_NAME + 1)) == 0 || nl > ES_MAX_VIEW_NAME)
         return es__err(ES_EINVAL, "view name must be 1..%d bytes", ES_MAX_VIEW_NAME);
     if (def->value_size) {
         if (def->init || def->encode || def->decode || def->free_value)
@@ -172,8 +171,8 @@ int es__view_keys(es__vkeys *k, const es_view *v, const void *vkey, size_t vkey_
         if ((rc = v->def.shard_key(k->fkey, &k->fkey_len, vkey, vkey_len, v->def.payload)) != 0)
             return es__cb_rc(rc);
         if (k->fkey_len == 0 || k->fkey_len > ES_MAX_VIEW_KEY)
-            return es__err(ES_EINVAL, "view '%s' mapped a key to a shard key of %zu bytes",
-                           v->name, k->fkey_len);
+            return es__err(ES_EINVAL, "view '%s' mapped a key to a shard key of %zu bytes", v->name,
+                           k->fkey_len);
     } else {
         memcpy(k->fkey, vkey, vkey_len);
         k->fkey_len = vkey_len;
@@ -257,9 +256,9 @@ int es__fold_apply(es__fold *f, es_view *v, const es__vkeys *k, const es_event *
         f->state = ES_SNAP_DELETED;
         break;
     default:
-        return r < 0 ? es__cb_rc(r)
-                     : es__err(ES_EINVAL, "view '%s': apply returned %d, not an es_fold", v->name,
-                               r);
+        return r < 0
+                   ? es__cb_rc(r)
+                   : es__err(ES_EINVAL, "view '%s': apply returned %d, not an es_fold", v->name, r);
     }
     f->seq = ev->seq;
     f->time_us = ev->time_us;
@@ -388,7 +387,8 @@ int es__fold_view(es_snapshot *out, es_view *v, const es__vkeys *k, es__fold *f,
     if (r == ES_SNAP_VALUE) {
         out->value = val;
     } else if (val) {
-        void (*fr)(void *, void *) = v->def.free_selected ? v->def.free_selected : v->def.free_value;
+        void (*fr)(void *, void *) =
+            v->def.free_selected ? v->def.free_selected : v->def.free_value;
         fr(val, v->def.payload);
     }
     return 0;

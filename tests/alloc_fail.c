@@ -75,10 +75,9 @@ static void inject_each(fx *f, const char *what, int (*call)(fx *), int writes)
                          "%llu, b %llu -> %llu, last position %llu -> %llu, events %llu -> %llu",
                          what, n, msg, (unsigned long long)before.head_a,
                          (unsigned long long)after.head_a, (unsigned long long)before.head_b,
-                         (unsigned long long)after.head_b,
-                         (unsigned long long)before.last_position,
-                         (unsigned long long)after.last_position,
-                         (unsigned long long)before.events, (unsigned long long)after.events);
+                         (unsigned long long)after.head_b, (unsigned long long)before.last_position,
+                         (unsigned long long)after.last_position, (unsigned long long)before.events,
+                         (unsigned long long)after.events);
         }
     }
     if (n == 100000)

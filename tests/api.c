@@ -195,8 +195,12 @@ static int count_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_
  * *applied counts the events it folded. */
 static es_view_def counter_def(const char *name, int *applied)
 {
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = name, .view_version = 1,
-                     .apply = count_apply, .payload = applied, .value_size = sizeof(counter)};
+    es_view_def d = {.version = ES_VIEW_DEF_VERSION,
+                     .name = name,
+                     .view_version = 1,
+                     .apply = count_apply,
+                     .payload = applied,
+                     .value_size = sizeof(counter)};
     return d;
 }
 
@@ -287,8 +291,8 @@ static void test_json_view(void **state)
     es_view *v;
     es_snapshot s = ES_SNAPSHOT_INIT;
     tu_open(&ts);
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "user", .view_version = 1,
-                     .apply = json_apply};
+    es_view_def d = {
+        .version = ES_VIEW_DEF_VERSION, .name = "user", .view_version = 1, .apply = json_apply};
     es_view_def_use_json(&d);
     es_view_options vo = ES_VIEW_OPTIONS_INIT;
     vo.snapshot_every = 1;
@@ -424,8 +428,8 @@ static int claim_run(es_op_ctx *ctx, const es_snapshot *snap, const es_op *op)
         return rc;
     if (head)
         return es_op_reject(ctx, "username taken");
-    es_event_new claimed = {.type = "Claimed", .data = c->username,
-                            .data_len = strlen(c->username)};
+    es_event_new claimed = {
+        .type = "Claimed", .data = c->username, .data_len = strlen(c->username)};
     es_event_new created = {.type = "Set", .data = c->username, .data_len = strlen(c->username)};
     if ((rc = es_op_emit_to(ctx, claim, strlen(claim), ES_EXPECT_NO_STREAM, &claimed)) < 0)
         return rc;
@@ -691,7 +695,7 @@ static void test_users_with_claim_streams(void **state)
     tu_open(&ts);
     TU_EXPECT_OK(es_view_new(&v, ts.st, us_user_by_stream(), NULL));
     assert_int_equal(save_claimed(v, ts.st, 1, "Homer", "homer"), 0);
-    assert_int_equal(save_claimed(v, ts.st, 2, "Bart", "homer"), 1); /* taken */
+    assert_int_equal(save_claimed(v, ts.st, 2, "Bart", "homer"), 1);    /* taken */
     assert_int_equal(save_claimed(v, ts.st, 1, "Homer J", "homer"), 0); /* same user: fine */
     assert_int_equal(save_claimed(v, ts.st, 1, "Homer", "homer2"), 0);  /* rename frees it */
     assert_int_equal(save_claimed(v, ts.st, 2, "Bart", "homer"), 0);

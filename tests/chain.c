@@ -29,7 +29,10 @@ static void fill(es_store *st, char streams[EVENTS][8], uint64_t positions[EVENT
         snprintf(data, sizeof data, "{\"n\":%d,\"pad\":\"xyz\"}", i);
         snprintf(meta, sizeof meta, "m%d", i);
         snprintf(type, sizeof type, "Type%d", i);
-        es_event_new ev = {.type = type, .data = data, .data_len = strlen(data), .meta = meta,
+        es_event_new ev = {.type = type,
+                           .data = data,
+                           .data_len = strlen(data),
+                           .meta = meta,
                            .meta_len = strlen(meta)};
         es_append_result r;
         TU_EXPECT_OK(es_append(&r, st, keys[i], strlen(keys[i]), ES_EXPECT_ANY, &ev, 1));
@@ -84,8 +87,8 @@ static void test_verify_detects_every_flipped_field(void **state)
             size_t offset = (size_t)tu_rand_below(&rng, 64);
             int rc = ts.st->ops->tamper(ts.st->be, positions[pos - 1], field, offset);
             if (rc)
-                fail_msg("tamper %s of event %llu: %s", field_names[field],
-                         (unsigned long long)pos, es_error_last());
+                fail_msg("tamper %s of event %llu: %s", field_names[field], (unsigned long long)pos,
+                         es_error_last());
             if (field == ES__F_POSITION && strcmp(tu_backend, "pg") == 0) {
                 uint64_t seq = 0;
                 for (uint64_t i = 0; i < pos; i++)
@@ -210,8 +213,14 @@ static void test_event_hash_is_stable(void **state)
     (void)state;
     /* The canonical encoding is part of the format: a fixed event has a fixed hash. */
     uint8_t id[16] = {0}, h[32];
-    es_event ev = {.stream = (const uint8_t *)"s", .stream_len = 1, .seq = 1, .time_us = 1,
-                   .type = "T", .type_len = 1, .data = (const uint8_t *)"d", .data_len = 1};
+    es_event ev = {.stream = (const uint8_t *)"s",
+                   .stream_len = 1,
+                   .seq = 1,
+                   .time_us = 1,
+                   .type = "T",
+                   .type_len = 1,
+                   .data = (const uint8_t *)"d",
+                   .data_len = 1};
     memcpy(ev.id, id, 16);
     TU_EXPECT_OK(es_event_hash(h, NULL, &ev));
     uint8_t h2[32];

@@ -57,7 +57,12 @@ static void test_append_and_read_back_every_field(void **state)
     memset(id2, 0xB2, 16);
     static const uint8_t key[] = {'a', 0, 'b', '\'', '"', '\\', 0xff};
     es_event_new evs[3] = {
-        {.type = "Created", .data = "{\"x\":1}", .data_len = 7, .meta = "m1", .meta_len = 2, .id = id1},
+        {.type = "Created",
+         .data = "{\"x\":1}",
+         .data_len = 7,
+         .meta = "m1",
+         .meta_len = 2,
+         .id = id1},
         {.type = "Renamed", .data = "\0bin\0", .data_len = 5, .id = id2},
         {.type = "Empty"},
     };
@@ -181,7 +186,7 @@ static void test_big_batch_is_atomic_and_contiguous(void **state)
 {
     enum { N = 2500 };
     es_event_new *evs = calloc(N, sizeof *evs);
-    char (*data)[16] = calloc(N, 16);
+    char(*data)[16] = calloc(N, 16);
     for (int i = 0; i < N; i++) {
         snprintf(data[i], 16, "%d", i);
         evs[i] = (es_event_new){.type = "Big", .data = data[i], .data_len = strlen(data[i])};
@@ -621,12 +626,14 @@ static void test_keep_time_replay_is_answered_from_the_original(void **state)
     uint8_t ids[3][ES_ID_SIZE];
     for (int i = 0; i < 3; i++)
         memset(ids[i], 0xa0 + i, ES_ID_SIZE);
-    es_event_new a[2] = {{.type = "A", .data = "1", .data_len = 1, .id = ids[0], .time_us = 1000000},
-                         {.type = "A", .data = "2", .data_len = 1, .id = ids[1], .time_us = 1000000}};
+    es_event_new a[2] = {
+        {.type = "A", .data = "1", .data_len = 1, .id = ids[0], .time_us = 1000000},
+        {.type = "A", .data = "2", .data_len = 1, .id = ids[1], .time_us = 1000000}};
     es_event_new b = {.type = "B", .id = ids[2], .time_us = 2000000};
     es_append_result r1, r2, rb;
     TU_EXPECT_OK(es_append_ex(&r1, ST, "imp-a", 5, ES_EXPECT_NO_STREAM, a, 2, ES_APPEND_KEEP_TIME));
-    TU_EXPECT_OK(es_append_ex(&rb, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
+    TU_EXPECT_OK(
+        es_append_ex(&rb, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
     assert_int_equal(rb.time_us, 2000000);
 
     /* the whole file again: every append a replay, in the original's order */
@@ -638,7 +645,8 @@ static void test_keep_time_replay_is_answered_from_the_original(void **state)
     assert_int_equal(r2.last_position, r1.last_position);
     assert_int_equal(r2.time_us, 1000000);
     assert_int_equal(r2.head, 2);
-    TU_EXPECT_OK(es_append_ex(&r2, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
+    TU_EXPECT_OK(
+        es_append_ex(&r2, ST, "imp-b", 5, ES_EXPECT_NO_STREAM, &b, 1, ES_APPEND_KEEP_TIME));
     assert_int_equal(r2.replayed, 1);
     assert_int_equal(r2.first_position, rb.first_position);
     assert_int_equal(tu_count_log(ST), 3);
@@ -748,7 +756,8 @@ static void test_multi_stream_append_is_all_or_nothing(void **state)
     memset(id1, 0x31, 16);
     memset(id2, 0x32, 16);
     es_event_new e1 = {.type = "P", .id = id1}, e2 = {.type = "Q", .id = id2};
-    es_append_op again[2] = {{"p", 1, ES_EXPECT_NO_STREAM, &e1, 1}, {"q", 1, ES_EXPECT_NO_STREAM, &e2, 1}};
+    es_append_op again[2] = {{"p", 1, ES_EXPECT_NO_STREAM, &e1, 1},
+                             {"q", 1, ES_EXPECT_NO_STREAM, &e2, 1}};
     TU_EXPECT_OK(es_append_multi(r, ST, again, 2, 0));
     TU_EXPECT_OK(es_append_multi(r, ST, again, 2, 0));
     assert_int_equal(r[0].replayed, 1);
@@ -783,8 +792,8 @@ static void test_large_multi_append(void **state)
         snprintf(data[i], sizeof data[i], "%d", i);
         for (int b = 0; b < 16; b++)
             ids[i][b] = (uint8_t)(i >> (b % 2 ? 8 : 0)) ^ (uint8_t)(b * 29);
-        evs[i] = (es_event_new){.type = "Many", .data = data[i], .data_len = strlen(data[i]),
-                                .id = ids[i]};
+        evs[i] = (es_event_new){
+            .type = "Many", .data = data[i], .data_len = strlen(data[i]), .id = ids[i]};
         /* exact expectations: the stream's seq before this op */
         ops[i] = (es_append_op){keys[i], strlen(keys[i]), seen[st], &evs[i], 1};
         seen[st]++;

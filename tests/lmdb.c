@@ -246,7 +246,8 @@ static int child_mixed(const char *dir, uint64_t seed, int ack_fd)
             es_save_result_clear(&res, v);
         } else {
             char stream[16];
-            snprintf(stream, sizeof stream, "shared-%llu", (unsigned long long)tu_rand_below(&rng, 3));
+            snprintf(stream, sizeof stream, "shared-%llu",
+                     (unsigned long long)tu_rand_below(&rng, 3));
             es_append_result r;
             if (es_append(&r, st, stream, strlen(stream), ES_EXPECT_ANY, &set, 1))
                 return 5;
@@ -558,7 +559,6 @@ static int child_filler(const char *dir)
     return ok ? 0 : 4;
 }
 
-
 /* ---- damaged files, full disks, stale readers, permissions ---- */
 
 static int run(const char *cmd)
@@ -672,7 +672,8 @@ static void test_damaged_file_is_an_error_never_a_signal(void **state)
         int fd = open(f, O_RDWR);
         assert_true(fd >= 0);
         /* half of them in the meta pages, which are checked before mapping */
-        off_t at = (off_t)(i % 2 ? tu_rand_below(&rng, 8192) : tu_rand_below(&rng, (uint64_t)sb.st_size));
+        off_t at =
+            (off_t)(i % 2 ? tu_rand_below(&rng, 8192) : tu_rand_below(&rng, (uint64_t)sb.st_size));
         uint8_t b;
         assert_int_equal(pread(fd, &b, 1, at), 1);
         b ^= (uint8_t)(1 + tu_rand_below(&rng, 255));
@@ -752,8 +753,7 @@ static int child_reader(const char *dir, int ready_fd)
     const es_event *ev;
     char uri[600];
     snprintf(uri, sizeof uri, "lmdb:%s", dir);
-    if (es_store_open(&st, uri, NULL) || es_log_cursor(&c, st, NULL) ||
-        es_cursor_next(&ev, c) != 0)
+    if (es_store_open(&st, uri, NULL) || es_log_cursor(&c, st, NULL) || es_cursor_next(&ev, c) != 0)
         return 2;
     /* the cursor holds its read transaction (a reader slot) until killed */
     if (write(ready_fd, "ready\n", 6) != 6)

@@ -59,11 +59,26 @@ static void random_append(tu_store *ts, model *m, uint64_t *rng)
     uint64_t head = m->head[s], expected;
     bool should_pass;
     switch (tu_rand_below(rng, 6)) {
-    case 0: expected = ES_EXPECT_ANY; should_pass = true; break;
-    case 1: expected = ES_EXPECT_EXISTS; should_pass = head > 0; break;
-    case 2: expected = ES_EXPECT_NO_STREAM; should_pass = head == 0; break;
-    case 3: expected = head + 1 + tu_rand_below(rng, 3); should_pass = false; break;
-    default: expected = head; should_pass = true; break;
+    case 0:
+        expected = ES_EXPECT_ANY;
+        should_pass = true;
+        break;
+    case 1:
+        expected = ES_EXPECT_EXISTS;
+        should_pass = head > 0;
+        break;
+    case 2:
+        expected = ES_EXPECT_NO_STREAM;
+        should_pass = head == 0;
+        break;
+    case 3:
+        expected = head + 1 + tu_rand_below(rng, 3);
+        should_pass = false;
+        break;
+    default:
+        expected = head;
+        should_pass = true;
+        break;
     }
     if (m->n + n > MAXEV)
         return;
@@ -144,7 +159,8 @@ static void random_log_read(tu_store *ts, model *m, uint64_t *rng)
 {
     es_log_options o = ES_LOG_OPTIONS_INIT;
     size_t start = m->n ? tu_rand_below(rng, m->n + 1) : 0;
-    o.from_position = start < m->n ? m->log[start].position : (m->n ? m->log[m->n - 1].position + 1 : 0);
+    o.from_position =
+        start < m->n ? m->log[start].position : (m->n ? m->log[m->n - 1].position + 1 : 0);
     if (tu_rand_below(rng, 3) == 0) {
         o.prefix = tu_rand_below(rng, 2) ? "acct-" : "u";
         o.prefix_len = strlen(o.prefix);
@@ -195,10 +211,16 @@ static void test_store_matches_model(void **state)
     for (int i = 0; i < steps; i++) {
         switch (tu_rand_below(&rng, 5)) {
         case 0:
-        case 1: random_append(&ts, &m, &rng); break;
+        case 1:
+            random_append(&ts, &m, &rng);
+            break;
         case 2:
-        case 3: random_stream_read(&ts, &m, &rng); break;
-        default: random_log_read(&ts, &m, &rng); break;
+        case 3:
+            random_stream_read(&ts, &m, &rng);
+            break;
+        default:
+            random_log_read(&ts, &m, &rng);
+            break;
         }
         if (i % 300 == 0) {
             for (int s = 0; s < NSTREAMS; s++) {

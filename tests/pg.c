@@ -333,8 +333,8 @@ static void test_down_server_is_unavailable(void **state)
 static void test_uri_options_are_checked(void **state)
 {
     (void)state;
-    const char *bad[] = {"schema=Bad-Name", "schema=", "schema=1abc", "pool=0", "pool=x",
-                         "notify=2", "commit_delay_ms=-1"};
+    const char *bad[] = {"schema=Bad-Name", "schema=",  "schema=1abc",       "pool=0",
+                         "pool=x",          "notify=2", "commit_delay_ms=-1"};
     const char *base = getenv("ES_TEST_PG_URI");
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char uri[600];
@@ -485,8 +485,8 @@ static void test_open_with_a_long_option_fails_cleanly(void **state)
 {
     (void)state;
     char uri[6000];
-    int at = snprintf(uri, sizeof uri,
-                      "postgresql://postgres@127.0.0.1:1/postgres?application_name=");
+    int at =
+        snprintf(uri, sizeof uri, "postgresql://postgres@127.0.0.1:1/postgres?application_name=");
     memset(uri + at, 'y', 5000);
     uri[at + 5000] = '\0';
     es_store *st = (es_store *)1;
@@ -532,8 +532,7 @@ static void test_libpq_options_pass_through(void **state)
     es_store_close(st);
 
     /* the URI's `options` and ours both apply; ours win where both set one */
-    shared_uri(uri, sizeof uri,
-               "options=-c%20work_mem%3D5MB%20-c%20statement_timeout%3D1&pool=2");
+    shared_uri(uri, sizeof uri, "options=-c%20work_mem%3D5MB%20-c%20statement_timeout%3D1&pool=2");
     es_open_options o = ES_OPEN_OPTIONS_INIT;
     o.timeout_ms = 7000;
     TU_EXPECT_OK(es_store_open(&st, uri, &o));

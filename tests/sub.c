@@ -442,7 +442,7 @@ static void test_reset_voids_the_batch_in_hand(void **state)
     TU_EXPECT_OK(es_sub_ack(s, all[1]));
     /* backwards, while positions 3..5 are in hand and unacknowledged */
     TU_EXPECT_OK(es_sub_reset(ts.st, "v", ES_SUB_FROM_POSITION, all[0], 0));
-    TU_EXPECT_OK(es_sub_commit(s)); /* the consumer sees the reset here */
+    TU_EXPECT_OK(es_sub_commit(s));      /* the consumer sees the reset here */
     TU_EXPECT_OK(es_sub_ack(s, all[4])); /* void: does nothing */
     es_sub_info info;
     TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "v"));
@@ -617,8 +617,8 @@ static void test_hostile_input_changes_nothing(void **state)
     assert_int_equal(ver, 0);
     es_buf_free(&b);
     /* a record under a key that is no name of ours is not listed */
-    TU_EXPECT_OK(st->ops->kv_cas(st->be, (const uint8_t *)"sub/\x1b", 5, 0, junk, sizeof junk,
-                                 &nv));
+    TU_EXPECT_OK(
+        st->ops->kv_cas(st->be, (const uint8_t *)"sub/\x1b", 5, 0, junk, sizeof junk, &nv));
     /* the other subscription and the events are as they were */
     TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "good"));
     assert_int_equal(info.behind, 4);

@@ -53,11 +53,11 @@ int tu_append1(es_store *st, const char *stream, uint64_t expected, const char *
 /* Number of events in the whole log. */
 uint64_t tu_count_log(es_store *st);
 
-#define TU_EXPECT_OK(expr)                                                                        \
-    do {                                                                                          \
-        int rc_ = (expr);                                                                         \
-        if (rc_ != 0)                                                                             \
-            fail_msg("%s returned %d (%s): %s", #expr, rc_, es_strerror(rc_), es_error_last());  \
+#define TU_EXPECT_OK(expr)                                                                         \
+    do {                                                                                           \
+        int rc_ = (expr);                                                                          \
+        if (rc_ != 0)                                                                              \
+            fail_msg("%s returned %d (%s): %s", #expr, rc_, es_strerror(rc_), es_error_last());    \
     } while (0)
 
 #endif

@@ -104,7 +104,8 @@ int us_event_decode(us_event *out, const es_event *ev)
 
     memset(out, 0, sizeof *out);
     for (int k = 0; k < US_KIND_COUNT; k++) {
-        if (ev->type_len == strlen(type_names[k]) && memcmp(ev->type, type_names[k], ev->type_len) == 0)
+        if (ev->type_len == strlen(type_names[k]) &&
+            memcmp(ev->type, type_names[k], ev->type_len) == 0)
             kind = k;
     }
     if (kind < 0)
@@ -224,8 +225,7 @@ static int user_init(void **out, const uint8_t *fkey, size_t len, void *payload)
     return *out ? 0 : ES_ENOMEM;
 }
 
-static int user_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_t len,
-                      void *payload)
+static int user_apply(void *acc, const es_event *ev, const uint8_t *fkey, size_t len, void *payload)
 {
     us_user *u = acc;
     us_event e;
@@ -757,8 +757,7 @@ int us_save_user_claimed(es_save_result *out, es_view *by_stream, es_store *st, 
                          const us_user *u, const uint8_t *event_id)
 {
     char key[64];
-    if (!u || u->id <= 0 || !text_ok(u->name) || !text_ok(u->username) ||
-        strchr(u->username, '/'))
+    if (!u || u->id <= 0 || !text_ok(u->name) || !text_ok(u->username) || strchr(u->username, '/'))
         return ES_EINVAL;
     int n = us_user_stream(key, sizeof key, company, u->id);
     if (n < 0)

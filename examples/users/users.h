@@ -109,11 +109,11 @@ typedef struct us_tables {
     struct us_group {
         int64_t id;
         char name[US_TEXT];
-    } *groups;
+    } * groups;
     size_t n_groups;
     struct us_membership {
         int64_t group, user;
-    } *memberships;
+    } * memberships;
     size_t n_memberships;
 } us_tables;
 

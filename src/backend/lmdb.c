@@ -50,7 +50,7 @@
 #define GROUP_MAX 512
 #define MAX_READERS 256
 #define STALE_CHECK_EVERY 256 /* group commits */
-#define LINGER_NS 150000L /* about one sync of this machine's disk */
+#define LINGER_NS 150000L     /* about one sync of this machine's disk */
 #define FILL_NS 50000L
 
 /* Our codes are a band of their own; LMDB's are below it, errno values above 0. */
@@ -65,8 +65,8 @@ typedef struct lm_env {
     int refs;
     MDB_env *env;
     MDB_dbi log, streams, index, ids, snaps, meta;
-    MDB_dbi kv;  /* the library's own records (subscriptions); see lm_kv_* */
-    bool has_kv; /* false: an older store opened read-only, without that table */
+    MDB_dbi kv;    /* the library's own records (subscriptions); see lm_kv_* */
+    bool has_kv;   /* false: an older store opened read-only, without that table */
     bool readonly; /* the environment itself: its files are not writable */
     bool nolock;   /* opened without the lock file (MDB_NOLOCK) */
     size_t mapsize;
@@ -84,7 +84,7 @@ typedef struct lm_env {
     size_t inflight; /* threads inside lm_append */
     size_t qlen, last_group;
     unsigned commits_since_check; /* of stale reader slots; by the leader only */
-    pthread_cond_t lcond; /* a leader waiting for its group to fill */
+    pthread_cond_t lcond;         /* a leader waiting for its group to fill */
     char path[];
 } lm_env;
 
@@ -350,9 +350,9 @@ enum {
     META_AT_MAGIC = 16,
     META_AT_VERSION = 20,
     META_AT_MAPSIZE = 32,
-    META_AT_DBS = 40,    /* two MDB_db: the free list, then the main table */
+    META_AT_DBS = 40, /* two MDB_db: the free list, then the main table */
     DB_SIZE = 48,
-    DB_AT_PAD = 0,       /* the free list's md_pad holds the page size */
+    DB_AT_PAD = 0, /* the free list's md_pad holds the page size */
     DB_AT_ROOT = 40,
     META_AT_LAST_PG = 136,
     META_AT_TXNID = 144,
@@ -384,8 +384,8 @@ static int check_meta(const char *f, const uint8_t *m, int which, uint64_t psize
         return es__err(ES_ECORRUPT, "%s: meta page %d is not an LMDB meta page (bad magic)", f,
                        which);
     if (meta_u32(m, META_AT_VERSION) != LMDB_DATA_VERSION)
-        return es__err(ES_ECORRUPT, "%s: meta page %d has LMDB format version %u, not %u", f,
-                       which, meta_u32(m, META_AT_VERSION), LMDB_DATA_VERSION);
+        return es__err(ES_ECORRUPT, "%s: meta page %d has LMDB format version %u, not %u", f, which,
+                       meta_u32(m, META_AT_VERSION), LMDB_DATA_VERSION);
     uint64_t last = meta_u64(m, META_AT_LAST_PG), map = meta_u64(m, META_AT_MAPSIZE);
     if (last < 1 || last >= pages)
         return es__err(ES_ECORRUPT,
@@ -399,8 +399,10 @@ static int check_meta(const char *f, const uint8_t *m, int which, uint64_t psize
     for (int i = 0; i < 2; i++) {
         uint64_t root = meta_u64(m, META_AT_DBS + (size_t)i * DB_SIZE + DB_AT_ROOT);
         if (root != P_INVALID && (root < 2 || root > last))
-            return es__err(ES_ECORRUPT, "%s: meta page %d names a root page (%llu) outside the "
-                           "file", f, which, (unsigned long long)root);
+            return es__err(ES_ECORRUPT,
+                           "%s: meta page %d names a root page (%llu) outside the "
+                           "file",
+                           f, which, (unsigned long long)root);
     }
     return 0;
 }
@@ -449,8 +451,10 @@ static int check_data_file(const char *dir, bool readonly)
         goto done;
     }
     if (n1 != META_SIZE) {
-        rc = es__err(ES_ECORRUPT, "%s is truncated or has a bad page size (%llu): no second "
-                     "meta page", f, (unsigned long long)psize);
+        rc = es__err(ES_ECORRUPT,
+                     "%s is truncated or has a bad page size (%llu): no second "
+                     "meta page",
+                     f, (unsigned long long)psize);
         goto done;
     }
     uint64_t pages = (uint64_t)sb.st_size / psize;
@@ -504,9 +508,12 @@ static int open_dbis(lm_env *e, bool readonly)
     int rc = mdb_txn_begin(e->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
     if (rc)
         return lm_err(rc, "opening the store");
-    if ((rc = mdb_dbi_open(txn, "log", f, &e->log)) || (rc = mdb_dbi_open(txn, "streams", f, &e->streams)) ||
-        (rc = mdb_dbi_open(txn, "index", f, &e->index)) || (rc = mdb_dbi_open(txn, "ids", f, &e->ids)) ||
-        (rc = mdb_dbi_open(txn, "snaps", f, &e->snaps)) || (rc = mdb_dbi_open(txn, "meta", f, &e->meta))) {
+    if ((rc = mdb_dbi_open(txn, "log", f, &e->log)) ||
+        (rc = mdb_dbi_open(txn, "streams", f, &e->streams)) ||
+        (rc = mdb_dbi_open(txn, "index", f, &e->index)) ||
+        (rc = mdb_dbi_open(txn, "ids", f, &e->ids)) ||
+        (rc = mdb_dbi_open(txn, "snaps", f, &e->snaps)) ||
+        (rc = mdb_dbi_open(txn, "meta", f, &e->meta))) {
         mdb_txn_abort(txn);
         if (rc == MDB_NOTFOUND)
             return es__err(ES_ENOTFOUND, "%s is not an eventsrc store (opened read-only)", e->path);
@@ -611,8 +618,10 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
         if (e->dev == sb.st_dev && e->ino == sb.st_ino) {
             if (e->readonly && !readonly) {
                 pthread_mutex_unlock(&envs_lock);
-                return es__err(ES_EIO, "cannot open %s for writing: its files are not writable "
-                               "(this process has it open read-only)", path);
+                return es__err(ES_EIO,
+                               "cannot open %s for writing: its files are not writable "
+                               "(this process has it open read-only)",
+                               path);
             }
             e->refs++;
             pthread_mutex_unlock(&envs_lock);
@@ -729,12 +738,10 @@ static int parse_query(char *q, es_open_options *o)
             errno = 0;
             unsigned long long v = val ? strtoull(val, &end, 10) : 0;
             if (!val || !*val || *end || errno || v < (1u << 20) || v > (1ull << 44))
-                return es__err(ES_EINVAL,
-                               "lmdb: map_size takes a byte count from 1 MiB to 16 TiB");
+                return es__err(ES_EINVAL, "lmdb: map_size takes a byte count from 1 MiB to 16 TiB");
             o->map_size = v;
         } else {
-            return es__err(ES_EINVAL,
-                           "lmdb: unknown URI option '%.40s' (known: nosync, map_size)",
+            return es__err(ES_EINVAL, "lmdb: unknown URI option '%.40s' (known: nosync, map_size)",
                            item);
         }
     }
@@ -1036,7 +1043,7 @@ static bool commit_group(lm_env *e, lm_req *group)
             continue;
         }
         rc = lm_err_at(e, mrc, "committing an append");
-    fail_all:
+fail_all:
         for (lm_req *r = group; r; r = r->next) {
             r->rc = rc;
             memset(r->outs, 0, r->n * sizeof *r->outs);
@@ -1094,8 +1101,7 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
                     until.tv_sec++;
                     until.tv_nsec -= 1000000000L;
                 }
-                while (e->qlen < want &&
-                       pthread_cond_timedwait(&e->lcond, &e->qlock, &until) == 0)
+                while (e->qlen < want && pthread_cond_timedwait(&e->lcond, &e->qlock, &until) == 0)
                     ;
             }
             lm_req *group = e->qhead, *last = group;
@@ -1216,7 +1222,7 @@ static int lm_last_position(void *be, uint64_t *out)
 typedef struct lm_cursor {
     es_cursor base;
     lm_env *e;
-    MDB_txn *txn; /* held while a batch is being handed out */
+    MDB_txn *txn;  /* held while a batch is being handed out */
     es_event *evs; /* decoded while the records are hot in the cache */
     size_t n, i, cap;
     bool done;
@@ -1488,7 +1494,8 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             return lm_err(rc, "listing streams");
         }
         k = (MDB_val){from_len, from};
-        rc = from_len ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        rc = from_len ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE)
+                      : mdb_cursor_get(c, &k, &v, MDB_FIRST);
         if (rc == 0 && !first && k.mv_size == from_len && memcmp(k.mv_data, from, from_len) == 0)
             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT); /* resume after the last one */
         while (rc == 0 && n < 1024) {
@@ -1498,8 +1505,10 @@ static int lm_streams(void *be, const void *prefix, size_t prefix_len, es_stream
             }
             srow row;
             if (k.mv_size == 0 || k.mv_size > ES_MAX_KEY) {
-                rc = es__err(ES_ECORRUPT, "the streams table holds a key of %zu bytes (keys "
-                             "are 1..%d bytes)", k.mv_size, ES_MAX_KEY);
+                rc = es__err(ES_ECORRUPT,
+                             "the streams table holds a key of %zu bytes (keys "
+                             "are 1..%d bytes)",
+                             k.mv_size, ES_MAX_KEY);
                 break;
             }
             if ((rc = srow_decode(&row, &v)) < 0)
@@ -1571,8 +1580,8 @@ static size_t snap_key(uint8_t *out, const uint8_t *skey, size_t sklen, uint64_t
 }
 
 /* A small write transaction outside the group commit (snapshots, tamper). */
-static int wtxn_run(lm_store *s, size_t bytes,
-                    int (*fn)(lm_env *e, MDB_txn *txn, void *arg), void *arg)
+static int wtxn_run(lm_store *s, size_t bytes, int (*fn)(lm_env *e, MDB_txn *txn, void *arg),
+                    void *arg)
 {
     lm_env *e = s->e;
     if (s->readonly || e->readonly)
@@ -1775,8 +1784,8 @@ static int lm_kv_list(void *be, const uint8_t *prefix, size_t plen,
         rc = lm_err(rc, "listing records");
     for (size_t i = 0; i < n; i++) {
         if (rc == 0) {
-            int u = fn(rows[i].key, rows[i].klen, rows[i].val, rows[i].vlen, rows[i].version,
-                       payload);
+            int u =
+                fn(rows[i].key, rows[i].klen, rows[i].val, rows[i].vlen, rows[i].version, payload);
             if (u)
                 rc = es__cb_rc(u);
         }
@@ -1940,14 +1949,30 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
     if ((rc = es__rec_decode(&ev, r, n, a->position)) < 0)
         goto done;
     switch (a->field) {
-    case ES__F_KEY: flip(r + ES__REC_HDR, ev.stream_len, a->offset); break;
-    case ES__F_SEQ: flip(r + ES__REC_AT_SEQ, 8, a->offset); break;
-    case ES__F_TIME: flip(r + ES__REC_AT_TIME, 8, a->offset); break;
-    case ES__F_ID: flip(r + ES__REC_AT_ID, ES_ID_SIZE, a->offset); break;
-    case ES__F_HASH: flip(r + ES__REC_AT_HASH, ES_HASH_SIZE, a->offset); break;
-    case ES__F_TYPE: flip(r + ES__REC_HDR + ev.stream_len, ev.type_len, a->offset); break;
-    case ES__F_DATA: flip((uint8_t *)ev.data, ev.data_len, a->offset); break;
-    case ES__F_META: flip((uint8_t *)ev.meta, ev.meta_len, a->offset); break;
+    case ES__F_KEY:
+        flip(r + ES__REC_HDR, ev.stream_len, a->offset);
+        break;
+    case ES__F_SEQ:
+        flip(r + ES__REC_AT_SEQ, 8, a->offset);
+        break;
+    case ES__F_TIME:
+        flip(r + ES__REC_AT_TIME, 8, a->offset);
+        break;
+    case ES__F_ID:
+        flip(r + ES__REC_AT_ID, ES_ID_SIZE, a->offset);
+        break;
+    case ES__F_HASH:
+        flip(r + ES__REC_AT_HASH, ES_HASH_SIZE, a->offset);
+        break;
+    case ES__F_TYPE:
+        flip(r + ES__REC_HDR + ev.stream_len, ev.type_len, a->offset);
+        break;
+    case ES__F_DATA:
+        flip((uint8_t *)ev.data, ev.data_len, a->offset);
+        break;
+    case ES__F_META:
+        flip((uint8_t *)ev.meta, ev.meta_len, a->offset);
+        break;
     case ES__F_POSITION: {
         /* The stored copy of a position is the stream's index entry. */
         srow row;
@@ -1986,7 +2011,9 @@ static int do_tamper(lm_env *e, MDB_txn *txn, void *p)
         }
         goto done;
     }
-    default: rc = es__err(ES_EINVAL, "unknown field"); goto done;
+    default:
+        rc = es__err(ES_EINVAL, "unknown field");
+        goto done;
     }
     v = (MDB_val){n, r};
     rc = mdb_put(txn, e->log, &k, &v, 0);

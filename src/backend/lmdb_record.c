@@ -43,8 +43,7 @@ void es__rec_encode(uint8_t *r, const uint8_t *stream, size_t stream_len, uint64
 
 int es__rec_decode(es_event *ev, const uint8_t *r, size_t n, uint64_t position)
 {
-    if (n < ES__REC_HDR || r[ES__REC_AT_VERSION] != ES__REC_VERSION ||
-        r[ES__REC_AT_RESERVED] != 0)
+    if (n < ES__REC_HDR || r[ES__REC_AT_VERSION] != ES__REC_VERSION || r[ES__REC_AT_RESERVED] != 0)
         return es__err(ES_ECORRUPT, "event record at position %llu is malformed",
                        (unsigned long long)position);
     size_t sl = r[ES__REC_AT_STREAM_LEN], tl = r[ES__REC_AT_TYPE_LEN];

@@ -43,8 +43,8 @@ enum {
     ES__REC_AT_SEQ = 12,
     ES__REC_AT_TIME = 20,
     ES__REC_AT_ID = 28,
-    ES__REC_AT_HASH = ES__REC_AT_ID + ES_ID_SIZE,  /* 44 */
-    ES__REC_HDR = ES__REC_AT_HASH + ES_HASH_SIZE,  /* 76: the body starts here */
+    ES__REC_AT_HASH = ES__REC_AT_ID + ES_ID_SIZE, /* 44 */
+    ES__REC_HDR = ES__REC_AT_HASH + ES_HASH_SIZE, /* 76: the body starts here */
 };
 
 /* Size of a record with these lengths. */

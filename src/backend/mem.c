@@ -126,10 +126,10 @@ static int grow_u64(uint64_t **v, uint64_t *cap, uint64_t need)
 
 /* What one request of an append will do, worked out before anything changes. */
 typedef struct plan {
-    mem_stream *s;   /* existing stream, or a new one (is_new) */
+    mem_stream *s; /* existing stream, or a new one (is_new) */
     bool is_new;
     bool replayed;
-    uint64_t head;   /* head before this request */
+    uint64_t head; /* head before this request */
     mem_event **made;
 } plan;
 
@@ -195,10 +195,10 @@ typedef struct append_ctx {
     es__map batch_streams; /* streams new in this append */
     uint8_t **keys;        /* owned map keys: ids, then new streams */
     size_t nkeys;
-    size_t total;          /* events written (replays excluded) */
+    size_t total; /* events written (replays excluded) */
     size_t new_streams;
-    uint64_t pos;          /* last position used */
-    int64_t t;             /* commit time */
+    uint64_t pos; /* last position used */
+    int64_t t;    /* commit time */
 } append_ctx;
 
 /* 1. Plan: expectations and retries of every request, nothing changed.
@@ -589,8 +589,7 @@ static int mem_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__s
     pthread_rwlock_wrlock(&m->lock);
     mem_snaps *ss = es__map_get(&m->snaps, skey, sklen);
     if (!ss) {
-        if (!(ss = es__calloc(1, sizeof *ss)) ||
-            es__map_put(&m->snaps, skey, sklen, ss) < 0) {
+        if (!(ss = es__calloc(1, sizeof *ss)) || es__map_put(&m->snaps, skey, sklen, ss) < 0) {
             free(ss);
             rc = es__err(ES_ENOMEM, "out of memory for a snapshot");
             goto done;

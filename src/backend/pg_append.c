@@ -206,8 +206,8 @@ enum { RQ_STREAM, RQ_EXPECTED, RQ_PREV_SEQ, RQ_PREV_HASH, RQ_COUNT, RQ_COLS };
 
 /* A request of the commit as the client sees it. */
 typedef struct pend {
-    cached_head h; /* the stream before this request (its hash is sent) */
-    bool known;    /* h is known (cached, or guessed for a new stream) */
+    cached_head h;   /* the stream before this request (its hash is sent) */
+    bool known;      /* h is known (cached, or guessed for a new stream) */
     uint64_t before; /* the stream's head before this request */
     uint32_t off;    /* index of its first event in the commit */
 } pend;
@@ -417,8 +417,7 @@ static int answer_one(commit *c, const PGresult *r, es_append_result *outs)
         outs[k].last_position = outs[k].first_position + req->n - 1;
         outs[k].time_us = c->t;
         outs[k].replayed = 0;
-        cache_put(s, req->stream, req->stream_len, head, c->hashes[req->n - 1], ES_HASH_SIZE,
-                  c->t);
+        cache_put(s, req->stream, req->stream_len, head, c->hashes[req->n - 1], ES_HASH_SIZE, c->t);
         return 0;
     }
     bool no_hash = PQgetisnull(r, 0, 2);
@@ -498,8 +497,8 @@ static int answer_batch(commit *c, pg_conn *pc, const PGresult *r, es_append_res
  * writes all events with one INSERT.  Either is one round trip and its own
  * transaction.  Returns 0, an error, TRY_AGAIN or TRY_IDS_EXIST.
  */
-static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n,
-                   const bool *skip, es_append_result *outs)
+static int attempt(pg_store *s, pg_conn *pc, const es__append_req *reqs, size_t n, const bool *skip,
+                   es_append_result *outs)
 {
     commit c = {.s = s, .reqs = reqs, .n = n, .skip = skip};
     for (size_t k = 0; k < n; k++)
@@ -604,4 +603,3 @@ int es__pg_append(void *be, const es__append_req *reqs, size_t n, es_append_resu
     free(skip);
     return rc;
 }
-

@@ -22,11 +22,11 @@
 _Static_assert(ES_MAX_BATCH < PG_POS_SHIFT, "a commit's events must fit below the next xid");
 /* How far a proposed commit time may be from the server's clock (µs). */
 #define PG_CLOCK_SLACK_US 500000
-#define PG_PAGE 1000       /* rows of a cursor's first round trip */
-#define PG_PAGE_MAX 65536  /* pages grow ×4 up to this many rows… */
+#define PG_PAGE 1000             /* rows of a cursor's first round trip */
+#define PG_PAGE_MAX 65536        /* pages grow ×4 up to this many rows… */
 #define PG_PAGE_BYTES (8u << 20) /* …while a page's data stays under this */
-#define PG_MAX_TRIES 20    /* stale-cache and race retries of one append */
-#define PG_CACHE_MAX 65536 /* streams whose head the client remembers */
+#define PG_MAX_TRIES 20          /* stale-cache and race retries of one append */
+#define PG_CACHE_MAX 65536       /* streams whose head the client remembers */
 
 #define OID_BOOL 16
 #define OID_BYTEA 17
@@ -254,14 +254,13 @@ int es__pg_stats(void *be, es_store_stats *out);
 int es__pg_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
                          const es_read_options *opts);
 int es__pg_log_cursor(es_cursor **out, void *be, const es_log_options *opts);
-int es__pg_streams(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn,
-                   void *payload);
+int es__pg_streams(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn, void *payload);
 int es__pg_wait(void *be, uint64_t after, int timeout_ms);
 
 /* pg_snap.c */
 int es__pg_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__snap *snap);
-int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
-                    int64_t max_time, es__snap *out, es_buf *buf);
+int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq, int64_t max_time,
+                    es__snap *out, es_buf *buf);
 int es__pg_snap_list(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
                      size_t *n);
 int es__pg_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);

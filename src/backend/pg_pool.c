@@ -306,4 +306,3 @@ void es__pg_release(pg_store *s, pg_conn *pc)
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
 }
-

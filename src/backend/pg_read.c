@@ -161,8 +161,8 @@ static int fill_event(pg_cursor *c, PGresult *r, int row)
     ev->seq = (uint64_t)g_i64(r, row, 2);
     ev->time_us = g_i64(r, row, 3);
     size_t tl = (size_t)PQgetlength(r, row, 5);
-    if (PQgetlength(r, row, 4) != ES_ID_SIZE || PQgetlength(r, row, 8) != ES_HASH_SIZE ||
-        tl == 0 || tl > ES_MAX_TYPE)
+    if (PQgetlength(r, row, 4) != ES_ID_SIZE || PQgetlength(r, row, 8) != ES_HASH_SIZE || tl == 0 ||
+        tl > ES_MAX_TYPE)
         return es__err(ES_ECORRUPT, "postgres: the event at position %llu has a malformed field",
                        (unsigned long long)ev->position);
     memcpy(ev->id, PQgetvalue(r, row, 4), ES_ID_SIZE);
@@ -215,7 +215,7 @@ static void pg_cursor_free(es_cursor *cur)
 static const es__cursor_ops pg_cursor_ops = {pg_cursor_next, pg_cursor_free};
 
 int es__pg_stream_cursor(es_cursor **out, void *be, const uint8_t *stream, size_t len,
-                            const es_read_options *opts)
+                         const es_read_options *opts)
 {
     pg_cursor *c = es__calloc(1, sizeof *c);
     if (!c)
@@ -259,8 +259,7 @@ nomem:
     return es__err(ES_ENOMEM, "out of memory for a cursor");
 }
 
-int es__pg_streams(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn,
-                      void *payload)
+int es__pg_streams(void *be, const void *prefix, size_t prefix_len, es_stream_fn fn, void *payload)
 {
     pg_store *s = be;
     uint8_t from[ES_MAX_KEY + 1];
@@ -369,4 +368,3 @@ int es__pg_wait(void *be, uint64_t after, int timeout_ms)
         }
     }
 }
-

@@ -42,8 +42,8 @@ int es__pg_snap_put(void *be, const uint8_t *skey, size_t sklen, const es__snap 
     return snap_run(be, S_SNAP_PUT, &p, NULL);
 }
 
-int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq,
-                       int64_t max_time, es__snap *out, es_buf *buf)
+int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_seq, int64_t max_time,
+                    es__snap *out, es_buf *buf)
 {
     pgp p = {0};
     PGresult *r;
@@ -73,7 +73,7 @@ int es__pg_snap_get(void *be, const uint8_t *skey, size_t sklen, uint64_t max_se
 }
 
 int es__pg_snap_list(void *be, const uint8_t *skey, size_t sklen, uint64_t *seqs, size_t cap,
-                        size_t *n)
+                     size_t *n)
 {
     pgp p = {0};
     PGresult *r;
@@ -96,4 +96,3 @@ int es__pg_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq)
     p_i64(&p, pg_clamp_i64(seq));
     return snap_run(be, S_SNAP_DEL, &p, NULL);
 }
-

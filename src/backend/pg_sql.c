@@ -37,18 +37,20 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
                          OID_INT4_ARRAY, OID_INT8, OID_BOOL, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY,
                          OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY, OID_INT4, OID_BOOL}},
     [S_HEAD] = {"es_head", "SELECT head FROM @.streams WHERE stream = $1", 1, {OID_BYTEA}},
-    [S_ID] = {"es_id", "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1", 1,
+    [S_ID] = {"es_id",
+              "SELECT stream, seq, position, time_us FROM @.events WHERE id = $1",
+              1,
               {OID_BYTEA}},
     [S_CEILING] = {"es_ceiling",
-                   "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint * "
-                   PG_SQL_INT(PG_POS_SHIFT),
+                   "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint * " PG_SQL_INT(
+                       PG_POS_SHIFT),
                    0,
                    {0}},
-    [S_LASTPOS] = {"es_lastpos",
-                   "SELECT coalesce(max(position), 0)::bigint FROM @.events WHERE position < "
-                   HORIZON,
-                   0,
-                   {0}},
+    [S_LASTPOS] =
+        {"es_lastpos",
+         "SELECT coalesce(max(position), 0)::bigint FROM @.events WHERE position < " HORIZON,
+         0,
+         {0}},
     [S_STREAM_FWD] = {"es_stream_fwd",
                       "SELECT " EVCOLS " FROM @.events WHERE stream = $1 AND seq >= $2 AND "
                       "seq <= $3 ORDER BY seq LIMIT $4",
@@ -93,9 +95,12 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
                     3,
                     {OID_BYTEA, OID_INT8, OID_INT8}},
     [S_SNAP_LIST] = {"es_snap_list",
-                     "SELECT seq FROM @.snapshots WHERE skey = $1 ORDER BY seq LIMIT $2", 2,
+                     "SELECT seq FROM @.snapshots WHERE skey = $1 ORDER BY seq LIMIT $2",
+                     2,
                      {OID_BYTEA, OID_INT8}},
-    [S_SNAP_DEL] = {"es_snap_del", "DELETE FROM @.snapshots WHERE skey = $1 AND seq = $2", 2,
+    [S_SNAP_DEL] = {"es_snap_del",
+                    "DELETE FROM @.snapshots WHERE skey = $1 AND seq = $2",
+                    2,
                     {OID_BYTEA, OID_INT8}},
     [S_KV_GET] = {"es_kv_get", "SELECT value, version FROM @.kv WHERE key = $1", 1, {OID_BYTEA}},
     [S_KV_INSERT] = {"es_kv_insert",
@@ -109,7 +114,8 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
                      3,
                      {OID_BYTEA, OID_BYTEA, OID_INT8}},
     [S_KV_DELETE] = {"es_kv_delete",
-                     "DELETE FROM @.kv WHERE key = $1 AND version = $2 RETURNING version", 2,
+                     "DELETE FROM @.kv WHERE key = $1 AND version = $2 RETURNING version",
+                     2,
                      {OID_BYTEA, OID_INT8}},
     [S_KV_LIST] = {"es_kv_list",
                    "SELECT key, value, version FROM @.kv WHERE substring(key from 1 for $2) = $1 "
@@ -170,34 +176,67 @@ static const char *const migration1 =
     "    h := 0; hh := NULL; ht := NULL;\n"
     "    dup := EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids));\n"
     "  END IF;\n"
-    "  status := " PG_SQL_INT(PG_DONE) "; head := h; hash := hh; time_us := ht;\n"
-    "  IF dup THEN status := " PG_SQL_INT(PG_IDS_EXIST) "; RETURN; END IF;\n"
-    "  IF (p_expected = " PG_SQL_INT(PG_EXPECT_EXISTS) " AND h = 0)"
-    " OR (p_expected >= 0 AND h <> p_expected) THEN\n"
-    "    status := " PG_SQL_INT(PG_CONFLICT) "; RETURN;\n"
-    "  END IF;\n"
-    "  IF h <> p_prev_seq OR hh IS DISTINCT FROM p_prev_hash OR p_time < ht\n"
-    "     OR (p_check_time AND p_time IS DISTINCT FROM ht\n"
-    "         AND abs(p_time - server_us) > " PG_SQL_INT(PG_CLOCK_SLACK_US) ") THEN\n"
-    "    status := " PG_SQL_INT(PG_STALE) "; RETURN;\n"
-    "  END IF;\n"
-    "  first_position := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(PG_POS_SHIFT)
-    " + p_base;\n"
-    "  WITH ins AS (\n"
-    "    INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
-    "    SELECT first_position + ev.i - 1, p_stream, h + ev.i, p_time, ev.id, ev.type,\n"
-    "           ev.data, ev.meta, ev.hash\n"
-    "      FROM unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
-    "           WITH ORDINALITY AS ev(id, type, data, meta, hash, i))\n"
-    "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
-    "  VALUES (p_stream, h + n, p_hashes[n], p_time)\n"
-    "  ON CONFLICT (stream) DO UPDATE\n"
-    "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
-    "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
-    "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
-    "  head := h + n; hash := p_hashes[n]; time_us := p_time;\n"
-    "END\n"
-    "$es$ SET enable_seqscan = off;\n";
+    "  status := " PG_SQL_INT(
+        PG_DONE) "; head := h; hash := hh; time_us := ht;\n"
+                 "  IF dup THEN status := " PG_SQL_INT(
+                     PG_IDS_EXIST) "; RETURN; END IF;\n"
+                                   "  IF (p_expected = " PG_SQL_INT(
+                                       PG_EXPECT_EXISTS) " AND h = 0)"
+                                                         " OR (p_expected >= 0 AND h <> "
+                                                         "p_expected) THEN\n"
+                                                         "    status := " PG_SQL_INT(
+                                                             PG_CONFLICT) "; RETURN;\n"
+                                                                          "  END IF;\n"
+                                                                          "  IF h <> p_prev_seq OR "
+                                                                          "hh IS DISTINCT FROM "
+                                                                          "p_prev_hash OR p_time < "
+                                                                          "ht\n"
+                                                                          "     OR (p_check_time "
+                                                                          "AND p_time IS DISTINCT "
+                                                                          "FROM ht\n"
+                                                                          "         AND abs(p_time "
+                                                                          "- server_us) "
+                                                                          "> " PG_SQL_INT(
+                                                                              PG_CLOCK_SLACK_US) ")"
+                                                                                                 " "
+                                                                                                 "T"
+                                                                                                 "H"
+                                                                                                 "E"
+                                                                                                 "N"
+                                                                                                 "\n"
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 "s"
+                                                                                                 "t"
+                                                                                                 "a"
+                                                                                                 "t"
+                                                                                                 "u"
+                                                                                                 "s"
+                                                                                                 " "
+                                                                                                 ":"
+                                                                                                 "="
+                                                                                                 " " PG_SQL_INT(
+                                                                                                     PG_STALE) "; RETURN;\n"
+                                                                                                               "  END IF;\n"
+                                                                                                               "  first_position := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(
+                                                                                                                   PG_POS_SHIFT) " + p_base;\n"
+                                                                                                                                 "  WITH ins AS (\n"
+                                                                                                                                 "    INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
+                                                                                                                                 "    SELECT first_position + ev.i - 1, p_stream, h + ev.i, p_time, ev.id, ev.type,\n"
+                                                                                                                                 "           ev.data, ev.meta, ev.hash\n"
+                                                                                                                                 "      FROM unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
+                                                                                                                                 "           WITH ORDINALITY AS ev(id, type, data, meta, hash, i))\n"
+                                                                                                                                 "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
+                                                                                                                                 "  VALUES (p_stream, h + n, p_hashes[n], p_time)\n"
+                                                                                                                                 "  ON CONFLICT (stream) DO UPDATE\n"
+                                                                                                                                 "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
+                                                                                                                                 "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
+                                                                                                                                 "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
+                                                                                                                                 "  head := h + n; hash := p_hashes[n]; time_us := p_time;\n"
+                                                                                                                                 "END\n"
+                                                                                                                                 "$es$ SET enable_seqscan = off;\n";
 
 /*
  * Version 2: es_append_batch, a commit of several requests in one call.
@@ -230,69 +269,127 @@ static const char *const migration2 =
     "  k_stream bytea[]; k_head bigint[]; k_hash bytea[]; k_time bigint[];\n"
     "BEGIN\n"
     "  server_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n"
-    "  status := " PG_SQL_INT(PG_DONE) "; bad := -1; head := 0; base := 0;\n"
-    /* lock the rows and read the heads in one pass */
-    "  SELECT array_agg(l.stream), array_agg(l.head), array_agg(l.hash), array_agg(l.time_us)\n"
-    "    INTO k_stream, k_head, k_hash, k_time\n"
-    "    FROM (SELECT st.stream, st.head, st.hash, st.time_us FROM @.streams st\n"
-    "           WHERE st.stream = ANY (p_streams) ORDER BY st.stream FOR UPDATE) l;\n"
-    "  IF EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids)) THEN\n"
-    "    status := " PG_SQL_INT(PG_IDS_EXIST) "; RETURN;\n"
-    "  END IF;\n"
-    /* per request: the stream's head before it, its first event's index,
+    "  status := " PG_SQL_INT(
+        PG_DONE) "; bad := -1; head := 0; base := 0;\n"
+                 /* lock the rows and read the heads in one pass */
+                 "  SELECT array_agg(l.stream), array_agg(l.head), array_agg(l.hash), "
+                 "array_agg(l.time_us)\n"
+                 "    INTO k_stream, k_head, k_hash, k_time\n"
+                 "    FROM (SELECT st.stream, st.head, st.hash, st.time_us FROM @.streams st\n"
+                 "           WHERE st.stream = ANY (p_streams) ORDER BY st.stream FOR UPDATE) l;\n"
+                 "  IF EXISTS (SELECT 1 FROM @.events e WHERE e.id = ANY (p_ids)) THEN\n"
+                 "    status := " PG_SQL_INT(
+                     PG_IDS_EXIST) "; RETURN;\n"
+                                   "  END IF;\n"
+                                   /* per request: the stream's head before it, its first event's index,
      * and the stream's head on the server */
-    "  SELECT array_agg(x.bef ORDER BY x.i), array_agg(x.off ORDER BY x.i),\n"
-    "         array_agg(x.cur ORDER BY x.i)\n"
-    "    INTO v_before, v_off, v_head\n"
-    "    FROM (SELECT o.i, coalesce(c.head, 0) AS cur,\n"
-    "                 coalesce(c.head, 0) + coalesce(sum(o.cnt) OVER (PARTITION BY o.stream\n"
-    "                   ORDER BY o.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bef,\n"
-    "                 (coalesce(sum(o.cnt) OVER (ORDER BY o.i\n"
-    "                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::integer AS off\n"
-    "            FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
-    "            LEFT JOIN unnest(k_stream, k_head) AS c(stream, head)\n"
-    "              ON c.stream = o.stream) x;\n"
-    "  SELECT (o.i - 1)::integer, v_before[o.i] INTO bad, head\n"
-    "    FROM unnest(p_expected) WITH ORDINALITY AS o(exp, i)\n"
-    "   WHERE (o.exp = " PG_SQL_INT(PG_EXPECT_EXISTS) " AND v_before[o.i] = 0)\n"
-    "      OR (o.exp >= 0 AND v_before[o.i] <> o.exp)\n"
-    "   ORDER BY o.i LIMIT 1;\n"
-    "  IF FOUND THEN status := " PG_SQL_INT(PG_CONFLICT) "; RETURN; END IF;\n"
-    "  bad := -1; head := 0;\n"
-    /* the client's view: every request's head, and for a stream's first
+                                   "  SELECT array_agg(x.bef ORDER BY x.i), array_agg(x.off ORDER "
+                                   "BY x.i),\n"
+                                   "         array_agg(x.cur ORDER BY x.i)\n"
+                                   "    INTO v_before, v_off, v_head\n"
+                                   "    FROM (SELECT o.i, coalesce(c.head, 0) AS cur,\n"
+                                   "                 coalesce(c.head, 0) + coalesce(sum(o.cnt) "
+                                   "OVER (PARTITION BY o.stream\n"
+                                   "                   ORDER BY o.i ROWS BETWEEN UNBOUNDED "
+                                   "PRECEDING AND 1 PRECEDING), 0) AS bef,\n"
+                                   "                 (coalesce(sum(o.cnt) OVER (ORDER BY o.i\n"
+                                   "                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 "
+                                   "PRECEDING), 0))::integer AS off\n"
+                                   "            FROM unnest(p_streams, p_counts) WITH ORDINALITY "
+                                   "AS o(stream, cnt, i)\n"
+                                   "            LEFT JOIN unnest(k_stream, k_head) AS c(stream, "
+                                   "head)\n"
+                                   "              ON c.stream = o.stream) x;\n"
+                                   "  SELECT (o.i - 1)::integer, v_before[o.i] INTO bad, head\n"
+                                   "    FROM unnest(p_expected) WITH ORDINALITY AS o(exp, i)\n"
+                                   "   WHERE (o.exp = " PG_SQL_INT(
+                                       PG_EXPECT_EXISTS) " AND v_before[o.i] = 0)\n"
+                                                         "      OR (o.exp >= 0 AND v_before[o.i] "
+                                                         "<> o.exp)\n"
+                                                         "   ORDER BY o.i LIMIT 1;\n"
+                                                         "  IF FOUND THEN status := " PG_SQL_INT(
+                                                             PG_CONFLICT) "; RETURN; END IF;\n"
+                                                                          "  bad := -1; head := "
+                                                                          "0;\n"
+                                                                          /* the client's view: every request's head, and for a stream's first
      * request of the commit its hash and time */
-    "  IF EXISTS (SELECT 1\n"
-    "    FROM unnest(p_streams, p_prev_seq, p_prev_hash) WITH ORDINALITY AS o(stream, ps, ph, i)\n"
-    "    LEFT JOIN unnest(k_stream, k_hash, k_time) AS c(stream, hash, time_us)\n"
-    "      ON c.stream = o.stream\n"
-    "   WHERE o.ps <> v_before[o.i]\n"
-    "      OR (v_before[o.i] = v_head[o.i] AND (o.ph IS DISTINCT FROM c.hash\n"
-    "          OR p_time < c.time_us\n"
-    "          OR (p_check_time AND p_time IS DISTINCT FROM c.time_us\n"
-    "              AND abs(p_time - server_us) > " PG_SQL_INT(PG_CLOCK_SLACK_US) ")))) THEN\n"
-    "    status := " PG_SQL_INT(PG_STALE) "; RETURN;\n"
-    "  END IF;\n"
-    "  base := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(PG_POS_SHIFT) ";\n"
-    /* the event arrays are joined, not subscripted: a subscript of an
+                                                                          "  IF EXISTS (SELECT 1\n"
+                                                                          "    FROM "
+                                                                          "unnest(p_streams, "
+                                                                          "p_prev_seq, "
+                                                                          "p_prev_hash) WITH "
+                                                                          "ORDINALITY AS o(stream, "
+                                                                          "ps, ph, i)\n"
+                                                                          "    LEFT JOIN "
+                                                                          "unnest(k_stream, "
+                                                                          "k_hash, k_time) AS "
+                                                                          "c(stream, hash, "
+                                                                          "time_us)\n"
+                                                                          "      ON c.stream = "
+                                                                          "o.stream\n"
+                                                                          "   WHERE o.ps <> "
+                                                                          "v_before[o.i]\n"
+                                                                          "      OR (v_before[o.i] "
+                                                                          "= v_head[o.i] AND (o.ph "
+                                                                          "IS DISTINCT FROM "
+                                                                          "c.hash\n"
+                                                                          "          OR p_time < "
+                                                                          "c.time_us\n"
+                                                                          "          OR "
+                                                                          "(p_check_time AND "
+                                                                          "p_time IS DISTINCT FROM "
+                                                                          "c.time_us\n"
+                                                                          "              AND "
+                                                                          "abs(p_time - server_us) "
+                                                                          "> " PG_SQL_INT(
+                                                                              PG_CLOCK_SLACK_US) ")"
+                                                                                                 ")"
+                                                                                                 ")"
+                                                                                                 ")"
+                                                                                                 " "
+                                                                                                 "T"
+                                                                                                 "H"
+                                                                                                 "E"
+                                                                                                 "N"
+                                                                                                 "\n"
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 " "
+                                                                                                 "s"
+                                                                                                 "t"
+                                                                                                 "a"
+                                                                                                 "t"
+                                                                                                 "u"
+                                                                                                 "s"
+                                                                                                 " "
+                                                                                                 ":"
+                                                                                                 "="
+                                                                                                 " " PG_SQL_INT(
+                                                                                                     PG_STALE) "; RETURN;\n"
+                                                                                                               "  END IF;\n"
+                                                                                                               "  base := (pg_current_xact_id()::text::bigint) * " PG_SQL_INT(
+                                                                                                                   PG_POS_SHIFT) ";\n"
+                                                                                                                                 /* the event arrays are joined, not subscripted: a subscript of an
      * array of variable-length elements walks it from the start */
-    "  INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
-    "  SELECT base + ev.k - 1, o.stream, v_before[o.i] + ev.k - v_off[o.i], p_time,\n"
-    "         ev.id, ev.type, ev.data, ev.meta, ev.hash\n"
-    "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
-    "   CROSS JOIN LATERAL generate_series(v_off[o.i] + 1, v_off[o.i] + o.cnt) AS g(k)\n"
-    "    JOIN unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
-    "         WITH ORDINALITY AS ev(id, type, data, meta, hash, k) ON ev.k = g.k;\n"
-    "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
-    "  SELECT DISTINCT ON (o.stream) o.stream, v_before[o.i] + o.cnt, hh.hash, p_time\n"
-    "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
-    "    JOIN unnest(p_hashes) WITH ORDINALITY AS hh(hash, k) ON hh.k = v_off[o.i] + o.cnt\n"
-    "   ORDER BY o.stream, o.i DESC\n"
-    "  ON CONFLICT (stream) DO UPDATE\n"
-    "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
-    "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
-    "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
-    "END\n"
-    "$es$ SET enable_seqscan = off;\n";
+                                                                                                                                 "  INSERT INTO @.events (position, stream, seq, time_us, id, type, data, meta, hash)\n"
+                                                                                                                                 "  SELECT base + ev.k - 1, o.stream, v_before[o.i] + ev.k - v_off[o.i], p_time,\n"
+                                                                                                                                 "         ev.id, ev.type, ev.data, ev.meta, ev.hash\n"
+                                                                                                                                 "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
+                                                                                                                                 "   CROSS JOIN LATERAL generate_series(v_off[o.i] + 1, v_off[o.i] + o.cnt) AS g(k)\n"
+                                                                                                                                 "    JOIN unnest(p_ids, p_types, p_data, p_meta, p_hashes)\n"
+                                                                                                                                 "         WITH ORDINALITY AS ev(id, type, data, meta, hash, k) ON ev.k = g.k;\n"
+                                                                                                                                 "  INSERT INTO @.streams AS st (stream, head, hash, time_us)\n"
+                                                                                                                                 "  SELECT DISTINCT ON (o.stream) o.stream, v_before[o.i] + o.cnt, hh.hash, p_time\n"
+                                                                                                                                 "    FROM unnest(p_streams, p_counts) WITH ORDINALITY AS o(stream, cnt, i)\n"
+                                                                                                                                 "    JOIN unnest(p_hashes) WITH ORDINALITY AS hh(hash, k) ON hh.k = v_off[o.i] + o.cnt\n"
+                                                                                                                                 "   ORDER BY o.stream, o.i DESC\n"
+                                                                                                                                 "  ON CONFLICT (stream) DO UPDATE\n"
+                                                                                                                                 "    SET head = excluded.head, hash = excluded.hash, time_us = excluded.time_us;\n"
+                                                                                                                                 "  IF p_notify THEN PERFORM pg_notify('^', ''); END IF;\n"
+                                                                                                                                 "  IF p_delay_ms > 0 THEN PERFORM pg_sleep(random() * p_delay_ms / 1000.0); END IF;\n"
+                                                                                                                                 "END\n"
+                                                                                                                                 "$es$ SET enable_seqscan = off;\n";
 
 /* Replace every '@' in tmpl with the (validated, quoted) schema name and
  * every '^' with the notification channel. */

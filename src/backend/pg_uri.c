@@ -174,8 +174,7 @@ int es__pg_parse_uri(es__pg_uri *u, const char *uri)
     }
     memcpy(out, uri, base);
     /* a bare '?' is no option: dropped */
-    for (const char *item = q && q[1] ? q + 1 : NULL, *end; item;
-         item = *end ? end + 1 : NULL) {
+    for (const char *item = q && q[1] ? q + 1 : NULL, *end; item; item = *end ? end + 1 : NULL) {
         end = item + strcspn(item, "&");
         const char *eq = memchr(item, '=', (size_t)(end - item));
         size_t kl = eq ? (size_t)(eq - item) : (size_t)(end - item);
@@ -207,8 +206,8 @@ int es__pg_parse_uri(es__pg_uri *u, const char *uri)
                 goto done;
             }
         if (++count > PG_URI_MAX_OPTIONS) {
-            rc = es__err(ES_EINVAL, "postgres: more than %d options in the URI",
-                         PG_URI_MAX_OPTIONS);
+            rc =
+                es__err(ES_EINVAL, "postgres: more than %d options in the URI", PG_URI_MAX_OPTIONS);
             goto done;
         }
         memcpy(seen + seen_len, key, strlen(key) + 1);

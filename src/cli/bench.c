@@ -447,8 +447,8 @@ static void *sq_w7_thread(void *p)
     sqlite3_stmt *ins;
     result r;
     if (sq_open(&db, a->sqlite_path, &r) ||
-        sqlite3_prepare_v2(db, "INSERT INTO users(company, username, id) VALUES (1, ?, ?)", -1, &ins,
-                           NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(db, "INSERT INTO users(company, username, id) VALUES (1, ?, ?)", -1,
+                           &ins, NULL) != SQLITE_OK) {
         a->err = 1;
         return NULL;
     }
@@ -605,7 +605,12 @@ static int run_w2(const bench *b, const char *sys, result *r)
     }
     double t0 = now_s();
     for (int i = 0; i < T; i++) {
-        args[i] = (w2_arg){.st = st, .env = env, .dbi = dbi, .sqlite_path = p, .id = i, .n = per,
+        args[i] = (w2_arg){.st = st,
+                           .env = env,
+                           .dbi = dbi,
+                           .sqlite_path = p,
+                           .id = i,
+                           .n = per,
                            .lat = lat + per * (uint64_t)i};
         void *(*fn)(void *) = st ? es_w2_thread : env ? raw_w2_thread : sq_w2_thread;
         pthread_create(&th[i], NULL, fn, &args[i]);
@@ -745,7 +750,7 @@ static int run_w4(const bench *b, const char *sys, result *r)
     if (strncmp(sys, "eventsrc", 8) == 0) {
         es_store *st;
         if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
-                                              : es_open_bench(&st, b, sys, "data-es", r))
+                                             : es_open_bench(&st, b, sys, "data-es", r))
             return -1;
         for (int k = 0; k < REPS; k++) {
             es_cursor *c;
@@ -799,7 +804,8 @@ static int run_w4(const bench *b, const char *sys, result *r)
         uint8_t key[16];
         path_of(p, sizeof p, b, "data.sqlite");
         if (sq_open(&db, p, r) ||
-            sqlite3_prepare_v2(db, "SELECT seq, type, data FROM events WHERE stream = ? ORDER BY seq",
+            sqlite3_prepare_v2(db,
+                               "SELECT seq, type, data FROM events WHERE stream = ? ORDER BY seq",
                                -1, &q, NULL) != SQLITE_OK)
             return fail(r, "sqlite: %s", sqlite3_errmsg(db));
         stream_id(key, 999999);
@@ -837,7 +843,7 @@ static int run_w5(const bench *b, const char *sys, result *r)
         es_cursor *c;
         const es_event *ev;
         if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
-                                              : es_open_bench(&st, b, sys, "data-es", r))
+                                             : es_open_bench(&st, b, sys, "data-es", r))
             return -1;
         before = peak = rss_kb();
         abefore = apeak = anon_kb();
@@ -932,9 +938,15 @@ static int run_w6(const bench *b, const char *sys, result *r)
         return -1;
     if (es_load_one_stream(st, "view-stream", n, r))
         return -1;
-    es_view_def d = {.version = ES_VIEW_DEF_VERSION, .name = "bench-sum", .view_version = 1,
-                     .stream_key = w6_stream_key, .init = w6_init, .apply = w6_apply,
-                     .encode = w6_encode, .decode = w6_decode, .free_value = w6_free};
+    es_view_def d = {.version = ES_VIEW_DEF_VERSION,
+                     .name = "bench-sum",
+                     .view_version = 1,
+                     .stream_key = w6_stream_key,
+                     .init = w6_init,
+                     .apply = w6_apply,
+                     .encode = w6_encode,
+                     .decode = w6_decode,
+                     .free_value = w6_free};
     es_view_options never = ES_VIEW_OPTIONS_INIT, warm = ES_VIEW_OPTIONS_INIT;
     never.snapshot_every = UINT32_MAX;
     warm.snapshot_every = 1;
@@ -968,8 +980,8 @@ static int run_w6(const bench *b, const char *sys, result *r)
     percentiles(lat, G, r);
     free(lat);
     r->events_per_s = (double)n / cold[2];
-    snprintf(r->note, sizeof r->note, "cold: %" PRIu64 " events, median %.1f ms; p50/p99 = warm get",
-             n, cold[2] * 1e3);
+    snprintf(r->note, sizeof r->note,
+             "cold: %" PRIu64 " events, median %.1f ms; p50/p99 = warm get", n, cold[2] * 1e3);
     es_view_free(cold_v);
     es_view_free(warm_v);
     es_store_close(st);
@@ -1014,7 +1026,12 @@ static int run_w7(const bench *b, const char *sys, result *r)
     }
     double t0 = now_s();
     for (int i = 0; i < T; i++) {
-        args[i] = (w7_arg){.view = v, .env = env, .dbi = dbi, .sqlite_path = p, .id = i, .n = per,
+        args[i] = (w7_arg){.view = v,
+                           .env = env,
+                           .dbi = dbi,
+                           .sqlite_path = p,
+                           .id = i,
+                           .n = per,
                            .lat = lat + per * (uint64_t)i};
         void *(*fn)(void *) = v ? es_w7_thread : env ? raw_w7_thread : sq_w7_thread;
         pthread_create(&th[i], NULL, fn, &args[i]);
@@ -1043,7 +1060,7 @@ out:
 
 /* ---- driver ---- */
 
-static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw", "sqlite",
+static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw",  "sqlite",
                                       "eventsrc-pg",   "pg-raw",       "message-db"};
 
 static bool listed(const char *list, const char *item)
@@ -1143,8 +1160,7 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
                "\"p99_us\":%.1f,\"peak_rss_kb\":%ld",
                r.workload, r.system, r.events_per_s, r.p50_us, r.p99_us, r.peak_rss_kb);
         if (strcmp(w, "W5") == 0)
-            printf(",\"scan_rss_added_kb\":%ld,\"scan_anon_added_kb\":%ld", r.extra_kb,
-                   r.anon_kb);
+            printf(",\"scan_rss_added_kb\":%ld,\"scan_anon_added_kb\":%ld", r.extra_kb, r.anon_kb);
         printf(",\"ok\":%s,\"note\":\"%s\"}\n", r.ok ? "true" : "false", r.note);
     } else {
         printf("| %-3s | %-14s | %12.0f | %9.1f | %9.1f | %9ld | %s%s |\n", r.workload, r.system,
@@ -1181,8 +1197,8 @@ static void ratio(const bench *b, const char *what, const char *w1, const char *
         printf("{\"target\":\"%s\",\"ratio\":%.2f,\"goal\":%.2f,\"met\":%s}\n", what, v, target,
                met ? "true" : "false");
     else
-        printf("| %-44s | %7.2f | %s %.2f | %s |\n", what, v, higher_is_better ? ">=" : "<=",
-               target, met ? "met" : "MISSED");
+        printf("| %-44s | %7.2f | %s %.2f | %s |\n", what, v,
+               higher_is_better ? ">=" : "<=", target, met ? "met" : "MISSED");
 }
 
 int esrc_bench(int json, int argc, char **argv)
@@ -1287,9 +1303,10 @@ int esrc_bench(int json, int argc, char **argv)
     }
     if (!b->json) {
         printf("esrc bench: scale %g, data in %s\n\n", b->scale, b->dir);
-        printf("| W   | system         |     events/s |   p50 µs |   p99 µs |  peak RSS KiB | "
-               "notes |\n|-----|----------------|-------------:|----------:|----------:|----------:|"
-               "-------|\n");
+        printf(
+            "| W   | system         |     events/s |   p50 µs |   p99 µs |  peak RSS KiB | "
+            "notes |\n|-----|----------------|-------------:|----------:|----------:|----------:|"
+            "-------|\n");
     }
     for (size_t w = 0; w < sizeof WORKLOADS / sizeof *WORKLOADS; w++) {
         if (!listed(b->only, WORKLOADS[w]))
@@ -1312,14 +1329,17 @@ int esrc_bench(int json, int argc, char **argv)
     }
     if (!b->json)
         printf("\n| target (ratios within this run) | ratio | goal | |\n|---|---:|---|---|\n");
-    ratio(b, "W1 eventsrc-lmdb / lmdb-raw", "W1", "eventsrc-lmdb", "W1", "lmdb-raw", 0.9, true, false);
-    ratio(b, "W2 eventsrc-lmdb / its own W1", "W2", "eventsrc-lmdb", "W1", "eventsrc-lmdb", 10, true,
+    ratio(b, "W1 eventsrc-lmdb / lmdb-raw", "W1", "eventsrc-lmdb", "W1", "lmdb-raw", 0.9, true,
           false);
-    ratio(b, "W3 eventsrc-lmdb / lmdb-raw", "W3", "eventsrc-lmdb", "W3", "lmdb-raw", 1.0, true, false);
+    ratio(b, "W2 eventsrc-lmdb / its own W1", "W2", "eventsrc-lmdb", "W1", "eventsrc-lmdb", 10,
+          true, false);
+    ratio(b, "W3 eventsrc-lmdb / lmdb-raw", "W3", "eventsrc-lmdb", "W3", "lmdb-raw", 1.0, true,
+          false);
     ratio(b, "W3 eventsrc-lmdb / sqlite", "W3", "eventsrc-lmdb", "W3", "sqlite", 5.0, true, false);
     ratio(b, "W4 eventsrc-lmdb time / lmdb-raw time", "W4", "eventsrc-lmdb", "W4", "lmdb-raw", 2.0,
           false, true);
-    ratio(b, "W5 eventsrc-lmdb / lmdb-raw", "W5", "eventsrc-lmdb", "W5", "lmdb-raw", 0.5, true, false);
+    ratio(b, "W5 eventsrc-lmdb / lmdb-raw", "W5", "eventsrc-lmdb", "W5", "lmdb-raw", 0.5, true,
+          false);
     ratio(b, "W1 eventsrc-pg / message-db", "W1", "eventsrc-pg", "W1", "message-db", 0.9, true,
           false);
     ratio(b, "W2 eventsrc-pg / message-db (16 clients)", "W2", "eventsrc-pg", "W2", "message-db",

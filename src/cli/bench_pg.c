@@ -62,8 +62,7 @@ static int exec_ok(PGconn *c, const char *sql, result *r)
     return ok ? 0 : -1;
 }
 
-static int prepare(PGconn *c, const char *name, const char *sql, int n, const Oid *types,
-                   result *r)
+static int prepare(PGconn *c, const char *name, const char *sql, int n, const Oid *types, result *r)
 {
     PGresult *res = PQprepare(c, name, sql, n, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
@@ -74,8 +73,8 @@ static int prepare(PGconn *c, const char *name, const char *sql, int n, const Oi
 }
 
 /* Run a prepared statement; 0 when it answered rows or OK. */
-static int exec_prepared(PGconn *c, const char *name, int n, const char *const *v,
-                         const int *l, const int *f, result *r)
+static int exec_prepared(PGconn *c, const char *name, int n, const char *const *v, const int *l,
+                         const int *f, result *r)
 {
     PGresult *res = PQexecPrepared(c, name, n, v, l, f, 1);
     ExecStatusType st = PQresultStatus(res);
@@ -291,8 +290,8 @@ typedef struct raw_batch {
     arr s, q, d;
 } raw_batch;
 
-static int raw_insert_batch(PGconn *c, raw_batch *rb, const unsigned *streams,
-                            const uint64_t *seqs, size_t n, uint64_t base, result *r)
+static int raw_insert_batch(PGconn *c, raw_batch *rb, const unsigned *streams, const uint64_t *seqs,
+                            size_t n, uint64_t base, result *r)
 {
     uint8_t id[16], d[PAYLOAD], q[8];
     if (arr_begin(&rb->s, 17, (uint32_t)n) || arr_begin(&rb->q, 20, (uint32_t)n) ||
@@ -409,7 +408,10 @@ static int run_writers(const bench *b, const char *sys, int threads, uint64_t pe
     }
     double t0 = now_s();
     for (int i = 0; i < threads; i++) {
-        ws[i] = (writer){.b = b, .sys = sys, .id = threads == 1 ? -1 : i, .n = per,
+        ws[i] = (writer){.b = b,
+                         .sys = sys,
+                         .id = threads == 1 ? -1 : i,
+                         .n = per,
                          .lat = lat + per * (uint64_t)i};
         ws[i].r.ok = 1;
         pthread_create(&th[i], NULL, write_ones, &ws[i]);
@@ -485,8 +487,8 @@ static int run_w3(const bench *b, const char *sys, result *r)
     }
     percentiles(lat, nl, r);
     if (r->ok)
-        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit%s",
-                 n, mdb ? " (pipelined)" : "");
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit%s", n,
+                 mdb ? " (pipelined)" : "");
 out:
     PQfinish(c);
     free(rb.s.p);

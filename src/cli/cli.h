@@ -41,24 +41,27 @@ void print_json(json_t *o);
 /* The command's argv, for messages about its options (getopt's own are off). */
 extern char **current_argv;
 
-#define COMMON_OPTS                                                                              \
-    {"help", no_argument, NULL, 'h'}, {"store", required_argument, NULL, 'S'},                   \
-        {"json", no_argument, NULL, 'J'}
+/* clang-format would break the last initialiser over three lines */
+/* clang-format off */
+#define COMMON_OPTS                                                                                \
+    {"help", no_argument, NULL, 'h'}, {"store", required_argument, NULL, 'S'},                     \
+    {"json", no_argument, NULL, 'J'}
+/* clang-format on */
 
 /* A common option: 100 after --help, ESRC_OK when taken, ESRC_USAGE after a
  * message, -1 when c is not one. */
 int common_opt(esrc_ctx *cx, int c, const char *help);
 
 /* Used inside a getopt loop: `continue`s past a common option. */
-#define HANDLE_COMMON(cx, c, help)                                                               \
-    {                                                                                            \
-        int r_ = common_opt(cx, c, help);                                                        \
-        if (r_ == 100)                                                                           \
-            return ESRC_OK;                                                                      \
-        if (r_ == ESRC_USAGE)                                                                    \
-            return ESRC_USAGE;                                                                   \
-        if (r_ == ESRC_OK)                                                                       \
-            continue;                                                                            \
+#define HANDLE_COMMON(cx, c, help)                                                                 \
+    {                                                                                              \
+        int r_ = common_opt(cx, c, help);                                                          \
+        if (r_ == 100)                                                                             \
+            return ESRC_OK;                                                                        \
+        if (r_ == ESRC_USAGE)                                                                      \
+            return ESRC_USAGE;                                                                     \
+        if (r_ == ESRC_OK)                                                                         \
+            continue;                                                                              \
     }
 
 /* `esrc sub …` (sub.c): argv[0] is "sub". */

@@ -104,11 +104,11 @@ static int write_story(demo *d, es_view *by_name, uint64_t *before_removal)
 {
     int rc;
     us_event e;
-#define EV(...)                                                                                  \
-    do {                                                                                         \
-        e = (us_event){__VA_ARGS__};                                                              \
-        if ((rc = append_event(d, &e)) < 0)                                                      \
-            return rc;                                                                           \
+#define EV(...)                                                                                    \
+    do {                                                                                           \
+        e = (us_event){__VA_ARGS__};                                                               \
+        if ((rc = append_event(d, &e)) < 0)                                                        \
+            return rc;                                                                             \
     } while (0)
 
     /* What the company looked like before the talk's changes. */

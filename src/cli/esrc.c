@@ -59,9 +59,9 @@ static int lib_error(const char *what, int rc)
 {
     const char *detail = es_error_last();
     fprintf(stderr, "esrc: %s: %s%s%s\n", what, es_strerror(rc), *detail ? ": " : "", detail);
-    return rc == ES_ECONFLICT                         ? ESRC_CONFLICT
+    return rc == ES_ECONFLICT                                           ? ESRC_CONFLICT
            : rc == ES_EINVAL || rc == ES_ETOOBIG || rc == ES_EDUPLICATE ? ESRC_USAGE
-                                                      : ESRC_FAIL;
+                                                                        : ESRC_FAIL;
 }
 
 static int64_t fake_clock(void *payload)
@@ -341,7 +341,8 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
         return usage_error("append needs STREAM TYPE [DATA]");
     const char *stream = argv[optind], *type = argv[optind + 1];
     if (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY)
-        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY, strlen(stream));
+        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY,
+                           strlen(stream));
     if (strlen(type) == 0 || strlen(type) > ES_MAX_TYPE)
         return usage_error("type name must be 1..%d bytes (it is %zu)", ES_MAX_TYPE, strlen(type));
     if (nargs == 3 && strcmp(argv[optind + 2], "-") != 0) {
@@ -351,8 +352,11 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
         es_buf_free(&data);
         return rc;
     }
-    es_event_new ev = {.type = type, .data = data.data, .data_len = data.len,
-                       .meta = meta, .meta_len = meta ? strlen(meta) : 0,
+    es_event_new ev = {.type = type,
+                       .data = data.data,
+                       .data_len = data.len,
+                       .meta = meta,
+                       .meta_len = meta ? strlen(meta) : 0,
                        .id = have_id ? id : NULL};
     es_append_result r;
     if ((rc = open_store(&st, cx, true, false)))
@@ -424,7 +428,8 @@ static int cmd_read(esrc_ctx *cx, int argc, char **argv)
         return usage_error("read needs one STREAM");
     const char *stream = argv[optind];
     if (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY)
-        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY, strlen(stream));
+        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY,
+                           strlen(stream));
     if ((rc = open_store(&st, cx, false, true)))
         return rc;
     if ((rc = es_stream_cursor(&cur, st, stream, strlen(stream), &o)) < 0) {
@@ -609,7 +614,8 @@ static int cmd_head(esrc_ctx *cx, int argc, char **argv)
         return usage_error("head needs one STREAM");
     const char *stream = argv[optind];
     if (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY)
-        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY, strlen(stream));
+        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY,
+                           strlen(stream));
     if ((rc = open_store(&st, cx, false, true)))
         return rc;
     if ((rc = es_stream_head(&h, st, stream, strlen(stream))) < 0) {
@@ -690,7 +696,8 @@ static int cmd_verify(esrc_ctx *cx, int argc, char **argv)
         return usage_error("verify takes at most one STREAM");
     const char *stream = optind < argc ? argv[optind] : NULL;
     if (stream && (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY))
-        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY, strlen(stream));
+        return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY,
+                           strlen(stream));
     /* A store too damaged to open or walk failed verification: exit 4. */
     if ((rc = open_store(&st, cx, false, true)))
         return es_error_last_code() == ES_ECORRUPT ? ESRC_VERIFY : rc;
@@ -1033,8 +1040,10 @@ int main(int argc, char **argv)
     if (fake && *fake) {
         uint64_t v;
         if (esrc_parse_u64(&v, fake) != 0 || v > (uint64_t)ESRC_CLOCK_MAX_US)
-            return usage_error("ESRC_CLOCK_START_US must be microseconds since 1970 from 0 to %"
-                               PRId64 " (9999-12-31), not '%s'", ESRC_CLOCK_MAX_US, fake);
+            return usage_error(
+                "ESRC_CLOCK_START_US must be microseconds since 1970 from 0 to %" PRId64
+                " (9999-12-31), not '%s'",
+                ESRC_CLOCK_MAX_US, fake);
         cx.fake = true;
         cx.fake_now = (int64_t)v;
     }

@@ -100,8 +100,8 @@ json_t *esrc_event_json(const es_event *ev)
 
 /* A bytes field: `name` as a string or `name_b64` as base64, into `out`
  * (at most cap bytes).  Absent and not required: 0 bytes. */
-static int get_bytes(es_buf *out, size_t cap, json_t *o, const char *name, bool required,
-                     char *err, size_t errcap)
+static int get_bytes(es_buf *out, size_t cap, json_t *o, const char *name, bool required, char *err,
+                     size_t errcap)
 {
     char key[32];
     json_t *s = json_object_get(o, name);
@@ -163,8 +163,8 @@ done:
 
 /* Every field an export line may have; any other is a mistake worth naming. */
 static const char *const known_fields[] = {
-    "stream", "stream_b64", "seq",  "position", "time_us",  "time",     "id",
-    "type",   "type_b64",   "data", "data_b64", "meta",     "meta_b64", "hash",
+    "stream", "stream_b64", "seq",  "position", "time_us", "time",     "id",
+    "type",   "type_b64",   "data", "data_b64", "meta",    "meta_b64", "hash",
 };
 
 static int get_hex(uint8_t *out, size_t n, json_t *v)
@@ -195,7 +195,8 @@ int esrc_line_decode(esrc_line_event *e, const char *line, size_t len, char *err
         snprintf(err, errcap, "not a JSON object");
         goto done;
     }
-    json_object_foreach(o, field, v) {
+    json_object_foreach(o, field, v)
+    {
         size_t k = 0, nk = sizeof known_fields / sizeof *known_fields;
         while (k < nk && strcmp(field, known_fields[k]) != 0)
             k++;
@@ -357,8 +358,8 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n)
 typedef struct stream_state {
     uint8_t key[ES_MAX_KEY];
     size_t key_len;
-    uint64_t head;      /* the store's head when pass 1 first met the stream */
-    uint64_t last_seq;  /* the last seq seen, or the one before the first */
+    uint64_t head;     /* the store's head when pass 1 first met the stream */
+    uint64_t last_seq; /* the last seq seen, or the one before the first */
     uint8_t last_hash[ES_HASH_SIZE];
     uint64_t last_line;
     /* the last input event the store already had (seq <= head), if any */
@@ -445,10 +446,10 @@ typedef struct importer {
     id_table ids;
     esrc_line_event ev;
     uint64_t events, new_events;
-    int64_t last_time;       /* of the previous line */
+    int64_t last_time; /* of the previous line */
     uint64_t last_time_line;
-    bool have_store_time;    /* store_time is known */
-    int64_t store_time;      /* the store's latest commit time, 0 when empty */
+    bool have_store_time; /* store_time is known */
+    int64_t store_time;   /* the store's latest commit time, 0 when empty */
     uint64_t store_last_position;
 } importer;
 
@@ -552,8 +553,9 @@ static int check_stream(importer *im, stream_state **out, uint64_t line)
     stream_state *s = *slot;
     if (s) {
         if (e->seq != s->last_seq + 1) {
-            say(im, "line %" PRIu64 ": stream %s seq %" PRIu64 " does not follow seq %" PRIu64
-                    " of line %" PRIu64 "; nothing was imported",
+            say(im,
+                "line %" PRIu64 ": stream %s seq %" PRIu64 " does not follow seq %" PRIu64
+                " of line %" PRIu64 "; nothing was imported",
                 line, key_str(k, sizeof k, e->stream, e->stream_len), e->seq, s->last_seq,
                 s->last_line);
             return ESRC_USAGE;
@@ -566,13 +568,15 @@ static int check_stream(importer *im, stream_state **out, uint64_t line)
         return store_error(im, "reading the store", rc);
     if (e->seq > head + 1) {
         if (head == 0)
-            say(im, "line %" PRIu64 ": stream %s starts at seq %" PRIu64
-                    ", but the store does not have it: its first event must be seq 1; nothing "
-                    "was imported",
+            say(im,
+                "line %" PRIu64 ": stream %s starts at seq %" PRIu64
+                ", but the store does not have it: its first event must be seq 1; nothing "
+                "was imported",
                 line, key_str(k, sizeof k, e->stream, e->stream_len), e->seq);
         else
-            say(im, "line %" PRIu64 ": stream %s starts at seq %" PRIu64
-                    ", but the store has it only up to seq %" PRIu64 "; nothing was imported",
+            say(im,
+                "line %" PRIu64 ": stream %s starts at seq %" PRIu64
+                ", but the store has it only up to seq %" PRIu64 "; nothing was imported",
                 line, key_str(k, sizeof k, e->stream, e->stream_len), e->seq, head);
         return ESRC_USAGE;
     }
@@ -602,13 +606,17 @@ static int check_line(importer *im, uint64_t line)
     int rc;
 
     if (e->time_us > im->o->max_time_us) {
-        say(im, "line %" PRIu64 ": time_us %" PRId64 " is more than 24 hours ahead of the clock;"
-                " nothing was imported", line, e->time_us);
+        say(im,
+            "line %" PRIu64 ": time_us %" PRId64 " is more than 24 hours ahead of the clock;"
+            " nothing was imported",
+            line, e->time_us);
         return ESRC_USAGE;
     }
     if (e->time_us < im->last_time) {
-        say(im, "line %" PRIu64 ": time_us %" PRId64 " goes back from %" PRId64 " (line %" PRIu64
-                "); nothing was imported", line, e->time_us, im->last_time, im->last_time_line);
+        say(im,
+            "line %" PRIu64 ": time_us %" PRId64 " goes back from %" PRId64 " (line %" PRIu64
+            "); nothing was imported",
+            line, e->time_us, im->last_time, im->last_time_line);
         return ESRC_USAGE;
     }
     im->last_time = e->time_us;
@@ -619,8 +627,9 @@ static int check_line(importer *im, uint64_t line)
     if ((rc = es_event_hash(h, s->last_seq ? s->last_hash : NULL, &view)) < 0)
         return store_error(im, "hashing", rc);
     if (e->has_hash && memcmp(h, e->hash, ES_HASH_SIZE) != 0) {
-        say(im, "line %" PRIu64 ": stream %s seq %" PRIu64 " does not hash to its \"hash\": the"
-                " export was altered or damaged; nothing was imported",
+        say(im,
+            "line %" PRIu64 ": stream %s seq %" PRIu64 " does not hash to its \"hash\": the"
+            " export was altered or damaged; nothing was imported",
             line, key_str(k, sizeof k, e->stream, e->stream_len), e->seq);
         return ESRC_USAGE;
     }
@@ -629,8 +638,9 @@ static int check_line(importer *im, uint64_t line)
         if ((rc = latest_time(im)))
             return rc;
         if (e->time_us < im->store_time) {
-            say(im, "line %" PRIu64 ": time_us %" PRId64 " is before the store's latest commit"
-                    " time %" PRId64 " (commit times never go back); nothing was imported",
+            say(im,
+                "line %" PRIu64 ": time_us %" PRId64 " is before the store's latest commit"
+                " time %" PRId64 " (commit times never go back); nothing was imported",
                 line, e->time_us, im->store_time);
             return ESRC_CONFLICT;
         }
@@ -646,8 +656,9 @@ static int check_line(importer *im, uint64_t line)
     if (slot->line) {
         char idh[ES_ID_SIZE * 2 + 1];
         sodium_bin2hex(idh, sizeof idh, e->id, ES_ID_SIZE);
-        say(im, "line %" PRIu64 ": id %s is already the id of line %" PRIu64
-                "; nothing was imported", line, idh, slot->line);
+        say(im,
+            "line %" PRIu64 ": id %s is already the id of line %" PRIu64 "; nothing was imported",
+            line, idh, slot->line);
         return ESRC_USAGE;
     }
     memcpy(slot->id, e->id, ES_ID_SIZE);
@@ -678,9 +689,10 @@ static int check_replays(importer *im)
             bad = s;
     }
     if (bad) {
-        say(im, "line %" PRIu64 ": stream %s seq %" PRIu64 ": the store has other events up to"
-                " this seq than the input; nothing was imported", bad->replay_line,
-            key_str(k, sizeof k, bad->key, bad->key_len), bad->replay_seq);
+        say(im,
+            "line %" PRIu64 ": stream %s seq %" PRIu64 ": the store has other events up to"
+            " this seq than the input; nothing was imported",
+            bad->replay_line, key_str(k, sizeof k, bad->key, bad->key_len), bad->replay_seq);
         return ESRC_CONFLICT;
     }
     return 0;
@@ -718,9 +730,10 @@ static int check_ids_in_store(importer *im)
         return store_error(im, "reading the store", rc);
     if (bad_line) {
         sodium_bin2hex(idh, sizeof idh, bad_id, ES_ID_SIZE);
-        say(im, "line %" PRIu64 ": id %s is already used in the store by stream %s seq %" PRIu64
-                "; nothing was imported", bad_line, idh, key_str(k, sizeof k, bad_stream, bad_len),
-            bad_seq);
+        say(im,
+            "line %" PRIu64 ": id %s is already used in the store by stream %s seq %" PRIu64
+            "; nothing was imported",
+            bad_line, idh, key_str(k, sizeof k, bad_stream, bad_len), bad_seq);
         return ESRC_CONFLICT;
     }
     return 0;
@@ -769,9 +782,8 @@ static bool batch_takes(const batch *b, const esrc_line_event *e)
 {
     const esrc_line_event *first = &b->ev[0], *last = &b->ev[b->n - 1];
     return b->n < BATCH_MAX && e->stream_len == first->stream_len &&
-           memcmp(e->stream, first->stream, e->stream_len) == 0 &&
-           e->time_us == first->time_us && e->seq == last->seq + 1 &&
-           b->bytes + e->data.len + e->meta.len <= ES_MAX_BATCH_BYTES;
+           memcmp(e->stream, first->stream, e->stream_len) == 0 && e->time_us == first->time_us &&
+           e->seq == last->seq + 1 && b->bytes + e->data.len + e->meta.len <= ES_MAX_BATCH_BYTES;
 }
 
 static int batch_flush(importer *im, batch *b, esrc_import_result *res)
@@ -783,16 +795,21 @@ static int batch_flush(importer *im, batch *b, esrc_import_result *res)
         return 0;
     for (size_t i = 0; i < b->n; i++) {
         const esrc_line_event *e = &b->ev[i];
-        b->news[i] = (es_event_new){.type = e->type, .data = e->data.data,
-                                    .data_len = e->data.len, .meta = e->meta.data,
-                                    .meta_len = e->meta.len, .id = e->id, .time_us = e->time_us};
+        b->news[i] = (es_event_new){.type = e->type,
+                                    .data = e->data.data,
+                                    .data_len = e->data.len,
+                                    .meta = e->meta.data,
+                                    .meta_len = e->meta.len,
+                                    .id = e->id,
+                                    .time_us = e->time_us};
     }
     rc = es_append_ex(&r, im->st, b->ev[0].stream, b->ev[0].stream_len, b->ev[0].seq - 1, b->news,
                       b->n, ES_APPEND_KEEP_TIME);
     if (rc) {
-        say(im, "line %" PRIu64 ": writing stream %s seq %" PRIu64 "..%" PRIu64 ": %s: %s (%"
-                PRIu64 " events were imported before it and stay)", b->line,
-            key_str(k, sizeof k, b->ev[0].stream, b->ev[0].stream_len), b->ev[0].seq,
+        say(im,
+            "line %" PRIu64 ": writing stream %s seq %" PRIu64 "..%" PRIu64 ": %s: %s (%" PRIu64
+            " events were imported before it and stay)",
+            b->line, key_str(k, sizeof k, b->ev[0].stream, b->ev[0].stream_len), b->ev[0].seq,
             b->ev[b->n - 1].seq, es_strerror(rc), es_error_last(), res->imported);
         return rc == ES_ECONFLICT || rc == ES_EDUPLICATE ? ESRC_CONFLICT : ESRC_FAIL;
     }
@@ -839,9 +856,10 @@ static int pass2(importer *im, batch *b, esrc_import_result *res)
         b->line = im->rd.lineno;
     }
     if (r != 0) {
-        say(im, "reading again: %s", r == -1 ? "the input changed while importing"
-                                             : ferror(im->rd.f) ? strerror(errno)
-                                                                : es_error_last());
+        say(im, "reading again: %s",
+            r == -1            ? "the input changed while importing"
+            : ferror(im->rd.f) ? strerror(errno)
+                               : es_error_last());
         return ESRC_FAIL;
     }
     return batch_flush(im, b, res);

@@ -50,10 +50,10 @@ void esrc_line_event_free(esrc_line_event *e);
 void esrc_line_event_view(es_event *out, const esrc_line_event *e);
 
 typedef struct esrc_import_options {
-    const char *name;   /* the input's name in messages ("-" for standard input) */
+    const char *name;    /* the input's name in messages ("-" for standard input) */
     int64_t max_time_us; /* latest time_us accepted: the clock + 24 h */
-    FILE *err;          /* where messages go; NULL: stderr */
-    bool check_only;    /* pass 1 only: check, write nothing */
+    FILE *err;           /* where messages go; NULL: stderr */
+    bool check_only;     /* pass 1 only: check, write nothing */
     /* called now and then while writing; may be NULL */
     void (*progress)(void *payload, uint64_t done, uint64_t total);
     void *progress_payload;

@@ -43,9 +43,9 @@ static int sub_error(const char *what, int rc)
 {
     const char *detail = es_error_last_code() == rc ? es_error_last() : "";
     fprintf(stderr, "esrc: sub %s: %s\n", what, *detail ? detail : es_strerror(rc));
-    return rc == ES_ECONFLICT                      ? ESRC_CONFLICT
-           : rc == ES_EINVAL || rc == ES_ETOOBIG   ? ESRC_USAGE
-                                                   : ESRC_FAIL;
+    return rc == ES_ECONFLICT                    ? ESRC_CONFLICT
+           : rc == ES_EINVAL || rc == ES_ETOOBIG ? ESRC_USAGE
+                                                 : ESRC_FAIL;
 }
 
 static int64_t mono_ms(void)
@@ -376,9 +376,8 @@ static int sub_reset(esrc_ctx *cx, int argc, char **argv)
     } else {
         if (cx->json)
             print_json(json_pack("{s:s,s:I,s:I,s:I,s:b}", "name", name, "checkpoint",
-                                 (json_int_t)in.checkpoint, "head", (json_int_t)in.head,
-                                 "behind", (json_int_t)in.behind, "behind_capped",
-                                 in.behind_capped));
+                                 (json_int_t)in.checkpoint, "head", (json_int_t)in.head, "behind",
+                                 (json_int_t)in.behind, "behind_capped", in.behind_capped));
         else
             printf("reset %s to checkpoint %" PRIu64 " (%" PRIu64 "%s behind)\n", name,
                    in.checkpoint, in.behind, in.behind_capped ? "+" : "");
@@ -673,8 +672,7 @@ static int deliver_exec(run_ctx *r, const es_event *const *evs, size_t n)
         if (w == pid)
             break;
         if (w < 0 && errno != EINTR) {
-            fprintf(stderr, "esrc: sub run: waiting for the --exec command: %s\n",
-                    strerror(errno));
+            fprintf(stderr, "esrc: sub run: waiting for the --exec command: %s\n", strerror(errno));
             return ESRC_FAIL;
         }
         struct timespec ts = {0, nap_ms * 1000000L};
