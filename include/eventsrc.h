@@ -91,7 +91,8 @@ ES_EXTERN const char *es_version(void);
     X(ENOTSUP, -30012, "not supported by this store")                          \
     X(EFULL, -30013, "store or disk is full")                                  \
     X(ERROR, -30014, "error")                                                  \
-    X(ETIMEDOUT, -30015, "timed out")
+    X(ETIMEDOUT, -30015, "timed out")                                          \
+    X(EPOISON, -30016, "an event failed too often")
 
 typedef enum es_errno {
     ES_OK = 0, /* success */
@@ -769,11 +770,43 @@ ES_EXTERN int es_save(es_save_result *out, es_view *view, const void *vkey, size
  * ES_ECONFLICT until the owner closes or its lease runs out, and an owner
  * whose lease was taken over is told so (ES_ECONFLICT) at its next
  * checkpoint — never two owners writing one checkpoint.
+ *
+ * Consumer groups.  A subscription created with `partitions` = P > 1 splits
+ * its events by stream: an event belongs to partition
+ * es_sub_partition_of(stream key, P), so one stream is always in one
+ * partition, and each partition has its own checkpoint.  Consumers that
+ * open it with a `group` name are members of its group: the live members,
+ * ordered by their random ids, own the partitions in turn (partition i goes
+ * to member i mod M), and each member delivers only its partitions' events,
+ * in log order.  Membership is a lease kept in the subscription's record:
+ * a member that joins takes the partitions due to it as their owners
+ * release them (at their next es_sub_next); a member that dies is dropped
+ * when its lease runs out and the others take its partitions over from
+ * their checkpoints.  A partition has at most one owner at any time.  One
+ * subscription has one group: opening it with another group name, or
+ * without one while members are live, is ES_ECONFLICT (create a second
+ * subscription for an independent consumer).  Without a group, one consumer
+ * owns every partition.
+ *
+ * Poison events.  A consumer that cannot handle an event says so with
+ * es_sub_nack: the events before it count as acknowledged, and it is
+ * delivered again after a backoff (retry_ms, doubling, at most 30 s).  Its
+ * `max_attempts`-th failure parks it: a record with its position, attempts
+ * and last error is kept (es_sub_parked_list), and the subscription either
+ * goes on past it (ES_SUB_PARK) or stops before it (ES_SUB_STOP: the
+ * consumer gets ES_EPOISON until the event is dropped or retried).
+ * es_sub_parked_retry has a parked event delivered once more (ahead of new
+ * events) to the owner of its partition; es_sub_parked_drop forgets it.
+ * Failure counts live in the consumer: a consumer that crashes starts them
+ * again.
  */
 typedef struct es_sub es_sub;
 
 #define ES_MAX_SUB_NAME 64   /* 1..64 bytes of [A-Za-z0-9._-] */
 #define ES_MAX_SUB_FILTERS 16 /* prefixes, and types */
+#define ES_MAX_SUB_PARTITIONS 64 /* partitions of a consumer group */
+#define ES_MAX_SUB_MEMBERS 64    /* live members of a consumer group */
+#define ES_MAX_SUB_ERROR 1024    /* bytes of a parked event's error kept */
 
 typedef enum es_sub_start {
     ES_SUB_FROM_BEGINNING = 0, /* every event of the log */
@@ -782,7 +815,12 @@ typedef enum es_sub_start {
     ES_SUB_FROM_TIME = 3,      /* events committed at or after start_time_us */
 } es_sub_start;
 
-#define ES_SUB_OPTIONS_VERSION 1
+typedef enum es_sub_on_poison {
+    ES_SUB_PARK = 0, /* park the event and go on */
+    ES_SUB_STOP = 1, /* park the event and stop before it */
+} es_sub_on_poison;
+
+#define ES_SUB_OPTIONS_VERSION 2
 
 typedef struct es_sub_options {
     unsigned version;
@@ -797,9 +835,19 @@ typedef struct es_sub_options {
     uint64_t start_position; /* ES_SUB_FROM_POSITION */
     int64_t start_time_us;   /* ES_SUB_FROM_TIME */
     uint32_t batch_size;     /* events per batch: 1..ES_MAX_BATCH (0: 100) */
+    /* version 2 */
+    uint32_t partitions;     /* 1..ES_MAX_SUB_PARTITIONS (0: 1) */
+    uint32_t max_attempts;   /* failures that park an event: 1..100 (0: 5) */
+    es_sub_on_poison on_poison;
+    uint32_t retry_ms;       /* first backoff after a failure: 1..60000 (0: 100) */
 } es_sub_options;
 
-#define ES_SUB_OPTIONS_INIT {ES_SUB_OPTIONS_VERSION, NULL, NULL, 0, NULL, 0, ES_SUB_FROM_BEGINNING, 0, 0, 0}
+#define ES_SUB_OPTIONS_INIT {ES_SUB_OPTIONS_VERSION, NULL, NULL, 0, NULL, 0, ES_SUB_FROM_BEGINNING, 0, 0, 0, 0, 0, ES_SUB_PARK, 0}
+
+/** The partition of a stream key among `partitions` (1..ES_MAX_SUB_PARTITIONS;
+ *  others answer 0): FNV-1a (64 bits) of the key, modulo `partitions`.
+ *  Stable across versions and machines. */
+ES_EXTERN uint32_t es_sub_partition_of(const void *stream, size_t stream_len, uint32_t partitions);
 
 /**
  * Create a subscription.
@@ -846,6 +894,10 @@ typedef struct es_sub_info {
     int64_t lease_until_us; /* the owner's lease, by the system's real-time
                                clock that all processes share (0: none) */
     uint64_t acked;         /* events acknowledged over the subscription's life */
+    uint32_t partitions;    /* 1, or a consumer group's partitions */
+    uint32_t members;       /* live consumers (group members, or the one owner) */
+    uint64_t parked;        /* parked events */
+    char group[ES_MAX_SUB_NAME + 1]; /* the group consuming it ("" none) */
     uint64_t reserved_[8];
 } es_sub_info;
 
@@ -857,7 +909,52 @@ ES_EXTERN int es_sub_info_get(es_sub_info *out, es_store *store, const char *nam
 typedef int (*es_sub_info_fn)(const es_sub_info *info, void *payload);
 ES_EXTERN int es_sub_list(es_store *store, es_sub_info_fn fn, void *payload);
 
-#define ES_SUB_OPEN_OPTIONS_VERSION 1
+typedef struct es_sub_partition_info {
+    uint32_t partition;
+    uint64_t checkpoint;     /* acknowledged in this partition */
+    uint64_t behind;         /* its matching events after the checkpoint (capped) */
+    char owner[ES_MAX_SUB_NAME + 1]; /* the owning member's label ("" none) */
+    int64_t lease_until_us;  /* the owner's lease (0: none) */
+    uint64_t reserved_[4];
+} es_sub_partition_info;
+
+/** Call fn for each partition of a subscription, in order (one for a
+ *  subscription without partitions).  @return as es_sub_info_get. */
+typedef int (*es_sub_partition_fn)(const es_sub_partition_info *info, void *payload);
+ES_EXTERN int es_sub_partitions(es_store *store, const char *name, es_sub_partition_fn fn,
+                                void *payload);
+
+typedef struct es_sub_parked {
+    uint64_t position;      /* the event's position in the log */
+    uint32_t partition;
+    uint32_t attempts;      /* failures so far */
+    int64_t parked_at_us;   /* by the real-time clock */
+    int retry;              /* 1: a retry was asked for and is pending */
+    const char *error;      /* the last failure's message */
+    uint64_t reserved_[4];
+} es_sub_parked;
+
+/** Call fn for each parked event of a subscription, by position.
+ *  @return 0, ES_ENOTFOUND, ES_EINVAL, ES_ECORRUPT, ES_EIO, ES_EUNAVAILABLE. */
+typedef int (*es_sub_parked_fn)(const es_sub_parked *parked, void *payload);
+ES_EXTERN int es_sub_parked_list(es_store *store, const char *name, es_sub_parked_fn fn,
+                                 void *payload);
+
+/** Deliver a parked event (position; 0: every parked event) once more, to
+ *  the owner of its partition, ahead of new events.  On an ES_SUB_STOP
+ *  subscription the stopped event is simply forgotten: it is still ahead of
+ *  the checkpoint and comes again at the next open.
+ *  @return 0, ES_ENOTFOUND (no such subscription or parked event),
+ *  ES_EINVAL, ES_EIO, ES_EUNAVAILABLE. */
+ES_EXTERN int es_sub_parked_retry(es_store *store, const char *name, uint64_t position);
+
+/** Forget a parked event (position; 0: every one) without delivering it.
+ *  On an ES_SUB_STOP subscription its partition's checkpoint moves past it
+ *  when nothing before it is left unacknowledged.
+ *  @return as es_sub_parked_retry. */
+ES_EXTERN int es_sub_parked_drop(es_store *store, const char *name, uint64_t position);
+
+#define ES_SUB_OPEN_OPTIONS_VERSION 2
 
 typedef struct es_sub_open_options {
     unsigned version;
@@ -866,9 +963,14 @@ typedef struct es_sub_open_options {
     uint32_t checkpoint_ms;    /* … or when this long passed since the last one
                                   (0: no time rule) */
     uint32_t lease_ms;         /* ownership lease (0: 10000; 100..3600000) */
+    /* version 2 */
+    const char *group;         /* join the subscription's consumer group of
+                                  this name (NULL: the one consumer) */
+    const char *member;        /* this consumer's label in es_sub_partitions
+                                  (NULL: "host:pid"); 1..64 printable bytes */
 } es_sub_open_options;
 
-#define ES_SUB_OPEN_OPTIONS_INIT {ES_SUB_OPEN_OPTIONS_VERSION, 0, 0, 0}
+#define ES_SUB_OPEN_OPTIONS_INIT {ES_SUB_OPEN_OPTIONS_VERSION, 0, 0, 0, NULL, NULL}
 
 /**
  * Open a subscription as its consumer (takes its lease).
@@ -899,6 +1001,17 @@ ES_EXTERN int es_sub_next(const es_event *const **out, size_t *n, es_sub *sub, i
  */
 ES_EXTERN int es_sub_ack(es_sub *sub, uint64_t position);
 
+/**
+ * The event at `position` (one of the batch in hand) failed with `error`
+ * (NULL: none given): the events before it in the batch are acknowledged,
+ * and it is delivered again by a later es_sub_next after a backoff — or,
+ * at its max_attempts-th failure, parked (see "Poison events").
+ * @return 0, ES_EPOISON (parked, and the subscription is ES_SUB_STOP: it
+ *         stops here), ES_EINVAL (not an event of the batch in hand),
+ *         ES_ECONFLICT, ES_ENOTFOUND, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_sub_nack(es_sub *sub, uint64_t position, const char *error);
+
 /** Persist the acknowledged checkpoint now. @return as es_sub_ack. */
 ES_EXTERN int es_sub_commit(es_sub *sub);
 
@@ -908,10 +1021,12 @@ typedef int (*es_sub_handler)(const es_event *const *events, size_t n, void *pay
 /**
  * Push delivery: call `handler` with each batch and acknowledge it when the
  * handler returns 0, until *stop becomes non-zero (checked between batches
- * and at least every 200 ms while waiting) or an error.  A handler's
- * non-zero return stops the run without acknowledging that batch (see the
- * conventions for how the code reaches the caller).
- * @return 0 (stopped), the handler's code, or es_sub_next's errors.
+ * and at least every 200 ms while waiting) or an error.  When the handler
+ * fails a batch, its events are handed over one at a time to find the one
+ * that fails, which is es_sub_nack'ed (retried with backoff, then parked)
+ * with the handler's es_error_last() message when it set one.
+ * @return 0 (stopped), ES_EPOISON (an ES_SUB_STOP subscription parked an
+ *         event), or es_sub_next's errors.
  */
 ES_EXTERN int es_sub_run(es_sub *sub, es_sub_handler handler, volatile int *stop, void *payload);
 

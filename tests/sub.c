@@ -199,7 +199,7 @@ static void test_catch_up_then_live_no_gap_no_duplicate(void **state)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, write_later, &w), 0);
     for (;;) {
-        int rc = es_sub_next(&evs, &n, s, 2000);
+        int rc = es_sub_next(&evs, &n, s, 30000); /* only a failure waits this long */
         if (rc == ES_ETIMEDOUT)
             break;
         TU_EXPECT_OK(rc);
@@ -543,14 +543,369 @@ static void test_push_delivery(void **state)
     es_sub_info info;
     TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "push"));
     assert_int_equal(info.behind, 0);
-    /* a handler error stops the run and leaves its batch unacknowledged */
-    TU_EXPECT_OK(es_sub_reset(ts.st, "push", ES_SUB_FROM_BEGINNING, 0, 0));
-    TU_EXPECT_OK(es_sub_open(&s, ts.st, "push", NULL));
-    pusher q = {0, 0, 0, 2};
-    assert_int_equal(es_sub_run(s, push_handler, &q.stop, &q), ES_EUSER);
+    tu_close(&ts);
+}
+
+/* A handler that fails on one position, always (or until told to heal). */
+typedef struct poison {
+    uint64_t bad;
+    int healed;
+    int calls_on_bad;
+    size_t ok_events;
+    uint64_t last_ok;
+    volatile int stop;
+    size_t stop_after;
+} poison;
+
+static int poison_handler(const es_event *const *evs, size_t n, void *payload)
+{
+    poison *p = payload;
+    for (size_t i = 0; i < n; i++)
+        if (evs[i]->position == p->bad && !p->healed) {
+            p->calls_on_bad++;
+            return es__err(ES_EIO, "cannot index event %llu: disk on fire",
+                           (unsigned long long)p->bad);
+        }
+    for (size_t i = 0; i < n; i++) {
+        /* in log order, never twice (a batch that failed is handed over
+         * again from its failing event, one at a time) */
+        assert_true(evs[i]->position > p->last_ok || evs[i]->position == p->bad);
+        if (evs[i]->position > p->last_ok)
+            p->last_ok = evs[i]->position;
+        p->ok_events++;
+    }
+    if (p->ok_events >= p->stop_after)
+        p->stop = 1;
+    return 0;
+}
+
+static char parked_error[ES_MAX_SUB_ERROR + 1];
+
+static int collect_parked(const es_sub_parked *pk, void *payload)
+{
+    es_sub_parked *out = payload;
+    assert_int_equal(out->position, 0); /* only one */
+    *out = *pk;
+    snprintf(parked_error, sizeof parked_error, "%s", pk->error); /* borrowed */
+    out->error = parked_error;
+    return 0;
+}
+
+/* A handler that keeps failing one event: retried with backoff, parked
+ * after max_attempts with its error, the subscription goes on; a retry
+ * delivers it again, and once handled it is no longer parked. */
+static void test_poison_event_is_parked_and_retried(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    uint64_t pos[25];
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 25);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.batch_size = 10;
+    o.max_attempts = 3;
+    o.retry_ms = 1;
+    TU_EXPECT_OK(es_sub_create(ts.st, "poison", &o));
+    assert_int_equal(log_positions(ts.st, pos, 25, NULL, NULL), 25);
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "poison", NULL));
+    poison p = {pos[13], 0, 0, 0, 0, 0, 24};
+    TU_EXPECT_OK(es_sub_run(s, poison_handler, &p.stop, &p));
+    assert_int_equal(p.ok_events, 24);
+    /* three failures, each a batch with it and then it alone */
+    assert_int_equal(p.calls_on_bad, 3 * 2);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "poison"));
+    assert_int_equal(info.parked, 1);
+    assert_int_equal(info.checkpoint, pos[24]);
+    assert_int_equal(info.behind, 0);
+    es_sub_parked pk;
+    memset(&pk, 0, sizeof pk);
+    TU_EXPECT_OK(es_sub_parked_list(ts.st, "poison", collect_parked, &pk));
+    assert_int_equal(pk.position, pos[13]);
+    assert_int_equal(pk.attempts, 3);
+    assert_int_equal(pk.retry, 0);
+    assert_true(pk.parked_at_us > 0);
+    assert_non_null(strstr(pk.error, "disk on fire")); /* the handler's message */
+    /* retried while still broken: parked again, one more attempt */
+    TU_EXPECT_OK(es_sub_parked_retry(ts.st, "poison", pos[13]));
+    memset(&pk, 0, sizeof pk);
+    TU_EXPECT_OK(es_sub_parked_list(ts.st, "poison", collect_parked, &pk));
+    assert_int_equal(pk.retry, 1);
+    const es_event *const *evs;
+    size_t n;
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 1);
+    assert_int_equal(evs[0]->position, pos[13]);
+    TU_EXPECT_OK(es_sub_nack(s, pos[13], "still broken"));
+    memset(&pk, 0, sizeof pk);
+    TU_EXPECT_OK(es_sub_parked_list(ts.st, "poison", collect_parked, &pk));
+    assert_int_equal(pk.attempts, 4);
+    assert_string_equal(pk.error, "still broken");
+    assert_int_equal(pk.retry, 0);
+    /* healed, retried again: handled, and gone from the parked list */
+    TU_EXPECT_OK(es_sub_parked_retry(ts.st, "poison", 0));
+    p.healed = 1;
+    p.stop = 0;
+    p.stop_after = 25;
+    p.last_ok = 0;
+    TU_EXPECT_OK(es_sub_run(s, poison_handler, &p.stop, &p));
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "poison"));
+    assert_int_equal(info.parked, 0);
+    assert_int_equal(info.checkpoint, pos[24]);
+    /* nothing else comes */
+    assert_int_equal(es_sub_next(&evs, &n, s, 20), ES_ETIMEDOUT);
+    assert_int_equal(es_sub_parked_retry(ts.st, "poison", pos[13]), ES_ENOTFOUND);
+    assert_int_equal(es_sub_parked_drop(ts.st, "poison", 7), ES_ENOTFOUND);
+    assert_int_equal(es_sub_parked_drop(ts.st, "nosuch", 0), ES_ENOTFOUND);
+    assert_int_equal(es_sub_nack(s, 999999, "x"), ES_EINVAL);
     es_sub_close(s);
-    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "push"));
-    assert_int_equal(info.behind, 15);
+    tu_close(&ts);
+}
+
+/* ES_SUB_STOP: the consumer stops before the poison event, which comes
+ * again at the next open; dropping it moves the checkpoint past it. */
+static void test_poison_event_stops(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *s;
+    uint64_t pos[6];
+    const es_event *const *evs;
+    size_t n;
+    tu_open(&ts);
+    append_n(ts.st, "k", "T", 6);
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.max_attempts = 2;
+    o.retry_ms = 1;
+    o.on_poison = ES_SUB_STOP;
+    TU_EXPECT_OK(es_sub_create(ts.st, "stop", &o));
+    assert_int_equal(log_positions(ts.st, pos, 6, NULL, NULL), 6);
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "stop", NULL));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(n, 6);
+    TU_EXPECT_OK(es_sub_nack(s, pos[2], "bad data")); /* 1st failure: 0 and 1 acked */
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));     /* after the backoff, from it */
+    assert_int_equal(evs[0]->position, pos[2]);
+    assert_int_equal(n, 4);
+    assert_int_equal(es_sub_nack(s, pos[2], "bad data"), ES_EPOISON);
+    assert_non_null(strstr(es_error_last(), "stopped"));
+    assert_int_equal(es_sub_next(&evs, &n, s, 10), ES_EPOISON);
+    es_sub_close(s);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "stop"));
+    assert_int_equal(info.checkpoint, pos[1]);
+    assert_int_equal(info.parked, 1);
+    /* the next consumer gets it again */
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "stop", NULL));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(evs[0]->position, pos[2]);
+    es_sub_close(s);
+    /* dropped: the checkpoint moves past it, and the rest follows */
+    TU_EXPECT_OK(es_sub_parked_drop(ts.st, "stop", pos[2]));
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "stop"));
+    assert_int_equal(info.checkpoint, pos[2]);
+    assert_int_equal(info.parked, 0);
+    TU_EXPECT_OK(es_sub_open(&s, ts.st, "stop", NULL));
+    TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));
+    assert_int_equal(evs[0]->position, pos[3]);
+    assert_int_equal(n, 3);
+    es_sub_close(s);
+    tu_close(&ts);
+}
+
+#define G_STREAMS 24
+#define G_PER 10
+
+typedef struct gstat {
+    int owner[G_STREAMS]; /* member that got the stream (-1: none yet) */
+    uint64_t last[G_STREAMS];
+    size_t got;
+} gstat;
+
+static int stream_index(const es_event *ev)
+{
+    char buf[16];
+    assert_true(ev->stream_len < sizeof buf);
+    memcpy(buf, ev->stream, ev->stream_len);
+    buf[ev->stream_len] = 0;
+    return atoi(buf + 2);
+}
+
+/* Take what member m has, checking per-stream order and one owner. */
+static size_t pull(gstat *g, es_sub *s, int m)
+{
+    const es_event *const *evs;
+    size_t n, took = 0;
+    while (es_sub_next(&evs, &n, s, 0) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            int k = stream_index(evs[i]);
+            assert_true(g->owner[k] == -1 || g->owner[k] == m);
+            g->owner[k] = m;
+            assert_true(evs[i]->seq == g->last[k] + 1); /* per-stream order, no gap */
+            g->last[k] = evs[i]->seq;
+            g->got++;
+            took++;
+        }
+        TU_EXPECT_OK(es_sub_ack(s, evs[n - 1]->position));
+    }
+    return took;
+}
+
+static int count_owned(const es_sub_partition_info *pi, void *payload)
+{
+    int *counts = payload;
+    if (strcmp(pi->owner, "m0") == 0)
+        counts[0]++;
+    else if (strcmp(pi->owner, "m1") == 0)
+        counts[1]++;
+    else if (strcmp(pi->owner, "m2") == 0)
+        counts[2]++;
+    else
+        counts[3]++;
+    return 0;
+}
+
+/* Three members of a group split the partitions: each stream goes to
+ * exactly one member, in order; a member that joins late gets its share as
+ * the others hand partitions over; the group shows in info and partitions. */
+static void test_group_split(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *m[3];
+    gstat g;
+    tu_open(&ts);
+    for (int i = 0; i < G_PER; i++)
+        for (int k = 0; k < G_STREAMS; k++) {
+            char name[16];
+            snprintf(name, sizeof name, "s-%d", k);
+            TU_EXPECT_OK(tu_append1(ts.st, name, ES_EXPECT_ANY, "T", "x", NULL));
+        }
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.partitions = 6;
+    o.batch_size = 7;
+    TU_EXPECT_OK(es_sub_create(ts.st, "grp", &o));
+    memset(&g, 0, sizeof g);
+    for (int k = 0; k < G_STREAMS; k++)
+        g.owner[k] = -1;
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    oo.group = "indexers";
+    oo.member = "m0";
+    TU_EXPECT_OK(es_sub_open(&m[0], ts.st, "grp", &oo));
+    oo.member = "m1";
+    TU_EXPECT_OK(es_sub_open(&m[1], ts.st, "grp", &oo));
+    /* m0 took every partition when alone; it hands m1's share over at its
+     * next batch, and m1 takes it at its own */
+    size_t first = pull(&g, m[0], 0);
+    (void)first;
+    oo.member = "m2";
+    TU_EXPECT_OK(es_sub_open(&m[2], ts.st, "grp", &oo));
+    for (int round = 0; round < 6; round++)
+        for (int i = 0; i < 3; i++)
+            pull(&g, m[i], i);
+    assert_int_equal(g.got, G_STREAMS * G_PER);
+    for (int k = 0; k < G_STREAMS; k++)
+        assert_int_equal(g.last[k], G_PER);
+    int counts[4] = {0, 0, 0, 0};
+    TU_EXPECT_OK(es_sub_partitions(ts.st, "grp", count_owned, counts));
+    assert_int_equal(counts[0], 2);
+    assert_int_equal(counts[1], 2);
+    assert_int_equal(counts[2], 2);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "grp"));
+    assert_int_equal(info.partitions, 6);
+    assert_int_equal(info.members, 3);
+    assert_string_equal(info.group, "indexers");
+    assert_int_equal(info.behind, 0);
+    assert_int_equal(info.state, ES_SUB_LIVE);
+    /* one group per subscription; the one consumer cannot join it */
+    es_sub *x;
+    oo.group = "other";
+    assert_int_equal(es_sub_open(&x, ts.st, "grp", &oo), ES_ECONFLICT);
+    assert_non_null(strstr(es_error_last(), "group 'indexers'"));
+    assert_int_equal(es_sub_open(&x, ts.st, "grp", NULL), ES_ECONFLICT);
+    oo.group = "bad name";
+    assert_int_equal(es_sub_open(&x, ts.st, "grp", &oo), ES_EINVAL);
+    oo.group = "indexers";
+    oo.member = "bell\x07";
+    assert_int_equal(es_sub_open(&x, ts.st, "grp", &oo), ES_EINVAL);
+    /* members leave: the last one standing ends up with every partition */
+    es_sub_close(m[0]);
+    es_sub_close(m[1]);
+    pull(&g, m[2], 2);
+    memset(counts, 0, sizeof counts);
+    TU_EXPECT_OK(es_sub_partitions(ts.st, "grp", count_owned, counts));
+    assert_int_equal(counts[2], 6);
+    es_sub_close(m[2]);
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "grp"));
+    assert_int_equal(info.members, 0);
+    assert_int_equal(info.state, ES_SUB_IDLE);
+    tu_close(&ts);
+}
+
+/* A member that stops renewing its lease is dropped; another takes its
+ * partitions over from their checkpoints: what it acknowledged is not
+ * delivered again, what it did not is. */
+static void test_group_takeover(void **state)
+{
+    (void)state;
+    tu_store ts;
+    es_sub *a, *b;
+    const es_event *const *evs;
+    size_t n;
+    tu_open(&ts);
+    for (int k = 0; k < 8; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "s-%d", k);
+        for (int i = 0; i < 3; i++)
+            TU_EXPECT_OK(tu_append1(ts.st, name, ES_EXPECT_ANY, "T", "x", NULL));
+    }
+    TU_EXPECT_OK(es_log_catch_up(ts.st, 60000));
+    es_sub_options o = ES_SUB_OPTIONS_INIT;
+    o.partitions = 4;
+    o.batch_size = 100;
+    TU_EXPECT_OK(es_sub_create(ts.st, "tk", &o));
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    oo.group = "g";
+    oo.lease_ms = 300;
+    oo.member = "a";
+    TU_EXPECT_OK(es_sub_open(&a, ts.st, "tk", &oo));
+    /* a alone: all 24; it acknowledges the first 10 and then hangs */
+    TU_EXPECT_OK(es_sub_next(&evs, &n, a, 1000));
+    assert_int_equal(n, 24);
+    uint64_t acked_upto = evs[9]->position;
+    TU_EXPECT_OK(es_sub_ack(a, acked_upto));
+    oo.member = "b";
+    TU_EXPECT_OK(es_sub_open(&b, ts.st, "tk", &oo));
+    /* b gets nothing while a holds every partition... */
+    assert_int_equal(es_sub_next(&evs, &n, b, 50), ES_ETIMEDOUT);
+    /* ...and everything once a's lease ran out: the 14 a did not acknowledge */
+    size_t got = 0;
+    uint64_t lowest = UINT64_MAX;
+    for (int i = 0; i < 40 && got < 14; i++) {
+        int rc = es_sub_next(&evs, &n, b, 100);
+        if (rc == ES_ETIMEDOUT)
+            continue;
+        TU_EXPECT_OK(rc);
+        for (size_t j = 0; j < n; j++)
+            if (evs[j]->position < lowest)
+                lowest = evs[j]->position;
+        got += n;
+        TU_EXPECT_OK(es_sub_ack(b, evs[n - 1]->position));
+    }
+    assert_int_equal(got, 14);
+    assert_true(lowest > acked_upto);
+    /* a cannot move a checkpoint any more */
+    assert_int_equal(es_sub_commit(a), ES_ECONFLICT);
+    assert_non_null(strstr(es_error_last(), "taken over"));
+    es_sub_close(a);
+    es_sub_info info;
+    TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "tk"));
+    assert_int_equal(info.members, 1);
+    assert_int_equal(info.behind, 0);
+    es_sub_close(b);
     tu_close(&ts);
 }
 
@@ -678,6 +1033,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_reset_voids_the_batch_in_hand),
         cmocka_unit_test(test_one_owner_and_lease_takeover),
         cmocka_unit_test(test_push_delivery),
+        cmocka_unit_test(test_poison_event_is_parked_and_retried),
+        cmocka_unit_test(test_poison_event_stops),
+        cmocka_unit_test(test_group_split),
+        cmocka_unit_test(test_group_takeover),
         cmocka_unit_test(test_delete_while_open),
         cmocka_unit_test(test_hostile_input_changes_nothing),
     };
