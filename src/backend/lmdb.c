@@ -27,10 +27,18 @@
  *
  * LMDB forbids opening one environment twice in a process, so stores
  * opened on the same directory share one environment (reference counted).
+ *
+ * Waiting for new events (es_log_wait, and so live subscriptions): every
+ * commit of events bumps a futex word in DIR/eventsrc-wake, mapped shared
+ * by every process that opens the store, and waiters sleep on it — a writer
+ * in another process wakes them at once.  lmdb_wake.c says why this
+ * mechanism and where it stops (same machine; a writer that does not bump
+ * the word is seen by a re-check every WAKE_RECHECK_MS).
  */
 #define _GNU_SOURCE
 #include "../internal.h"
 #include "lmdb_record.h"
+#include "lmdb_wake.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,6 +60,8 @@
 #define STALE_CHECK_EVERY 256 /* group commits */
 #define LINGER_NS 150000L     /* about one sync of this machine's disk */
 #define FILL_NS 50000L
+#define WAKE_RECHECK_MS 100 /* a waiter re-reads the log at least this often */
+#define WAKE_POLL_MS 5      /* ... and this often when it has no wake word */
 
 /* Our codes are a band of their own; LMDB's are below it, errno values above 0. */
 #define IS_ES(rc) ((rc) == 0 || ES_IS_ERRNO(rc))
@@ -85,6 +95,7 @@ typedef struct lm_env {
     size_t qlen, last_group;
     unsigned commits_since_check; /* of stale reader slots; by the leader only */
     pthread_cond_t lcond;         /* a leader waiting for its group to fill */
+    uint32_t *wake;               /* DIR/eventsrc-wake, shared; NULL: waiters poll */
     char path[];
 } lm_env;
 
@@ -555,6 +566,7 @@ static void env_free(lm_env *e)
 {
     if (e->env)
         mdb_env_close(e->env);
+    es__wake_unmap(e->wake);
     pthread_rwlock_destroy(&e->resize);
     pthread_mutex_destroy(&e->qlock);
     pthread_cond_destroy(&e->qcond);
@@ -688,6 +700,8 @@ static int env_open(lm_env **out, const char *path, const es_open_options *opts)
     clear_stale_readers(e);
     if ((rc = open_dbis(e, readonly)) < 0)
         goto fail;
+    /* never an error: without the word, waiters poll */
+    e->wake = es__wake_map(path, !e->readonly);
     e->next = envs;
     envs = e;
     pthread_mutex_unlock(&envs_lock);
@@ -1118,6 +1132,8 @@ static int lm_append(void *be, const es__append_req *reqs, size_t n, es_append_r
             e->last_group = taken;
             pthread_mutex_unlock(&e->qlock);
             bool committed = commit_group(e, group);
+            if (committed) /* visible to new read transactions: wake the waiters */
+                es__wake_bump(e->wake);
             pthread_mutex_lock(&e->qlock);
             uint64_t gen = e->committed_gen;
             if (committed) {
@@ -1210,6 +1226,39 @@ static int lm_last_position(void *be, uint64_t *out)
     *out = rc == 0 ? es__get_u64(k.mv_data) : 0;
     rtxn_end(e, txn);
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : lm_err(rc, "reading the log");
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* es_log_wait: sleep on the wake word (see lmdb_wake.c), re-reading the
+ * log whenever it moves and at least every WAKE_RECHECK_MS, for commits of
+ * writers that do not bump it. */
+static int lm_wait(void *be, uint64_t after, int timeout_ms)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    int64_t deadline = mono_ms() + timeout_ms;
+    for (;;) {
+        /* the word before the log: a commit in between moves the word, and
+         * the sleep below then returns at once */
+        uint32_t seen = es__wake_seen(e->wake);
+        uint64_t last;
+        int rc = lm_last_position(be, &last);
+        if (rc < 0)
+            return rc;
+        if (last > after)
+            return 0;
+        int64_t left = deadline - mono_ms();
+        if (left <= 0)
+            return es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms",
+                           (unsigned long long)after, timeout_ms);
+        int slice = e->wake ? WAKE_RECHECK_MS : WAKE_POLL_MS;
+        es__wake_sleep(e->wake, seen, left < slice ? (int)left : slice);
+    }
 }
 
 /*
@@ -2035,6 +2084,7 @@ const es__backend es__backend_lmdb = {
     .append = lm_append,
     .head = lm_head,
     .last_position = lm_last_position,
+    .wait = lm_wait,
     .stream_cursor = lm_stream_cursor,
     .log_cursor = lm_log_cursor,
     .streams = lm_streams,

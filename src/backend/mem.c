@@ -6,12 +6,17 @@
  *
  * Events never move once appended (each is its own allocation), so cursors
  * hand out pointers to them without copying.
+ *
+ * es_log_wait sleeps on a condition variable that every append broadcasts
+ * after it publishes (a store lives in one process, so no more is needed).
  */
 #include "../internal.h"
 #include "../map.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct mem_event {
     es_event ev; /* pointers into blob */
@@ -39,6 +44,10 @@ typedef struct mem_snaps {
 
 typedef struct mem_store {
     pthread_rwlock_t lock;
+    /* Waiters of es_log_wait.  Taken without `lock` held (appends broadcast
+     * after releasing it), and before it by waiters: one order. */
+    pthread_mutex_t wake_lock;
+    pthread_cond_t wake;
     es_store *st;
     mem_event **events; /* events[position - 1] */
     uint64_t n, cap;
@@ -61,7 +70,18 @@ static int mem_open(void **out, const char *path, const es_open_options *opts, e
     mem_store *m = es__calloc(1, sizeof *m);
     if (!m)
         return es__err(ES_ENOMEM, "out of memory opening a mem: store");
-    if (pthread_rwlock_init(&m->lock, NULL) != 0) {
+    pthread_condattr_t ca;
+    bool ca_ok = pthread_condattr_init(&ca) == 0;
+    bool cond_ok = ca_ok && pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+                   pthread_cond_init(&m->wake, &ca) == 0;
+    if (ca_ok)
+        pthread_condattr_destroy(&ca);
+    bool mutex_ok = cond_ok && pthread_mutex_init(&m->wake_lock, NULL) == 0;
+    if (!mutex_ok || pthread_rwlock_init(&m->lock, NULL) != 0) {
+        if (mutex_ok)
+            pthread_mutex_destroy(&m->wake_lock);
+        if (cond_ok)
+            pthread_cond_destroy(&m->wake);
         free(m);
         return es__err(ES_ERROR, "cannot initialise a lock");
     }
@@ -97,6 +117,8 @@ static void mem_close(void *be)
     es__map_free(&m->snaps, free_snaps);
     es__map_free(&m->kv, free_kv);
     pthread_rwlock_destroy(&m->lock);
+    pthread_mutex_destroy(&m->wake_lock);
+    pthread_cond_destroy(&m->wake);
     free(m);
 }
 
@@ -385,6 +407,11 @@ done:
     /* new streams are the store's once published, else never were */
     es__map_free(&a.batch_streams, rc < 0 ? free_stream : NULL);
     pthread_rwlock_unlock(&m->lock);
+    if (rc >= 0 && a.total) {
+        pthread_mutex_lock(&m->wake_lock);
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->wake_lock);
+    }
     return rc;
 }
 
@@ -405,6 +432,38 @@ static int mem_last_position(void *be, uint64_t *out)
     *out = m->n;
     pthread_rwlock_unlock(&m->lock);
     return 0;
+}
+
+/* A waiter holds wake_lock from its check of the log until it sleeps, and
+ * an append broadcasts under wake_lock after publishing: an append is either
+ * seen by the check or wakes the sleep. */
+static int mem_wait(void *be, uint64_t after, int timeout_ms)
+{
+    mem_store *m = be;
+    struct timespec until;
+    int rc = 0;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&m->wake_lock);
+    for (;;) {
+        uint64_t last;
+        mem_last_position(m, &last);
+        if (last > after)
+            break;
+        if (rc == ETIMEDOUT) {
+            rc = es__err(ES_ETIMEDOUT, "es_log_wait: nothing past position %llu within %d ms",
+                         (unsigned long long)after, timeout_ms);
+            break;
+        }
+        rc = pthread_cond_timedwait(&m->wake, &m->wake_lock, &until);
+    }
+    pthread_mutex_unlock(&m->wake_lock);
+    return rc == ES_ETIMEDOUT ? rc : 0;
 }
 
 /* ---- cursors ---- */
@@ -908,6 +967,7 @@ const es__backend es__backend_mem = {
     .append = mem_append,
     .head = mem_head,
     .last_position = mem_last_position,
+    .wait = mem_wait,
     .stream_cursor = mem_stream_cursor,
     .log_cursor = mem_log_cursor,
     .streams = mem_streams,

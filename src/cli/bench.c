@@ -1090,7 +1090,7 @@ static bool wanted(const bench *b, const char *sys)
         return b->pg_uri != NULL;
     return true;
 }
-static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7"};
+static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9"};
 
 /* Run one (workload, system) in a child; record and print it unless `quiet`. */
 static void run_one(bench *b, const char *w, const char *sys, bool quiet)
@@ -1100,8 +1100,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
     memset(&r, 0, sizeof r);
     snprintf(r.workload, sizeof r.workload, "%s", w);
     snprintf(r.system, sizeof r.system, "%s", sys);
-    if ((strcmp(w, "W6") == 0) && strncmp(sys, "eventsrc", 8) != 0)
-        return; /* views are eventsrc's: no baseline row */
+    if ((strcmp(w, "W6") == 0 || strcmp(w, "W9") == 0) && strncmp(sys, "eventsrc", 8) != 0)
+        return; /* views and subscriptions are eventsrc's: no baseline row */
     if (is_pg_baseline(sys) && strcmp(w, "W1") && strcmp(w, "W2") && strcmp(w, "W3") &&
         strcmp(w, "W4"))
         return; /* the PostgreSQL baselines run W1–W4 */
@@ -1131,6 +1131,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
             rc = run_w5(b, sys, &r);
         else if (strcmp(w, "W6") == 0)
             rc = run_w6(b, sys, &r);
+        else if (strcmp(w, "W9") == 0)
+            rc = run_w9(b, sys, &r);
         else
             rc = run_w7(b, sys, &r);
         r.ok = rc == 0 && r.ok;
@@ -1161,6 +1163,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
                r.workload, r.system, r.events_per_s, r.p50_us, r.p99_us, r.peak_rss_kb);
         if (strcmp(w, "W5") == 0)
             printf(",\"scan_rss_added_kb\":%ld,\"scan_anon_added_kb\":%ld", r.extra_kb, r.anon_kb);
+        if (strcmp(w, "W9") == 0)
+            printf(",\"ack_p50_us\":%.1f,\"ack_p99_us\":%.1f", r.ack_p50_us, r.ack_p99_us);
         printf(",\"ok\":%s,\"note\":\"%s\"}\n", r.ok ? "true" : "false", r.note);
     } else {
         printf("| %-3s | %-14s | %12.0f | %9.1f | %9.1f | %9ld | %s%s |\n", r.workload, r.system,
@@ -1222,6 +1226,7 @@ int esrc_bench(int json, int argc, char **argv)
         "  W3 1000-event commits over 1000 streams (1M)  W4 read one stream of 10,000\n"
         "  W5 scan the global log                        W6 view get, cold and warm\n"
         "  W7 saves with the unique-username rule, 4 threads on one company\n"
+        "  W9 live latency, append -> subscriber (another process), under W2's writers\n"
         "--scale sizes the work (1 = the full run, minutes; 0.02 = seconds).\n"
         "Data goes to --dir (default: a new temp dir), removed unless --keep.\n"
         "Systems: eventsrc-lmdb, eventsrc-mem, lmdb-raw, sqlite; with --pg URI (a\n"
@@ -1366,6 +1371,7 @@ int esrc_bench(int json, int argc, char **argv)
     if (w5 && !b->json)
         printf("| %-44s | %7.1f | < 64 MiB | %s |\n", "W5 anonymous memory added by the scan (MiB)",
                (double)w5->anon_kb / 1024, w5->anon_kb < 64 * 1024 ? "met" : "MISSED");
+    w9_targets(b);
     if (made_dir && !keep)
         rmrf(b->dir);
     int failed = 0;

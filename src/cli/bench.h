@@ -20,8 +20,9 @@ typedef struct result {
     double events_per_s;
     double p50_us, p99_us;
     long peak_rss_kb;
-    long extra_kb; /* W5: RSS added by the scan */
-    long anon_kb;  /* W5: anonymous memory added by the scan */
+    long extra_kb;                 /* W5: RSS added by the scan */
+    long anon_kb;                  /* W5: anonymous memory added by the scan */
+    double ack_p50_us, ack_p99_us; /* W9: the appends' own acknowledgement */
     char note[96];
     int ok;
 } result;
@@ -50,6 +51,11 @@ uint64_t scaled(const bench *b, double full, uint64_t min);
 
 /* Events W3 writes on PostgreSQL systems (a fifth of the embedded run's). */
 uint64_t pg_w3_events(const bench *b);
+
+/* W9, live latency append -> subscriber (bench_live.c). */
+int run_w9(const bench *b, const char *sys, result *r);
+/* W9's goals, as rows of the targets table. */
+void w9_targets(const bench *b);
 
 /* W1–W4 on pg-raw and message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
