@@ -123,7 +123,7 @@ typedef struct es_proj_options {
  *
  * With ES_PROJ_REBUILD the model is built from the start of the log into a
  * new database file next to PATH (PATH.rebuild-PID), and once it holds the
- * whole log it is renamed over PATH, under the old file's exclusive lock: a
+ * whole log it is renamed over PATH, under the old file's write lock: a
  * reader that opens PATH sees the old model or the new one, never a mix.  A
  * projector still following the old file notices the swap at its next
  * batch and continues on the new one.  PATH must hold no other projection.

@@ -13,7 +13,7 @@
  *
  * SQLite target: the database runs in rollback-journal mode (not WAL), so
  * that a rebuild can be swapped in by rename(): a committed database is one
- * file with no side files.  The swap takes the old file's exclusive lock
+ * file with no side files.  The swap takes the old file's write lock
  * first (no writer is inside a transaction of it, and no hot journal is
  * left for the new file to inherit); a projector that still has the old
  * file open checks, once it holds its write lock, that PATH is still the
@@ -319,7 +319,7 @@ static int fsync_dir_of(const char *path)
 
 /*
  * Swap the rebuilt database (t, open on its temporary file) in at `path`,
- * under the old file's exclusive lock.  The old file must hold nothing but
+ * under the old file's write lock.  The old file must hold nothing but
  * this projection (or nothing at all).
  */
 static int sq_swap(target *t, const char *path, const char *name)
@@ -333,7 +333,11 @@ static int sq_swap(target *t, const char *path, const char *name)
         old = NULL;
     } else {
         sqlite3_busy_timeout(old, PROJ_BUSY_TIMEOUT_MS);
-        if (sqlite3_exec(old, "BEGIN EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
+        /* The write lock: no other writer is inside a transaction (whose
+         * journal would be left beside the new file).  Readers go on
+         * reading the old file; the first read below rolls back a hot
+         * journal of a writer that died. */
+        if (sqlite3_exec(old, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
             rc = es_proj__err(ES_EIO, "sqlite:%s: locking the old model: %s", path,
                               sqlite3_errmsg(old));
             goto done;
