@@ -187,7 +187,7 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv)
     if (v.line_open)
         fputc('\n', stderr);
     if (rc < 0) {
-        rc = proj_error(argv[optind], rc);
+        rc = proj_error("project", rc);
         goto done;
     }
     if (cx->json) {
