@@ -8,7 +8,7 @@ SUDO=
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential cmake pkg-config \
-    liblmdb-dev libsodium-dev libjansson-dev libpq-dev libcmocka-dev libsqlite3-dev \
+    liblmdb-dev libsodium-dev libjansson-dev libpq-dev libcmocka-dev libsqlite3-dev sqlite3 \
     postgresql postgresql-contrib \
     clang-14 clang libclang-rt-14-dev clang-format-14 clang-format >/dev/null
 # clang-14 + libclang-rt-14-dev: `clang -fsanitize=fuzzer` (libFuzzer) for

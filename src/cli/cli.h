@@ -73,6 +73,9 @@ typedef struct demo_clock {
 
 int esrc_demo(es_store *st, void *clock_payload, FILE *out);
 int64_t esrc_demo_clock(void *payload);
+/* `esrc project …` (project.c): argv[0] is "project". */
+int esrc_project(esrc_ctx *cx, int argc, char **argv);
+
 /* `esrc bench`: argv[0] is "bench". */
 int esrc_bench(int json, int argc, char **argv);
 

@@ -1008,6 +1008,7 @@ static const command commands[] = {
     {"import", cmd_import, "append the events of an export"},
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
     {"sub", esrc_sub, "manage and run subscriptions (durable consumers)"},
+    {"project", esrc_project, "keep a SQL read model of the log (projection file)"},
     {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
