@@ -53,8 +53,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* an acknowledgement line: trimmed in place, never longer */
     size_t before = strlen(s);
-    int got = esrc_parse_ack_line(&pos, s);
-    if (strlen(s) > before || got < -1 || got > 1 || (got == 0 && *s))
+    const char *msg;
+    int got = esrc_parse_ack_line(&pos, &msg, s);
+    if (strlen(s) > before || got < -1 || got > 2 || (got == 0 && *s) ||
+        (got == 2) != (msg != NULL) || (msg && (msg < s || msg > s + before)))
         abort();
     free(s);
     return 0;

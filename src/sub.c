@@ -1757,7 +1757,7 @@ static int stopped(const es_sub *s)
 {
     return es__err(ES_EPOISON,
                    "subscription '%s' stopped at the event at position %llu: it failed %u times "
-                   "and is parked (see es_sub_parked_list; drop or retry it)",
+                   "and is parked; drop it (or retry it) to go on",
                    s->name, (unsigned long long)s->stopped_at, s->def.max_attempts);
 }
 

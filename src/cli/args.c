@@ -104,14 +104,26 @@ int esrc_parse_start(es_sub_start *start, uint64_t *position, int64_t *time_us, 
     return ESRC_START_NOT_ONE;
 }
 
-int esrc_parse_ack_line(uint64_t *out, char *line)
+int esrc_parse_ack_line(uint64_t *out, const char **fail_msg, char *line)
 {
     char *p = line + strspn(line, " \t\r"), *end = p + strlen(p);
     while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
         *--end = 0;
     if (p != line)
         memmove(line, p, (size_t)(end - p) + 1);
+    *fail_msg = NULL;
     if (!*line)
         return 0;
+    if (strncmp(line, "fail", 4) == 0 && (line[4] == ' ' || line[4] == '\t')) {
+        /* fail POSITION [MESSAGE] */
+        char *num = line + 5 + strspn(line + 5, " \t");
+        char *sp = num + strcspn(num, " \t");
+        char *msg = sp + strspn(sp, " \t");
+        *sp = 0;
+        if (esrc_parse_u64(out, num) < 0)
+            return -1;
+        *fail_msg = msg;
+        return 2;
+    }
     return esrc_parse_u64(out, line) == 0 ? 1 : -1;
 }

@@ -28,8 +28,10 @@ int esrc_parse_time(int64_t *out, const char *s);
 int esrc_parse_start(es_sub_start *start, uint64_t *position, int64_t *time_us, const char *s);
 
 /** An acknowledgement line (blanks around it are ignored; the line is
- *  trimmed in place).  @return 1 with *out set, 0 for a blank line, -1 when
- *  it is not a position. */
-int esrc_parse_ack_line(uint64_t *out, char *line);
+ *  trimmed in place): POSITION, or `fail POSITION [MESSAGE]` for an event the
+ *  reader could not handle.  @return 1 with *out set, 2 with *out and
+ *  *fail_msg (pointing into line; "" when none) for a failure, 0 for a blank
+ *  line, -1 when it is neither. */
+int esrc_parse_ack_line(uint64_t *out, const char **fail_msg, char *line);
 
 #endif

@@ -136,10 +136,14 @@ static json_t *info_json(const es_sub_info *in)
     json_object_set_new(o, "last_ack", in->last_ack_us ? json_string(when) : json_null());
     json_object_set_new(o, "lease_until_us", json_integer((json_int_t)in->lease_until_us));
     json_object_set_new(o, "acked", json_integer((json_int_t)in->acked));
+    json_object_set_new(o, "partitions", json_integer((json_int_t)in->partitions));
+    json_object_set_new(o, "members", json_integer((json_int_t)in->members));
+    json_object_set_new(o, "group", in->group[0] ? json_string(in->group) : json_null());
+    json_object_set_new(o, "parked", json_integer((json_int_t)in->parked));
     return o;
 }
 
-#define LIST_HEADER "%-24s %10s %10s %10s %8s %-11s %s\n"
+#define LIST_HEADER "%-24s %10s %10s %10s %8s %-11s %7s %6s %s\n"
 
 typedef struct list_ctx {
     esrc_ctx *cx;
@@ -149,7 +153,8 @@ typedef struct list_ctx {
 static void list_header(list_ctx *l)
 {
     if (!l->cx->json && !l->header)
-        printf(LIST_HEADER, "name", "checkpoint", "head", "behind", "lag", "state", "last ack");
+        printf(LIST_HEADER, "name", "checkpoint", "head", "behind", "lag", "state", "members",
+               "parked", "last ack");
     l->header = true;
 }
 
@@ -165,8 +170,31 @@ static int print_info_row(const es_sub_info *in, void *payload)
     format_behind(behind, sizeof behind, in);
     format_lag(lag, sizeof lag, in);
     format_when(when, sizeof when, in->last_ack_us, "never");
-    printf("%-24s %10" PRIu64 " %10" PRIu64 " %10s %8s %-11s %s\n", in->name, in->checkpoint,
-           in->head, behind, lag, state_name(in->state), when);
+    printf("%-24s %10" PRIu64 " %10" PRIu64 " %10s %8s %-11s %7u %6" PRIu64 " %s\n", in->name,
+           in->checkpoint, in->head, behind, lag, state_name(in->state), in->members, in->parked,
+           when);
+    return 0;
+}
+
+static int print_partition_row(const es_sub_partition_info *p, void *payload)
+{
+    char lease[64];
+    (void)payload;
+    format_when(lease, sizeof lease, p->lease_until_us, "-");
+    printf("  %9u %10" PRIu64 " %10" PRIu64 "  %-24s %s\n", p->partition, p->checkpoint, p->behind,
+           p->owner[0] ? p->owner : "-", lease);
+    return 0;
+}
+
+static int partition_json(const es_sub_partition_info *p, void *payload)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "partition", json_integer(p->partition));
+    json_object_set_new(o, "checkpoint", json_integer((json_int_t)p->checkpoint));
+    json_object_set_new(o, "behind", json_integer((json_int_t)p->behind));
+    json_object_set_new(o, "owner", p->owner[0] ? json_string(p->owner) : json_null());
+    json_object_set_new(o, "lease_until_us", json_integer((json_int_t)p->lease_until_us));
+    json_array_append_new(payload, o);
     return 0;
 }
 
@@ -188,17 +216,29 @@ static int sub_create(esrc_ctx *cx, int argc, char **argv)
                                           {"type", required_argument, NULL, 't'},
                                           {"from", required_argument, NULL, 'f'},
                                           {"batch", required_argument, NULL, 'b'},
+                                          {"partitions", required_argument, NULL, 'P'},
+                                          {"max-attempts", required_argument, NULL, 'K'},
+                                          {"on-poison", required_argument, NULL, 'O'},
+                                          {"retry-ms", required_argument, NULL, 'R'},
                                           {NULL, 0, NULL, 0}};
     static const char help[] =
         "usage: esrc sub create NAME [--prefix STREAM-PREFIX]... [--type TYPE]...\n"
-        "                       [--from beginning|end|POSITION|@TIME] [--batch N]\n\n"
+        "                       [--from beginning|end|POSITION|@TIME] [--batch N]\n"
+        "                       [--partitions N] [--max-attempts K] [--on-poison park|stop]\n"
+        "                       [--retry-ms MS]\n\n"
         "Create a subscription: a named reader of the global log whose checkpoint\n"
         "is kept in the store.  NAME is 1..64 of A-Z a-z 0-9 . _ -.  It delivers the\n"
         "events of streams with one of the prefixes (none: all) and of one of the\n"
         "types (none: all), up to 16 of each, from the beginning (the default),\n"
         "after the current end, at or after a position, or at or after a commit\n"
         "time: @MICROSECONDS since 1970 or @YYYY-MM-DDTHH:MM:SS[.ffffff]Z (UTC).\n"
-        "--batch is the events per batch, 1..10000 (default 100).\n";
+        "--batch is the events per batch, 1..10000 (default 100).\n"
+        "--partitions splits the events by stream for a consumer group (`sub run\n"
+        "--group`), 1..64 (default 1): each partition has its own checkpoint and one\n"
+        "member at a time.  An event that fails (an --exec command exiting non-zero,\n"
+        "a `fail` line) comes again after MS ms (default 100, doubling up to 30 s);\n"
+        "its K-th failure (default 5) parks it (`sub parked`), and the subscription\n"
+        "goes on past it (park, the default) or stops before it (stop).\n";
     es_sub_options o = ES_SUB_OPTIONS_INIT;
     const void *prefixes[ES_MAX_SUB_FILTERS];
     size_t prefix_lens[ES_MAX_SUB_FILTERS];
@@ -231,6 +271,27 @@ static int sub_create(esrc_ctx *cx, int argc, char **argv)
             if ((rc = parse_u64(&v, optarg, "--batch")) == 0 && (v == 0 || v > ES_MAX_BATCH))
                 rc = usage_error("--batch must be 1..%d, not %s", ES_MAX_BATCH, optarg);
             o.batch_size = (uint32_t)v;
+        } else if (c == 'P') {
+            if ((rc = parse_u64(&v, optarg, "--partitions")) == 0 &&
+                (v == 0 || v > ES_MAX_SUB_PARTITIONS))
+                rc = usage_error("--partitions must be 1..%d, not %s", ES_MAX_SUB_PARTITIONS,
+                                 optarg);
+            o.partitions = (uint32_t)v;
+        } else if (c == 'K') {
+            if ((rc = parse_u64(&v, optarg, "--max-attempts")) == 0 && (v == 0 || v > 100))
+                rc = usage_error("--max-attempts must be 1..100, not %s", optarg);
+            o.max_attempts = (uint32_t)v;
+        } else if (c == 'R') {
+            if ((rc = parse_u64(&v, optarg, "--retry-ms")) == 0 && (v == 0 || v > 60000))
+                rc = usage_error("--retry-ms must be 1..60000, not %s", optarg);
+            o.retry_ms = (uint32_t)v;
+        } else if (c == 'O') {
+            if (strcmp(optarg, "park") == 0)
+                o.on_poison = ES_SUB_PARK;
+            else if (strcmp(optarg, "stop") == 0)
+                o.on_poison = ES_SUB_STOP;
+            else
+                rc = usage_error("--on-poison must be park or stop, not '%s'", optarg);
         } else {
             return ESRC_USAGE;
         }
@@ -313,8 +374,17 @@ static int sub_info(esrc_ctx *cx, int argc, char **argv)
     if ((rc = es_sub_info_get(&in, st, name)) < 0) {
         rc = sub_error("info", rc);
     } else if (cx->json) {
-        print_json(info_json(&in));
-        rc = ESRC_OK;
+        json_t *o = info_json(&in);
+        json_t *parts = json_array();
+        json_object_set_new(o, "partition_list", parts);
+        rc = es_sub_partitions(st, name, partition_json, parts);
+        if (rc < 0) {
+            json_decref(o);
+            rc = sub_error("info", rc);
+        } else {
+            print_json(o);
+            rc = ESRC_OK;
+        }
     } else {
         char behind[32], lag[32], when[64], lease[64];
         format_behind(behind, sizeof behind, &in);
@@ -330,7 +400,18 @@ static int sub_info(esrc_ctx *cx, int argc, char **argv)
         printf("last ack     %s\n", when);
         printf("lease until  %s\n", lease);
         printf("acked        %" PRIu64 "\n", in.acked);
-        rc = ESRC_OK;
+        printf("parked       %" PRIu64 "\n", in.parked);
+        if (in.partitions > 1) {
+            printf("group        %s\n", in.group[0] ? in.group : "-");
+            printf("members      %u\n", in.members);
+            printf("partitions   %u\n", in.partitions);
+            printf("  %9s %10s %10s  %-24s %s\n", "partition", "checkpoint", "behind", "owner",
+                   "lease until");
+            rc = es_sub_partitions(st, name, print_partition_row, NULL);
+            rc = rc < 0 ? sub_error("info", rc) : ESRC_OK;
+        } else {
+            rc = ESRC_OK;
+        }
     }
     es_store_close(st);
     return rc;
@@ -418,6 +499,112 @@ static int sub_delete(esrc_ctx *cx, int argc, char **argv)
     return rc;
 }
 
+/* ---- parked events ---- */
+
+typedef struct parked_ctx {
+    esrc_ctx *cx;
+    bool header;
+} parked_ctx;
+
+static void parked_header(parked_ctx *c)
+{
+    if (!c->cx->json && !c->header)
+        printf("%10s %9s %8s  %-27s %-5s %s\n", "position", "partition", "attempts", "parked at",
+               "retry", "error");
+    c->header = true;
+}
+
+static int print_parked(const es_sub_parked *p, void *payload)
+{
+    parked_ctx *pc = payload;
+    esrc_ctx *cx = pc->cx;
+    char when[64];
+    parked_header(pc);
+    format_when(when, sizeof when, p->parked_at_us, "-");
+    if (cx->json) {
+        print_json(json_pack("{s:I,s:i,s:i,s:s,s:I,s:b,s:s}", "position", (json_int_t)p->position,
+                             "partition", (int)p->partition, "attempts", (int)p->attempts,
+                             "parked_at", when, "parked_at_us", (json_int_t)p->parked_at_us,
+                             "retry", p->retry, "error", p->error));
+        return 0;
+    }
+    /* the error is the handler's text: printed as a JSON string, so that no
+     * byte of it can drive the terminal */
+    json_t *e = json_string(p->error);
+    char *es = e ? json_dumps(e, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
+    json_decref(e);
+    printf("%10" PRIu64 " %9u %8u  %-27s %-5s %s\n", p->position, p->partition, p->attempts, when,
+           p->retry ? "yes" : "no", es ? es : "\"?\"");
+    free(es);
+    return 0;
+}
+
+static int sub_parked(esrc_ctx *cx, int argc, char **argv)
+{
+    static const struct option longs[] = {COMMON_OPTS, {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: esrc sub parked NAME [list | retry POSITION|all | drop POSITION|all]\n\n"
+        "Events a subscription parked after they failed its last attempt: list them\n"
+        "(position, partition, attempts, when, whether a retry is pending, the last\n"
+        "error), have one or all delivered once more to the consumer of their\n"
+        "partition (retry; a consumer that stopped on one gets it at its next run),\n"
+        "or forget them (drop; a subscription stopped on one goes on past it).\n";
+    const char *name, *verb = "list";
+    uint64_t position = 0;
+    es_store *st;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
+        HANDLE_COMMON(cx, c, help);
+        return ESRC_USAGE;
+    }
+    int left = argc - optind;
+    if (left < 1)
+        return usage_error("sub parked needs NAME");
+    name = argv[optind];
+    if (left >= 2)
+        verb = argv[optind + 1];
+    bool list = strcmp(verb, "list") == 0;
+    bool retry = strcmp(verb, "retry") == 0;
+    if (!list && !retry && strcmp(verb, "drop") != 0)
+        return usage_error("sub parked: unknown action '%s' (list, retry or drop)", verb);
+    if (list && left > 2)
+        return usage_error("sub parked %s list: unexpected argument '%s'", name, argv[optind + 2]);
+    if (!list) {
+        if (left != 3)
+            return usage_error("sub parked %s %s needs one POSITION or all", name, verb);
+        const char *a = argv[optind + 2];
+        if (strcmp(a, "all") != 0 &&
+            ((rc = parse_u64(&position, a, "POSITION")) ||
+             (position == 0 && (rc = usage_error("POSITION must be 1 or more")))))
+            return rc;
+    }
+    if ((rc = open_store(&st, cx, false, list)))
+        return rc;
+    if (list) {
+        parked_ctx pc = {cx, false};
+        if ((rc = es_sub_parked_list(st, name, print_parked, &pc)) == 0)
+            parked_header(&pc); /* none parked: still the header */
+    } else {
+        rc = retry ? es_sub_parked_retry(st, name, position)
+                   : es_sub_parked_drop(st, name, position);
+        if (rc == 0) {
+            if (cx->json)
+                print_json(
+                    json_pack("{s:s,s:s,s:o}", "name", name, "action", verb, "position",
+                              position ? json_integer((json_int_t)position) : json_string("all")));
+            else if (position)
+                printf("%s parked event %" PRIu64 " of %s\n", retry ? "retrying" : "dropped",
+                       position, name);
+            else
+                printf("%s every parked event of %s\n", retry ? "retrying" : "dropped", name);
+        }
+    }
+    rc = rc < 0 ? sub_error("parked", rc) : ESRC_OK;
+    es_store_close(st);
+    return rc;
+}
+
 /* ---- run ---- */
 
 static volatile sig_atomic_t stop_run;
@@ -430,6 +617,8 @@ static void on_stop_signal(int sig)
 
 /* Returned by a delivery step when the run is to end cleanly (exit 0). */
 #define RUN_STOP 100
+/* Returned by an --exec delivery whose command failed (r->fail says how). */
+#define RUN_FAILED 101
 
 typedef struct run_ctx {
     es_sub *sub;
@@ -442,6 +631,7 @@ typedef struct run_ctx {
     size_t buf_len;
     bool too_long; /* the line being read is over ACK_LINE_MAX: dropped */
     unsigned long line_no;
+    char fail[ES_MAX_SUB_ERROR + 1]; /* why the last --exec command failed */
 } run_ctx;
 
 /* Renew the lease (es_sub_commit persists the checkpoint and the lease)
@@ -453,6 +643,17 @@ static int renew_lease(run_ctx *r)
     if (mono_ms() - r->renewed_ms < RUN_LEASE_MS / 2)
         return 0;
     if ((rc = es_sub_commit(r->sub)) < 0)
+        return sub_error("run", rc);
+    r->renewed_ms = mono_ms();
+    return 0;
+}
+
+/* The event at `position` failed: the subscription retries it after a
+ * backoff, or parks it.  A subscription that stops on poison ends the run. */
+static int nack(run_ctx *r, uint64_t position, const char *why)
+{
+    int rc = es_sub_nack(r->sub, position, why);
+    if (rc < 0)
         return sub_error("run", rc);
     r->renewed_ms = mono_ms();
     return 0;
@@ -563,13 +764,32 @@ static int deliver_stdin(run_ctx *r, const es_event *const *evs, size_t n)
         if (rc != 1)
             return rc;
         uint64_t pos;
-        int got = esrc_parse_ack_line(&pos, line);
+        const char *why;
+        int got = esrc_parse_ack_line(&pos, &why, line);
         if (got == 0)
             continue;
         if (got < 0) {
-            fprintf(stderr, "esrc: sub run: acknowledgement line %lu: '%s' is not a position\n",
+            fprintf(stderr,
+                    "esrc: sub run: acknowledgement line %lu: '%s' is not a position (or "
+                    "'fail POSITION [MESSAGE]')\n",
                     r->line_no, line);
             return ESRC_USAGE;
+        }
+        if (got == 2) { /* the reader could not handle it: it comes again, or is parked */
+            bool in_batch = false;
+            for (size_t i = 0; i < n; i++)
+                in_batch |= evs[i]->position == pos;
+            if (!in_batch || pos <= r->acked) {
+                fprintf(stderr,
+                        "esrc: sub run: acknowledgement line %lu: position %" PRIu64
+                        " is not an unacknowledged event of this batch\n",
+                        r->line_no, pos);
+                return ESRC_USAGE;
+            }
+            if ((rc = nack(r, pos, *why ? why : "failed (a 'fail' line)")))
+                return rc;
+            r->acked = pos - 1;
+            return 0;
         }
         if (pos > last) {
             fprintf(stderr,
@@ -689,16 +909,32 @@ static int deliver_exec(run_ctx *r, const es_event *const *evs, size_t n)
     if (stop_run) /* interrupted with its command: the batch comes again next time */
         return RUN_STOP;
     if (WIFEXITED(status))
-        fprintf(stderr,
-                "esrc: sub run: the --exec command exited with status %d; positions %" PRIu64
-                "..%" PRIu64 " were not acknowledged\n",
-                WEXITSTATUS(status), evs[0]->position, evs[n - 1]->position);
+        snprintf(r->fail, sizeof r->fail, "the --exec command exited with status %d",
+                 WEXITSTATUS(status));
     else
-        fprintf(stderr,
-                "esrc: sub run: the --exec command was killed by signal %d; positions %" PRIu64
-                "..%" PRIu64 " were not acknowledged\n",
-                WTERMSIG(status), evs[0]->position, evs[n - 1]->position);
-    return ESRC_FAIL;
+        snprintf(r->fail, sizeof r->fail, "the --exec command was killed by signal %d",
+                 WTERMSIG(status));
+    return RUN_FAILED;
+}
+
+/* A batch for --exec: when the command fails it, the events go one at a
+ * time to find the one that fails (those before it are acknowledged), and
+ * that one is handed back to the subscription's retry and parking. */
+static int deliver_exec_batch(run_ctx *r, const es_event *const *evs, size_t n)
+{
+    int rc = deliver_exec(r, evs, n);
+    size_t bad = 0;
+    if (rc == RUN_FAILED && n > 1)
+        for (bad = 0; bad < n; bad++)
+            if ((rc = deliver_exec(r, evs + bad, 1)) != 0)
+                break;
+    if (rc != RUN_FAILED)
+        return rc;
+    fprintf(stderr,
+            "esrc: sub run: %s at position %" PRIu64 "; it comes again after a backoff and is "
+            "parked after the subscription's last attempt\n",
+            r->fail, evs[bad]->position);
+    return nack(r, evs[bad]->position, r->fail);
 }
 
 static int sub_run(esrc_ctx *cx, int argc, char **argv)
@@ -708,30 +944,41 @@ static int sub_run(esrc_ctx *cx, int argc, char **argv)
                                           {"exec", required_argument, NULL, 'x'},
                                           {"limit", required_argument, NULL, 'l'},
                                           {"timeout-ms", required_argument, NULL, 'T'},
+                                          {"group", required_argument, NULL, 'g'},
+                                          {"member", required_argument, NULL, 'm'},
                                           {NULL, 0, NULL, 0}};
     static const char help[] =
-        "usage: esrc sub run NAME [--auto-ack | --exec CMD] [--limit N] [--timeout-ms N]\n\n"
+        "usage: esrc sub run NAME [--auto-ack | --exec CMD] [--limit N] [--timeout-ms N]\n"
+        "                    [--group G [--member LABEL]]\n\n"
         "Consume a subscription: deliver its events after the checkpoint in batches,\n"
         "catching up and then live, and move the checkpoint as they are acknowledged:\n"
         "  (default)    print each batch as JSON Lines (the shape of `esrc log --json`)\n"
         "               and read acknowledgements on standard input, one position a\n"
         "               line, each acknowledging every event up to it; the next batch\n"
-        "               comes when the last event of this one is acknowledged\n"
+        "               comes when the last event of this one is acknowledged;\n"
+        "               `fail POSITION [MESSAGE]` says that event failed (those before\n"
+        "               it are acknowledged): it comes again, or is parked\n"
         "  --auto-ack   print each batch and acknowledge it at once\n"
         "  --exec CMD   run `sh -c CMD` for each batch with the batch on its standard\n"
-        "               input; exit status 0 acknowledges it, any other stops the run\n"
-        "               (exit 1) with the batch not acknowledged\n"
+        "               input; exit status 0 acknowledges it; when it fails, the events\n"
+        "               go one at a time to find the one that fails, which is retried\n"
+        "               after a backoff and parked after the subscription's last\n"
+        "               attempt (see `sub create --help`)\n"
         "Delivery is at least once: events not acknowledged come again at the next\n"
         "run, so use the position as an idempotence key.  The run stops cleanly, with\n"
         "the checkpoint committed, on Ctrl-C or SIGTERM (after the batch in hand), at\n"
         "the end of standard input (default mode), after N events (--limit), or when\n"
         "nothing new arrives for N ms (--timeout-ms).  One consumer at a time: exit 3\n"
-        "while another holds the subscription.\n";
+        "while another holds the subscription.  With --group G it joins the\n"
+        "subscription's consumer group G instead: the members split its partitions\n"
+        "(`sub create --partitions`), each stream going to one member, and take over\n"
+        "the partitions of a member that stops or dies (after its 10 s lease).\n"
+        "--member labels this consumer in `sub info` (default HOST:PID).\n";
     run_ctx *r = NULL;
     uint64_t limit = 0, delivered = 0, v;
     int64_t timeout_ms = -1;
     bool auto_ack = false;
-    const char *exec = NULL, *name = NULL;
+    const char *exec = NULL, *name = NULL, *group = NULL, *member = NULL;
     es_store *st = NULL;
     es_sub *sub = NULL;
     int c, rc = 0;
@@ -752,6 +999,10 @@ static int sub_run(esrc_ctx *cx, int argc, char **argv)
             if ((rc = parse_u64(&v, optarg, "--timeout-ms")) == 0 && v > 86400000)
                 rc = usage_error("--timeout-ms must be 0..86400000, not %s", optarg);
             timeout_ms = (int64_t)v;
+        } else if (c == 'g') {
+            group = optarg;
+        } else if (c == 'm') {
+            member = optarg;
         } else {
             return ESRC_USAGE;
         }
@@ -762,10 +1013,14 @@ static int sub_run(esrc_ctx *cx, int argc, char **argv)
         return rc;
     if (auto_ack && exec)
         return usage_error("sub run: --auto-ack and --exec do not go together");
+    if (member && !group)
+        return usage_error("sub run: --member needs --group");
     if ((rc = open_store(&st, cx, false, false)))
         return rc;
     es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
     oo.lease_ms = RUN_LEASE_MS;
+    oo.group = group;
+    oo.member = member;
     if ((rc = es_sub_open(&sub, st, name, &oo)) < 0) {
         rc = sub_error("run", rc);
         goto done;
@@ -812,7 +1067,7 @@ static int sub_run(esrc_ctx *cx, int argc, char **argv)
         if (limit && n > limit - delivered)
             n = (size_t)(limit - delivered); /* the rest comes again next time */
         if (exec)
-            rc = deliver_exec(r, evs, n);
+            rc = deliver_exec_batch(r, evs, n);
         else if (auto_ack)
             rc = (rc = print_batch(evs, n)) ? rc : ack(r, evs[n - 1]->position);
         else
@@ -853,6 +1108,7 @@ static const subcommand subcommands[] = {
     {"reset", sub_reset, "move a subscription's checkpoint (a replay)"},
     {"delete", sub_delete, "delete a subscription"},
     {"run", sub_run, "consume a subscription: JSON Lines out, acknowledgements in"},
+    {"parked", sub_parked, "list, retry or drop the events a subscription parked"},
 };
 
 int esrc_sub(esrc_ctx *cx, int argc, char **argv)
@@ -868,7 +1124,7 @@ int esrc_sub(esrc_ctx *cx, int argc, char **argv)
         return ESRC_OK;
     }
     if (argc < 2)
-        return usage_error("sub needs a command: create, list, info, reset, delete or run");
+        return usage_error("sub needs a command: create, list, info, reset, delete, run or parked");
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++)
         if (strcmp(argv[1], subcommands[i].name) == 0)
             sc = &subcommands[i];

@@ -63,7 +63,7 @@ wait_for() {
 
 # ---- the command line, on any store ----
 check "no sub command" 2 "" \
-    "esrc: sub needs a command: create, list, info, reset, delete or run (see --help)" -- "$ESRC" sub
+    "esrc: sub needs a command: create, list, info, reset, delete, run or parked (see --help)" -- "$ESRC" sub
 check "unknown sub command" 2 "" "esrc: sub: unknown command 'frob' (see --help)" -- "$ESRC" sub frob
 check "unknown option of a sub command" 2 "" "esrc: sub run: unknown option '--frob' (see --help)" -- \
     "$ESRC" sub run x --frob
@@ -131,7 +131,7 @@ check "info: a bad name" 2 "" "esrc: sub info: subscription name: byte 1 is 0x20
 
 if [ "$KIND" = mem ]; then
     check "create on mem" 0 "created subscription x at checkpoint 0 (head 0)" "" -- "$ESRC" sub create x
-    check "list of none" 0 "name                     checkpoint       head     behind      lag state       last ack" "" -- \
+    check "list of none" 0 "name                     checkpoint       head     behind      lag state       members parked last ack" "" -- \
         "$ESRC" sub list
     check "--json list of none" 0 "" "" -- "$ESRC" --json sub list
     skipped=$((skipped + 1))
@@ -180,11 +180,11 @@ check "create of a name that exists" 3 "" "esrc: sub create: a subscription name
     "$ESRC" sub create all
 check "--json create" 0 '{"name":"j","checkpoint":P4,"head":P4}' "" -- "$ESRC" --json sub create j --from end
 # (blanks squeezed: the labels P1..P4 are narrower than positions)
-check "list" 0 "name checkpoint head behind lag state last ack
-all 0 P4 4 LAG idle never
-j P4 P4 0 - idle never
-late P4 P4 0 - idle never
-ord 0 P4 2 LAG idle never" "" -- \
+check "list" 0 "name checkpoint head behind lag state members parked last ack
+all 0 P4 4 LAG idle 0 0 never
+j P4 P4 0 - idle 0 0 never
+late P4 P4 0 - idle 0 0 never
+ord 0 P4 2 LAG idle 0 0 never" "" -- \
     sh -c "'$ESRC' sub list | grep -v '^t\|^tus\|^pos' | tr -s ' '"
 check "info" 0 "name         ord
 checkpoint   0
@@ -194,8 +194,9 @@ lag          LAG
 state        idle
 last ack     never
 lease until  -
-acked        0" "" -- "$ESRC" sub info ord
-check "--json info" 0 '{"name":"late","checkpoint":P4,"head":P4,"behind":0,"behind_capped":false,"lag_us":0,"state":"idle","last_ack_us":0,"last_ack":null,"lease_until_us":0,"acked":0}' "" -- \
+acked        0
+parked       0" "" -- "$ESRC" sub info ord
+check "--json info" 0 '{"name":"late","checkpoint":P4,"head":P4,"behind":0,"behind_capped":false,"lag_us":0,"state":"idle","last_ack_us":0,"last_ack":null,"lease_until_us":0,"acked":0,"partitions":1,"members":0,"group":null,"parked":0,"partition_list":[{"partition":0,"checkpoint":P4,"behind":0,"owner":null,"lease_until_us":0}]}' "" -- \
     "$ESRC" --json sub info late
 check "--json list: one line per subscription" 0 "7" "" -- sh -c "'$ESRC' --json sub list | wc -l"
 
@@ -227,7 +228,7 @@ $E4" "" "$T/acks" -- "$ESRC" sub run all
 check "acks on stdin: checkpoint P2" 0 "checkpoint   P2" "" -- sh -c "'$ESRC' sub info all | grep checkpoint"
 printf 'soon\n' >"$T/acks"
 check_in "acks on stdin: a line that is not a position" 2 "$E3
-$E4" "esrc: sub run: acknowledgement line 1: 'soon' is not a position" "$T/acks" -- "$ESRC" sub run all
+$E4" "esrc: sub run: acknowledgement line 1: 'soon' is not a position (or 'fail POSITION [MESSAGE]')" "$T/acks" -- "$ESRC" sub run all
 printf '%s\n' 99999999999999 >"$T/acks"
 check_in "acks on stdin: a position not delivered" 2 "$E3
 $E4" "esrc: sub run: acknowledgement line 1: position 99999999999999 was not delivered (the last delivered is P4)" \
@@ -244,12 +245,65 @@ check "exec: the batch on the command's stdin, acknowledged on exit 0" 0 "$E4" "
     "$ESRC" sub run all --exec "cat" --timeout-ms 200
 check "exec: checkpoint P4" 0 "checkpoint   P4" "" -- sh -c "'$ESRC' sub info all | grep checkpoint"
 check "reset to the beginning" 0 "reset all to checkpoint 0 (4 behind)" "" -- "$ESRC" sub reset all --to beginning
-check "exec: a command that fails stops the run" 1 "" \
-    "esrc: sub run: the --exec command exited with status 3; positions P1..P4 were not acknowledged" -- \
-    "$ESRC" sub run all --exec "cat >/dev/null; exit 3"
-check "exec: the failed batch is not acknowledged" 0 "checkpoint   0" "" -- sh -c "'$ESRC' sub info all | grep checkpoint"
+"$ESRC" sub create stops --prefix orders/ --prefix users/ --on-poison stop --max-attempts 2 --retry-ms 1 >/dev/null
+check "exec: a command that keeps failing stops a subscription that stops on poison" 1 "" \
+    "esrc: sub run: the --exec command exited with status 3 at position P1; it comes again after a backoff and is parked after the subscription's last attempt
+esrc: sub run: the --exec command exited with status 3 at position P1; it comes again after a backoff and is parked after the subscription's last attempt
+esrc: sub run: subscription 'stops' stopped at the event at position P1: it failed 2 times and is parked; drop it (or retry it) to go on" -- \
+    "$ESRC" sub run stops --exec "cat >/dev/null; exit 3"
+check "exec: the failed event is not acknowledged" 0 "checkpoint   0
+parked       1" "" -- sh -c "'$ESRC' sub info stops | grep 'checkpoint\|parked'"
+check "parked: the list" 0 "position partition attempts parked at retry error
+P1 0 2 TIME no \"the --exec command exited with status 3\"" "" -- \
+    sh -c "'$ESRC' sub parked stops | tr -s ' ' | sed 's/^ //'"
+check "parked: drop it, and the checkpoint moves past it" 0 "dropped parked event P1 of stops
+checkpoint   P1
+parked       0" "" -- sh -c "'$ESRC' sub parked stops drop $P1 && '$ESRC' sub info stops | grep 'checkpoint\|parked'"
+check "parked: drop what is not parked" 1 "" "esrc: sub parked: subscription 'stops' has no parked event at position P1" -- \
+    "$ESRC" sub parked stops drop "$P1"
+check "parked: a bad action" 2 "" "esrc: sub parked: unknown action 'undo' (list, retry or drop) (see --help)" -- \
+    "$ESRC" sub parked stops undo
+check "parked: retry needs a position" 2 "" "esrc: sub parked stops retry needs one POSITION or all (see --help)" -- \
+    "$ESRC" sub parked stops retry
+check "parked: of no subscription" 1 "" "esrc: sub parked: no subscription named 'nosuch'" -- \
+    "$ESRC" sub parked nosuch
+"$ESRC" sub create goes --prefix orders/ --prefix users/ --max-attempts 2 --retry-ms 1 >/dev/null
+check "exec: an event that keeps failing is parked, and the others go through" 0 "checkpoint   P4
+parked       1" "" -- sh -c "'$ESRC' sub run goes --exec '! grep -q orders/2' --timeout-ms 300 2>/dev/null &&
+        '$ESRC' sub info goes | grep 'checkpoint\|parked'"
+check "--json parked" 0 '{"position":P2,"partition":0,"attempts":2,"parked_at":"TIME","parked_at_us":N,"retry":false,"error":"the --exec command exited with status 1"}' "" -- \
+    sh -c "'$ESRC' --json sub parked goes | sed -E 's/\"parked_at_us\":[0-9]+/\"parked_at_us\":N/; s/\"parked_at\":\"[^\"]*\"/\"parked_at\":\"TIME\"/'"
+check "parked: retry, and a consumer that handles it" 0 "retrying every parked event of goes
+$E2" "" -- sh -c "'$ESRC' sub parked goes retry all && '$ESRC' sub run goes --auto-ack --timeout-ms 300"
+check "parked: none left" 0 "parked       0" "" -- sh -c "'$ESRC' sub info goes | grep parked"
+printf 'fail %s cannot parse it\n%s\n' "$P2" "$P4" >"$T/acks"
+check_in "acks on stdin: a fail line: the batch comes again from that event" 0 "$E2
+$E3
+$E4
+$E2
+$E3
+$E4" "" "$T/acks" -- "$ESRC" sub run stops --timeout-ms 300
 check "exec with --limit" 0 "2" "" -- "$ESRC" sub run all --exec "wc -l | tr -d ' '" --limit 2
 check "exec with --limit: checkpoint P2" 0 "checkpoint   P2" "" -- sh -c "'$ESRC' sub info all | grep checkpoint"
+
+# a consumer group
+"$ESRC" sub create grp --prefix orders/ --prefix users/ --partitions 4 >/dev/null
+check "group: a member alone takes every partition" 0 "$E1
+$E2
+$E3
+$E4" "" -- "$ESRC" sub run grp --group workers --member m1 --auto-ack --timeout-ms 300
+check "group: info with its partitions (owner none: the member left)" 0 "checkpoint P4
+parked 0
+group workers
+members 0
+partitions 4
+partition checkpoint behind owner lease until
+0 P4 0 - -
+1 P4 0 - -
+2 P4 0 - -
+3 P4 0 - -" "" -- sh -c "'$ESRC' sub info grp | sed -n '2p;10,\$p' | tr -s ' ' | sed 's/^ //'"
+check "group: a member label without a group" 2 "" "esrc: sub run: --member needs --group (see --help)" -- \
+    "$ESRC" sub run grp --member m1
 
 # reset
 check "reset to the end" 0 "reset all to checkpoint P4 (0 behind)" "" -- "$ESRC" sub reset all --to end
