@@ -51,7 +51,10 @@ uint64_t scaled(const bench *b, double full, uint64_t min);
 /* Events W3 writes on PostgreSQL systems (a fifth of the embedded run's). */
 uint64_t pg_w3_events(const bench *b);
 
-/* W1–W4 on pg-raw and message-db (bench_pg.c). */
+/* W8's batch size: 100 (the default) for "W8", 1000 for "W8k". */
+uint32_t w8_batch(const char *w);
+
+/* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
 
 #endif
