@@ -53,6 +53,8 @@ uint64_t pg_w3_events(const bench *b);
 
 /* W8's batch size: 100 (the default) for "W8", 1000 for "W8k". */
 uint32_t w8_batch(const char *w);
+/* W8's checkpoint interval: 0 (every ack, the default) but 1000 ms for "W8c". */
+uint32_t w8_checkpoint_ms(const char *w);
 
 /* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);

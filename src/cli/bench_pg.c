@@ -587,10 +587,10 @@ static uint64_t get_be64(const char *p)
  */
 static int mdb_w8(const bench *b, const char *w, result *r)
 {
-    uint32_t batch = w8_batch(w);
+    uint32_t batch = w8_batch(w), every_ms = w8_checkpoint_ms(w);
     uint64_t want = pg_w3_events(b) + ONE_STREAM_EVENTS, cnt = 0, sum = 0, pos = 1, k = 0;
     char category[48], pos_stream[96], pos_s[24], batch_s[24], data[64], id[37];
-    double *lat = NULL;
+    double *lat = NULL, written = 0;
     size_t nl = 0, cap = 0;
     PGconn *c = connect_to(b->mdb_uri, r);
     if (!c)
@@ -623,6 +623,7 @@ static int mdb_w8(const bench *b, const char *w, result *r)
             pos = strtoull(p + 11, NULL, 10) + 1;
     }
     PQclear(res);
+    written = now_s();
     for (;;) {
         double s0 = now_s();
         snprintf(pos_s, sizeof pos_s, "%" PRIu64, pos);
@@ -638,15 +639,23 @@ static int mdb_w8(const bench *b, const char *w, result *r)
             sum += (uint8_t)PQgetvalue(res, i, 5)[0];
         uint64_t last = rows ? get_be64(PQgetvalue(res, rows - 1, 4)) : 0;
         PQclear(res);
+        /* caught up: the last position is written (W8c's final one) */
+        if (rows == 0 && (!every_ms || cnt == 0))
+            break;
+        if (rows) {
+            cnt += (uint64_t)rows;
+            pos = last + 1;
+        }
+        if (!every_ms || rows == 0 || (now_s() - written) * 1000 >= every_ms) {
+            mdb_uuid(id, b->run_id, 800 + (unsigned)(w[2] ? w[2] : '0'), k++);
+            snprintf(data, sizeof data, "{\"position\":%" PRIu64 "}", pos - 1);
+            const char *rv[3] = {id, pos_stream, data};
+            if (exec_prepared(c, "mdb_rec", 3, rv, NULL, NULL, r))
+                goto out;
+            written = now_s();
+        }
         if (rows == 0)
             break;
-        cnt += (uint64_t)rows;
-        pos = last + 1;
-        mdb_uuid(id, b->run_id, batch == 100 ? 800 : 801, k++);
-        snprintf(data, sizeof data, "{\"position\":%" PRIu64 "}", last);
-        const char *rv[3] = {id, pos_stream, data};
-        if (exec_prepared(c, "mdb_rec", 3, rv, NULL, NULL, r))
-            goto out;
         if (nl == cap) {
             size_t nc = cap ? cap * 2 : 4096;
             double *p = realloc(lat, nc * sizeof *p);
@@ -665,9 +674,14 @@ static int mdb_w8(const bench *b, const char *w, result *r)
         goto out;
     }
     percentiles(lat, nl, r);
-    snprintf(r->note, sizeof r->note,
-             "%" PRIu64 " events; batch %u, a Recorded position message per batch%s", cnt, batch,
-             sum ? "" : " ");
+    if (every_ms)
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, a Recorded position message every %u ms%s", cnt,
+                 batch, every_ms, sum ? "" : " ");
+    else
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, a Recorded position message per batch%s", cnt,
+                 batch, sum ? "" : " ");
 out:
     PQfinish(c);
     free(lat);
