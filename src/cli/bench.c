@@ -1058,6 +1058,109 @@ out:
     return r->ok ? 0 : -1;
 }
 
+/*
+ * W8: one subscription catching up over W3's log (what W5 scans), from the
+ * beginning: es_sub_next (timeout 0) and es_sub_ack of each batch's last
+ * position, with the default checkpoint policy (persist every ack), until
+ * the log's last position has been delivered.  p50/p99: one batch (next +
+ * ack).  W8 uses the default batch of 100, W8k batch_size 1000; W8c is W8
+ * with a checkpoint once a second (checkpoint_ms 1000) and a final commit,
+ * which shows what the machinery costs without a durable write per batch.
+ */
+uint32_t w8_batch(const char *w)
+{
+    return strcmp(w, "W8k") == 0 ? 1000 : 100;
+}
+
+uint32_t w8_checkpoint_ms(const char *w)
+{
+    return strcmp(w, "W8c") == 0 ? 1000 : 0;
+}
+
+static int run_w8(const bench *b, const char *w, const char *sys, result *r)
+{
+    uint32_t batch = w8_batch(w), every_ms = w8_checkpoint_ms(w);
+    es_store *st = NULL;
+    es_sub *sub = NULL;
+    double *lat = NULL;
+    size_t nl = 0, cap = 0;
+    uint64_t last = 0, cnt = 0, sum = 0, got_to = 0, batches = 0;
+    char name[48];
+    bool created = false;
+    if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
+                                         : es_open_bench(&st, b, sys, "data-es", r))
+        goto out;
+    snprintf(name, sizeof name, "bench-%s-%u-%d", w, b->run_id, (int)getpid());
+    es_sub_options so = ES_SUB_OPTIONS_INIT;
+    so.batch_size = batch;
+    if (es_store_last_position(&last, st) || es_sub_create(st, name, &so)) {
+        fail(r, "create: %s", es_error_last());
+        goto out;
+    }
+    created = true;
+    double t0 = now_s();
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    if (every_ms) {
+        oo.checkpoint_every = UINT32_MAX;
+        oo.checkpoint_ms = every_ms;
+    }
+    if (es_sub_open(&sub, st, name, &oo)) {
+        fail(r, "open: %s", es_error_last());
+        goto out;
+    }
+    while (got_to < last) {
+        const es_event *const *evs;
+        size_t n;
+        double s0 = now_s();
+        int rc = es_sub_next(&evs, &n, sub, 0);
+        if (rc == 0)
+            rc = es_sub_ack(sub, evs[n - 1]->position);
+        if (rc) {
+            fail(r, "after %" PRIu64 " events: %s", cnt, es_error_last());
+            goto out;
+        }
+        double dt = now_s() - s0;
+        for (size_t i = 0; i < n; i++)
+            sum += evs[i]->data_len + evs[i]->seq;
+        cnt += n;
+        got_to = evs[n - 1]->position;
+        batches++;
+        if (nl == cap) {
+            size_t c = cap ? cap * 2 : 4096;
+            double *p = realloc(lat, c * sizeof *p);
+            if (!p) {
+                fail(r, "out of memory");
+                goto out;
+            }
+            lat = p;
+            cap = c;
+        }
+        lat[nl++] = dt;
+    }
+    if (es_sub_commit(sub)) {
+        fail(r, "commit: %s", es_error_last());
+        goto out;
+    }
+    double t = now_s() - t0;
+    r->events_per_s = (double)cnt / t;
+    percentiles(lat, nl, r);
+    if (every_ms)
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, checkpoint every %u ms; latency per batch%s", cnt,
+                 batch, every_ms, sum ? "" : " ");
+    else
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, checkpoint every ack; latency per batch%s", cnt,
+                 batch, sum ? "" : " ");
+out:
+    es_sub_close(sub);
+    if (created)
+        (void)es_sub_delete(st, name);
+    es_store_close(st);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
 /* ---- driver ---- */
 
 static const char *const SYSTEMS[] = {"eventsrc-lmdb", "eventsrc-mem", "lmdb-raw",  "sqlite",
@@ -1090,7 +1193,8 @@ static bool wanted(const bench *b, const char *sys)
         return b->pg_uri != NULL;
     return true;
 }
-static const char *const WORKLOADS[] = {"W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9"};
+static const char *const WORKLOADS[] = {"W1", "W2", "W3",  "W4",  "W5", "W6",
+                                        "W7", "W8", "W8k", "W8c", "W9"};
 
 /* Run one (workload, system) in a child; record and print it unless `quiet`. */
 static void run_one(bench *b, const char *w, const char *sys, bool quiet)
@@ -1101,10 +1205,12 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
     snprintf(r.workload, sizeof r.workload, "%s", w);
     snprintf(r.system, sizeof r.system, "%s", sys);
     if ((strcmp(w, "W6") == 0 || strcmp(w, "W9") == 0) && strncmp(sys, "eventsrc", 8) != 0)
-        return; /* views and subscriptions are eventsrc's: no baseline row */
+        return; /* views and live subscriptions are eventsrc's: no baseline row */
+    if (strncmp(w, "W8", 2) == 0 && strncmp(sys, "eventsrc", 8) && strcmp(sys, "message-db"))
+        return; /* subscriptions: eventsrc against Message DB's consumer */
     if (is_pg_baseline(sys) && strcmp(w, "W1") && strcmp(w, "W2") && strcmp(w, "W3") &&
-        strcmp(w, "W4"))
-        return; /* the PostgreSQL baselines run W1–W4 */
+        strcmp(w, "W4") && strncmp(w, "W8", 2))
+        return; /* the PostgreSQL baselines run W1–W4 (and Message DB W8) */
     fflush(stdout);
     if (pipe(fds) != 0)
         return;
@@ -1131,6 +1237,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
             rc = run_w5(b, sys, &r);
         else if (strcmp(w, "W6") == 0)
             rc = run_w6(b, sys, &r);
+        else if (strncmp(w, "W8", 2) == 0)
+            rc = run_w8(b, w, sys, &r);
         else if (strcmp(w, "W9") == 0)
             rc = run_w9(b, sys, &r);
         else
@@ -1205,6 +1313,28 @@ static void ratio(const bench *b, const char *what, const char *w1, const char *
                higher_is_better ? ">=" : "<=", target, met ? "met" : "MISSED");
 }
 
+static void w8_ratios(const bench *b)
+{
+    ratio(b, "W8 eventsrc-lmdb / its own W5", "W8", "eventsrc-lmdb", "W5", "eventsrc-lmdb", 0.8,
+          true, false);
+    ratio(b, "W8k eventsrc-lmdb / its own W5", "W8k", "eventsrc-lmdb", "W5", "eventsrc-lmdb", 0.8,
+          true, false);
+    ratio(b, "W8 eventsrc-pg / message-db", "W8", "eventsrc-pg", "W8", "message-db", 2.0, true,
+          false);
+    ratio(b, "W8k eventsrc-pg / message-db", "W8k", "eventsrc-pg", "W8k", "message-db", 2.0, true,
+          false);
+    ratio(b, "W8c eventsrc-lmdb / its own W5", "W8c", "eventsrc-lmdb", "W5", "eventsrc-lmdb", 0,
+          true, false);
+    ratio(b, "W8c eventsrc-pg / message-db", "W8c", "eventsrc-pg", "W8c", "message-db", 0, true,
+          false);
+    ratio(b, "W8 eventsrc-mem / its own W5", "W8", "eventsrc-mem", "W5", "eventsrc-mem", 0, true,
+          false);
+    ratio(b, "W8 eventsrc-pg / its own W5", "W8", "eventsrc-pg", "W5", "eventsrc-pg", 0, true,
+          false);
+    ratio(b, "W8k eventsrc-pg / its own W5", "W8k", "eventsrc-pg", "W5", "eventsrc-pg", 0, true,
+          false);
+}
+
 int esrc_bench(int json, int argc, char **argv)
 {
     static const struct option longs[] = {{"help", no_argument, NULL, 'h'},
@@ -1226,6 +1356,8 @@ int esrc_bench(int json, int argc, char **argv)
         "  W3 1000-event commits over 1000 streams (1M)  W4 read one stream of 10,000\n"
         "  W5 scan the global log                        W6 view get, cold and warm\n"
         "  W7 saves with the unique-username rule, 4 threads on one company\n"
+        "  W8 a subscription catching up over W3's log (batch 100; W8k: batch 1000;\n"
+        "     W8c: batch 100, a checkpoint a second)\n"
         "  W9 live latency, append -> subscriber (another process), under W2's writers\n"
         "--scale sizes the work (1 = the full run, minutes; 0.02 = seconds).\n"
         "Data goes to --dir (default: a new temp dir), removed unless --keep.\n"
@@ -1233,7 +1365,7 @@ int esrc_bench(int json, int argc, char **argv)
         "PostgreSQL server) also eventsrc-pg and pg-raw, and with --message-db URI (the\n"
         "database Message DB is installed in, on the same server) message-db.\n"
         "PostgreSQL systems run W3 on a fifth of the events; pg-raw and message-db\n"
-        "run W1-W4.  scripts/bench.sh sets all of this up.\n";
+        "run W1-W4, message-db also the W8s.  scripts/bench.sh sets all of this up.\n";
     bench *b = calloc(1, sizeof *b);
     bool keep = false, made_dir = false;
     int c;
@@ -1317,7 +1449,8 @@ int esrc_bench(int json, int argc, char **argv)
         if (!listed(b->only, WORKLOADS[w]))
             continue;
         /* W4 and W5 read W3's data: make it when W3 is not part of this run */
-        if ((strcmp(WORKLOADS[w], "W4") == 0 || strcmp(WORKLOADS[w], "W5") == 0) &&
+        if ((strcmp(WORKLOADS[w], "W4") == 0 || strcmp(WORKLOADS[w], "W5") == 0 ||
+             strncmp(WORKLOADS[w], "W8", 2) == 0) &&
             !listed(b->only, "W3")) {
             char probe[600];
             path_of(probe, sizeof probe, b, "data-es");
@@ -1358,6 +1491,7 @@ int esrc_bench(int json, int argc, char **argv)
     ratio(b, "W3 eventsrc-pg / pg-raw", "W3", "eventsrc-pg", "W3", "pg-raw", 0, true, false);
     ratio(b, "W4 eventsrc-pg time / pg-raw time", "W4", "eventsrc-pg", "W4", "pg-raw", 0, false,
           true);
+    w8_ratios(b);
     const result *w6 = find(b, "W6", "eventsrc-lmdb"), *w5 = find(b, "W5", "eventsrc-lmdb");
     if (w6 && !b->json) {
         printf("| %-44s | %7.1f | <= 10 µs | %s |\n", "W6 warm get median (µs)", w6->p50_us,

@@ -57,7 +57,12 @@ int run_w9(const bench *b, const char *sys, result *r);
 /* W9's goals, as rows of the targets table. */
 void w9_targets(const bench *b);
 
-/* W1–W4 on pg-raw and message-db (bench_pg.c). */
+/* W8's batch size: 100 (the default) for "W8", 1000 for "W8k". */
+uint32_t w8_batch(const char *w);
+/* W8's checkpoint interval: 0 (every ack, the default) but 1000 ms for "W8c". */
+uint32_t w8_checkpoint_ms(const char *w);
+
+/* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
 
 #endif

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PIPE_CHUNK 250
 
@@ -565,6 +566,128 @@ out:
     return r->ok ? 0 : -1;
 }
 
+/* ---- W8: Message DB's consumer catching up over W3's category ---- */
+
+static uint64_t get_be64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | (uint8_t)p[i];
+    return v;
+}
+
+/*
+ * What a Message DB consumer (Eventide's) does: start after the position in
+ * the last 'Recorded' message of its position stream (category:position-ID,
+ * which is not in the category), read the category in global-position order
+ * with get_category_messages(category, position, batch_size), and after
+ * each batch write a 'Recorded' message with the batch's last global
+ * position — eventsrc's cadence of one checkpoint per batch.  Caught up
+ * when a read answers nothing.  p50/p99: one batch (read + checkpoint).
+ */
+static int mdb_w8(const bench *b, const char *w, result *r)
+{
+    uint32_t batch = w8_batch(w), every_ms = w8_checkpoint_ms(w);
+    uint64_t want = pg_w3_events(b) + ONE_STREAM_EVENTS, cnt = 0, sum = 0, pos = 1, k = 0;
+    char category[48], pos_stream[96], pos_s[24], batch_s[24], data[64], id[37];
+    double *lat = NULL, written = 0;
+    size_t nl = 0, cap = 0;
+    PGconn *c = connect_to(b->mdb_uri, r);
+    if (!c)
+        return -1;
+    snprintf(category, sizeof category, "bench%uw3", b->run_id);
+    snprintf(pos_stream, sizeof pos_stream, "%s:position-%sx%d", category, w, (int)getpid());
+    snprintf(batch_s, sizeof batch_s, "%" PRIu32, batch);
+    if (prepare(c, "mdb_cat",
+                "SELECT id, stream_name, type, position, global_position, data, metadata, time"
+                " FROM message_store.get_category_messages($1, $2::bigint, $3::bigint)",
+                0, NULL, r) ||
+        prepare(c, "mdb_last",
+                "SELECT data FROM message_store.get_last_stream_message($1, 'Recorded')", 0, NULL,
+                r) ||
+        prepare(c, "mdb_rec",
+                "SELECT message_store.write_message($1, $2, 'Recorded', $3::jsonb, NULL, NULL)", 0,
+                NULL, r))
+        goto out;
+    double t0 = now_s();
+    const char *lv[1] = {pos_stream};
+    PGresult *res = PQexecPrepared(c, "mdb_last", 1, lv, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pq_fail(r, "get_last_stream_message", PQresultErrorMessage(res));
+        PQclear(res);
+        goto out;
+    }
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+        const char *p = strstr(PQgetvalue(res, 0, 0), "\"position\":");
+        if (p)
+            pos = strtoull(p + 11, NULL, 10) + 1;
+    }
+    PQclear(res);
+    written = now_s();
+    for (;;) {
+        double s0 = now_s();
+        snprintf(pos_s, sizeof pos_s, "%" PRIu64, pos);
+        const char *v[3] = {category, pos_s, batch_s};
+        res = PQexecPrepared(c, "mdb_cat", 3, v, NULL, NULL, 1);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            pq_fail(r, "get_category_messages", PQresultErrorMessage(res));
+            PQclear(res);
+            goto out;
+        }
+        int rows = PQntuples(res);
+        for (int i = 0; i < rows; i++)
+            sum += (uint8_t)PQgetvalue(res, i, 5)[0];
+        uint64_t last = rows ? get_be64(PQgetvalue(res, rows - 1, 4)) : 0;
+        PQclear(res);
+        /* caught up: the last position is written (W8c's final one) */
+        if (rows == 0 && (!every_ms || cnt == 0))
+            break;
+        if (rows) {
+            cnt += (uint64_t)rows;
+            pos = last + 1;
+        }
+        if (!every_ms || rows == 0 || (now_s() - written) * 1000 >= every_ms) {
+            mdb_uuid(id, b->run_id, 800 + (unsigned)(w[2] ? w[2] : '0'), k++);
+            snprintf(data, sizeof data, "{\"position\":%" PRIu64 "}", pos - 1);
+            const char *rv[3] = {id, pos_stream, data};
+            if (exec_prepared(c, "mdb_rec", 3, rv, NULL, NULL, r))
+                goto out;
+            written = now_s();
+        }
+        if (rows == 0)
+            break;
+        if (nl == cap) {
+            size_t nc = cap ? cap * 2 : 4096;
+            double *p = realloc(lat, nc * sizeof *p);
+            if (!p) {
+                fail(r, "out of memory");
+                goto out;
+            }
+            lat = p;
+            cap = nc;
+        }
+        lat[nl++] = now_s() - s0;
+    }
+    r->events_per_s = (double)cnt / (now_s() - t0);
+    if (cnt != want) {
+        fail(r, "read %" PRIu64 " messages of category %s, not %" PRIu64, cnt, category, want);
+        goto out;
+    }
+    percentiles(lat, nl, r);
+    if (every_ms)
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, a Recorded position message every %u ms%s", cnt,
+                 batch, every_ms, sum ? "" : " ");
+    else
+        snprintf(r->note, sizeof r->note,
+                 "%" PRIu64 " events; batch %u, a Recorded position message per batch%s", cnt,
+                 batch, sum ? "" : " ");
+out:
+    PQfinish(c);
+    free(lat);
+    return r->ok ? 0 : -1;
+}
+
 int pgb_run(const bench *b, const char *w, const char *sys, result *r)
 {
     if (!b->pg_uri || (strcmp(sys, "message-db") == 0 && !b->mdb_uri))
@@ -577,5 +700,7 @@ int pgb_run(const bench *b, const char *w, const char *sys, result *r)
         return run_w3(b, sys, r);
     if (strcmp(w, "W4") == 0)
         return run_w4(b, sys, r);
+    if (strncmp(w, "W8", 2) == 0 && strcmp(sys, "message-db") == 0)
+        return mdb_w8(b, w, r);
     return fail(r, "no %s on %s", w, sys);
 }
