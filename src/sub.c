@@ -792,11 +792,13 @@ static bool def_match(const sub_def *d, const es_event *ev)
 }
 
 /* A log cursor from `from` with the definition's filters (a single prefix
- * or type is handed to the store so that it can skip work). */
-static int open_log(es_cursor **c, es_store *st, const sub_def *d, uint64_t from)
+ * or type is handed to the store so that it can skip work); `want` > 0 is
+ * how many events the reader takes, a hint for the store's first read. */
+static int open_log(es_cursor **c, es_store *st, const sub_def *d, uint64_t from, uint32_t want)
 {
     es_log_options o = ES_LOG_OPTIONS_INIT;
     o.from_position = from;
+    o.limit = want;
     if (d->n_prefixes == 1) {
         o.prefix = d->prefix[0];
         o.prefix_len = d->prefix_len[0];
@@ -826,7 +828,7 @@ static int count_lag(lag *out, es_store *st, const sub_def *d, const sub_state *
     uint64_t from = min_checkpoint(s);
     if (from >= head)
         return 0;
-    if ((rc = open_log(&c, st, d, from + 1)) < 0)
+    if ((rc = open_log(&c, st, d, from + 1, 0)) < 0)
         return rc;
     while ((rc = es_cursor_next(&ev, c)) == 0) {
         if (!def_match(d, ev))
@@ -1086,7 +1088,7 @@ static int nothing_between(bool *clear, es_store *st, const sub_def *d, uint32_t
 {
     es_cursor *c = NULL;
     const es_event *ev;
-    int rc = open_log(&c, st, d, from + 1);
+    int rc = open_log(&c, st, d, from + 1, 0);
     *clear = true;
     while (rc >= 0 && (rc = es_cursor_next(&ev, c)) == 0 && ev->position < to)
         if (def_match(d, ev) && es_sub_partition_of(ev->stream, ev->stream_len, nparts) == part) {
@@ -1719,7 +1721,11 @@ static int scan(es_sub *s)
         return rc;
     if (last <= from)
         return 0;
-    if ((rc = open_log(&c, s->st, &s->def, from + 1)) < 0)
+    /* when the store filters exactly what we deliver, a batch is what the
+     * cursor returns: it reads no more than that (else the batch never
+     * asks for an event past the limit, so no end is mistaken for it) */
+    bool exact = s->def.n_prefixes <= 1 && s->def.n_types <= 1 && np == 1;
+    if ((rc = open_log(&c, s->st, &s->def, from + 1, exact ? s->def.batch_size : 0)) < 0)
         return rc;
     while (s->n < s->def.batch_size && (rc = es_cursor_next(&ev, c)) == 0) {
         if (!def_match(&s->def, ev))

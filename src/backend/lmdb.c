@@ -1285,6 +1285,8 @@ typedef struct lm_cursor {
     size_t prefix_len;
     char type[ES_MAX_TYPE + 1];
     size_t type_len;
+    size_t fill; /* records to decode in the next fill: the caller's limit at
+                    first (a reader that wants 100 decodes 100), then a full page */
 } lm_cursor;
 
 static void cur_release(lm_cursor *c)
@@ -1410,7 +1412,7 @@ static int log_fill(lm_cursor *c, MDB_txn *txn)
             break;
         c->next = pos + 1;
         /* a filtered scan also stops now and then, to not pin a snapshot long */
-        if (c->n >= READ_BATCH_EVENTS || ++scanned >= 16 * READ_BATCH_EVENTS)
+        if (c->n >= c->fill || ++scanned >= 16 * READ_BATCH_EVENTS)
             break;
         rc = mdb_cursor_get(lc, &k, &v, MDB_NEXT);
     }
@@ -1419,6 +1421,7 @@ static int log_fill(lm_cursor *c, MDB_txn *txn)
     else if (!IS_ES(rc))
         rc = lm_err(rc, "reading the log");
     mdb_cursor_close(lc);
+    c->fill = READ_BATCH_EVENTS;
     return rc;
 }
 
@@ -1497,6 +1500,9 @@ static int lm_log_cursor(es_cursor **out, void *be, const es_log_options *o)
     c->base.ops = &log_ops;
     c->e = ((lm_store *)be)->e;
     c->next = o->from_position;
+    /* a limit is a hint for the first page only: the time range is applied
+     * above us, so more may be wanted after it */
+    c->fill = o->limit && o->limit < READ_BATCH_EVENTS ? (size_t)o->limit : READ_BATCH_EVENTS;
     if (o->prefix_len) {
         memcpy(c->prefix, o->prefix, o->prefix_len);
         c->prefix_len = o->prefix_len;

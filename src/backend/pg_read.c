@@ -241,6 +241,10 @@ int es__pg_log_cursor(es_cursor **out, void *be, const es_log_options *opts)
     c->s = be;
     c->log = true;
     c->next = (uint64_t)pg_clamp_i64(opts->from_position);
+    /* a limit sizes the first page (a reader that wants 100 fetches 100);
+     * pages grow from there, as the time range is applied above us */
+    if (opts->limit && opts->limit < PG_PAGE)
+        c->page_rows = (int)opts->limit;
     if (opts->prefix_len) {
         if (!(c->prefix = es__malloc(opts->prefix_len)))
             goto nomem;
