@@ -119,6 +119,12 @@ typedef struct es__backend {
     int (*kv_get)(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version);
     int (*kv_cas)(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
                   size_t vlen, uint64_t *version);
+    /* Optional: kv_cas of an update whose loss in a crash of the store's
+     * server is harmless (a subscription's checkpoint: the events after an
+     * older one are delivered again), so its commit need not wait for a
+     * flush.  NULL: kv_cas. */
+    int (*kv_cas_lazy)(void *be, const uint8_t *key, size_t klen, uint64_t expected,
+                       const uint8_t *val, size_t vlen, uint64_t *version);
     int (*kv_list)(void *be, const uint8_t *prefix, size_t plen,
                    int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
                              uint64_t version, void *payload),

@@ -420,16 +420,23 @@ static int load_sub(sub_state *s, uint64_t *ver, sub_def *d, es_buf *def_bytes, 
 
 /* Write a subscription's record (state, then the definition's bytes) if
  * its version is still `expected` (0: only if there is none). */
-static int store_sub(es_store *st, const sub_key *k, uint64_t expected, const sub_state *s,
-                     const es_buf *def_bytes, uint64_t *ver)
+static int store_sub_as(es_store *st, const sub_key *k, uint64_t expected, const sub_state *s,
+                        const es_buf *def_bytes, uint64_t *ver, bool lazy)
 {
     es_buf b = ES_BUF_INIT;
     int rc;
     if ((rc = state_encode(&b, s)) == 0 &&
         (rc = es_buf_put(&b, def_bytes->data, def_bytes->len)) == 0)
-        rc = st->ops->kv_cas(st->be, k->k, k->len, expected, b.data, b.len, ver);
+        rc = (lazy && expected && st->ops->kv_cas_lazy ? st->ops->kv_cas_lazy : st->ops->kv_cas)(
+            st->be, k->k, k->len, expected, b.data, b.len, ver);
     es_buf_free(&b);
     return rc;
+}
+
+static int store_sub(es_store *st, const sub_key *k, uint64_t expected, const sub_state *s,
+                     const es_buf *def_bytes, uint64_t *ver)
+{
+    return store_sub_as(st, k, expected, s, def_bytes, ver, false);
 }
 
 /* ---- where a start points ---- */
@@ -1376,8 +1383,11 @@ static int adopt(es_sub *s, const sub_state *cur, uint64_t ver)
 
 /* Write our state: lease renewed (or given back, `release`), acknowledged
  * checkpoints, group rebalancing; conditional on the version we read, and
- * composed again from the current record when it changed. */
-static int persist(es_sub *s, bool release)
+ * composed again from the current record when it changed.  `lazy`: the
+ * store may commit it without a flush (a checkpoint lost in a crash of the
+ * store's server only means events delivered again), for the writes the
+ * consumer makes as it goes; es_sub_commit and es_sub_close are durable. */
+static int persist_as(es_sub *s, bool release, bool lazy)
 {
     bool own[ES_MAX_SUB_PARTITIONS];
     for (;;) {
@@ -1386,7 +1396,7 @@ static int persist(es_sub *s, bool release)
         if (rc < 0)
             return rc;
         uint64_t ver;
-        rc = store_sub(s->st, &s->k, s->version, s->next, &s->def_bytes, &ver);
+        rc = store_sub_as(s->st, &s->k, s->version, s->next, &s->def_bytes, &ver, lazy);
         if (rc == 0) {
             apply_ownership(s, s->next, own);
             *s->state = *s->next;
@@ -1401,6 +1411,11 @@ static int persist(es_sub *s, bool release)
             (rc = adopt(s, s->next, ver)) < 0)
             return rc;
     }
+}
+
+static int persist(es_sub *s, bool release)
+{
+    return persist_as(s, release, true);
 }
 
 /* Would a write now change membership or ownership (a member died, one
@@ -2050,7 +2065,7 @@ int es_sub_commit(es_sub *s)
 {
     if (!s)
         return es__err(ES_EINVAL, "es_sub_commit: sub is NULL");
-    return persist(s, false);
+    return persist_as(s, false, false);
 }
 
 int es_sub_run(es_sub *s, es_sub_handler handler, volatile int *stop, void *payload)
@@ -2100,6 +2115,6 @@ void es_sub_close(es_sub *s)
         return;
     /* a clean close: the final checkpoints and the membership given back,
      * in one write (none if the subscription was taken over or deleted) */
-    (void)persist(s, true);
+    (void)persist_as(s, true, false);
     free_sub(s);
 }

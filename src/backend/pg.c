@@ -50,10 +50,13 @@
  * connection of its own and polls the log's horizon, every 5 ms at first,
  * backing off to 100 ms; polling alone keeps it working behind a
  * transaction-pooling proxy.  Writers opened with `notify=1` NOTIFY that
- * channel, which wakes waiters at once; it is off by default because
- * PostgreSQL serialises the commits of notifying transactions (one global
- * lock through the WAL flush), which undoes group commit for concurrent
- * writers.
+ * channel after each append commits, in a statement of its own, which wakes
+ * waiters at once: a NOTIFY in the append's own transaction would serialise
+ * the commits (PostgreSQL holds its notification lock through the WAL
+ * flush), undoing group commit for concurrent writers; the NOTIFY's own
+ * transaction commits without waiting for a flush (synchronous_commit off:
+ * a notification lost in a crash only delays waiters to their next poll).
+ * It costs the writer one round trip, so it is off by default.
  *
  * Our connections run with enable_seqscan=off (and the SQL functions carry
  * it too): every statement is an index lookup or a range scan, and a plan
@@ -111,6 +114,9 @@ static int pg_open(void **out, const char *uri, const es_open_options *opts, es_
     s->commit_delay_ms = u.commit_delay_ms;
     s->notify = u.notify;
     snprintf(s->channel, sizeof s->channel, "es_%s", s->schema);
+    /* one implicit transaction: its commit need not wait for a WAL flush */
+    snprintf(s->notify_sql, sizeof s->notify_sql,
+             "SET LOCAL synchronous_commit TO off; NOTIFY \"%s\"", s->channel);
     rc = session_options(s, u.pq_options);
     es__pg_uri_free(&u);
     if (rc < 0)
@@ -249,6 +255,7 @@ const es__backend es__backend_pg = {
     .snap_del = es__pg_snap_del,
     .kv_get = es__pg_kv_get,
     .kv_cas = es__pg_kv_cas,
+    .kv_cas_lazy = es__pg_kv_cas_lazy,
     .kv_list = es__pg_kv_list,
     .wait = es__pg_wait,
     .position_ceiling = es__pg_position_ceiling,

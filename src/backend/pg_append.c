@@ -395,7 +395,7 @@ static int build_params(commit *c, pgp *p, int *stmt)
     for (int i = 0; i < EV_COLS; i++)
         p_bytes(p, c->ev[i].data, c->ev[i].len);
     p_i32(p, c->s->commit_delay_ms);
-    p_bool(p, c->s->notify);
+    p_bool(p, false); /* notified after the commit: see es__pg_append */
     return 0;
 }
 
@@ -598,6 +598,15 @@ int es__pg_append(void *be, const es__append_req *reqs, size_t n, es_append_resu
             if (rc < 0)
                 break;
         }
+    }
+    if (rc == 0 && s->notify) {
+        /* Wake the listeners after the commit, in a transaction of its own:
+         * a NOTIFY inside the append's transaction would hold PostgreSQL's
+         * notification lock through the commit's WAL flush, one notifying
+         * commit at a time, undoing group commit for concurrent writers.
+         * The append stands whatever happens to this (waiters also poll). */
+        PGresult *nr = PQexec(pc->c, s->notify_sql);
+        PQclear(nr);
     }
     es__pg_release(s, pc);
     free(skip);

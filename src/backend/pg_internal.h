@@ -73,6 +73,7 @@ enum {
     S_KV_GET,
     S_KV_INSERT,
     S_KV_UPDATE,
+    S_KV_UPDATE_LAZY,
     S_KV_DELETE,
     S_KV_LIST,
     S_COUNT
@@ -108,6 +109,7 @@ typedef struct pg_store {
     char *session;  /* the `options` our connections start with: the URI's, then ours */
     char schema[64];
     char channel[80];
+    char notify_sql[140]; /* NOTIFY "channel", committed without a flush */
     int timeout_ms;
     int pool_max;
     int commit_delay_ms; /* tests: a random sleep inside each append's transaction */
@@ -269,6 +271,8 @@ int es__pg_snap_del(void *be, const uint8_t *skey, size_t sklen, uint64_t seq);
 int es__pg_kv_get(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64_t *version);
 int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
                   size_t vlen, uint64_t *version);
+int es__pg_kv_cas_lazy(void *be, const uint8_t *key, size_t klen, uint64_t expected,
+                       const uint8_t *val, size_t vlen, uint64_t *version);
 int es__pg_kv_list(void *be, const uint8_t *prefix, size_t plen,
                    int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
                              uint64_t version, void *payload),

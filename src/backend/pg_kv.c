@@ -44,8 +44,8 @@ int es__pg_kv_get(void *be, const uint8_t *key, size_t klen, es_buf *val, uint64
     return rc;
 }
 
-int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
-                  size_t vlen, uint64_t *version)
+static int kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
+                  size_t vlen, uint64_t *version, bool lazy)
 {
     pgp p = {0};
     PGresult *r;
@@ -58,7 +58,7 @@ int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, 
         stmt = S_KV_INSERT;
         p_bytes(&p, val, vlen);
     } else {
-        stmt = S_KV_UPDATE;
+        stmt = lazy ? S_KV_UPDATE_LAZY : S_KV_UPDATE;
         p_bytes(&p, val, vlen);
         p_i64(&p, pg_clamp_i64(expected));
     }
@@ -80,6 +80,18 @@ int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, 
         *version = val ? (uint64_t)g_i64(r, 0, 0) : 0;
     PQclear(r);
     return rc;
+}
+
+int es__pg_kv_cas(void *be, const uint8_t *key, size_t klen, uint64_t expected, const uint8_t *val,
+                  size_t vlen, uint64_t *version)
+{
+    return kv_cas(be, key, klen, expected, val, vlen, version, false);
+}
+
+int es__pg_kv_cas_lazy(void *be, const uint8_t *key, size_t klen, uint64_t expected,
+                       const uint8_t *val, size_t vlen, uint64_t *version)
+{
+    return kv_cas(be, key, klen, expected, val, vlen, version, true);
 }
 
 int es__pg_kv_list(void *be, const uint8_t *prefix, size_t plen,

@@ -113,6 +113,14 @@ const pg_stmt es__pg_stmts[S_COUNT] = {
                      "$1 AND version = $3 RETURNING version",
                      3,
                      {OID_BYTEA, OID_BYTEA, OID_INT8}},
+    /* the same, committed without waiting for the WAL flush: set_config(...,
+     * true) lasts to the end of the statement's own transaction */
+    [S_KV_UPDATE_LAZY] = {"es_kv_update_lazy",
+                          "UPDATE @.kv SET value = $2, version = nextval('@.kv_version') FROM "
+                          "(SELECT set_config('synchronous_commit', 'off', true)) AS lazy WHERE "
+                          "key = $1 AND version = $3 RETURNING version",
+                          3,
+                          {OID_BYTEA, OID_BYTEA, OID_INT8}},
     [S_KV_DELETE] = {"es_kv_delete",
                      "DELETE FROM @.kv WHERE key = $1 AND version = $2 RETURNING version",
                      2,
