@@ -877,6 +877,8 @@ typedef enum es_sub_state {
     ES_SUB_IDLE = 0,        /* no consumer holds the lease */
     ES_SUB_CATCHING_UP = 1, /* a consumer holds it, and is behind the log */
     ES_SUB_LIVE = 2,        /* a consumer holds it, and is at the log's end */
+    ES_SUB_STOPPED = 3,     /* an ES_SUB_STOP subscription stopped before a
+                               parked event (drop or retry it to go on) */
 } es_sub_state;
 
 typedef struct es_sub_info {

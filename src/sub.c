@@ -856,13 +856,36 @@ static int count_lag(lag *out, es_store *st, const sub_def *d, const sub_state *
     return rc == ES_ITEROVER ? 0 : rc;
 }
 
-static int count_parked(uint64_t *out, es_store *st, const sub_key *k)
+/* How many events are parked, and is one of them ahead of its partition's
+ * checkpoint (where an ES_SUB_STOP subscription stopped)? */
+typedef struct park_count {
+    uint64_t n;
+    bool blocking;
+    const sub_state *s;
+    const char *name;
+} park_count;
+
+static int count_one_parked(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                            uint64_t version, void *payload)
 {
-    park_keys l;
-    int rc = list_park_keys(&l, st, k);
-    *out = l.n;
-    free_park_keys(&l);
-    return rc;
+    park_count *c = payload;
+    parked_rec r;
+    (void)key, (void)klen, (void)version;
+    c->n++;
+    if (park_decode(&r, val, vlen, c->name) == 0) {
+        if (r.partition < c->s->n_parts && r.position > c->s->part[r.partition].checkpoint)
+            c->blocking = true;
+    } else {
+        es_error_clear(); /* counted; es_sub_parked_list reports it */
+    }
+    return 0;
+}
+
+static int count_parked(park_count *c, es_store *st, const sub_key *k)
+{
+    park_key pre;
+    make_park_key(&pre, k, 0);
+    return st->ops->kv_list(st->be, pre.k, pre.len, count_one_parked, c);
 }
 
 typedef struct sub_view {
@@ -892,8 +915,10 @@ static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl
     memcpy(out->name, name, nl);
     if (!(v = es__malloc(sizeof *v)))
         return es__err(ES_ENOMEM, "out of memory reading a subscription");
-    if ((rc = view_sub(v, st, name, nl)) < 0 || (rc = count_parked(&out->parked, st, &v->k)) < 0)
+    park_count pc = {0, false, &v->s, name};
+    if ((rc = view_sub(v, st, name, nl)) < 0 || (rc = count_parked(&pc, st, &v->k)) < 0)
         goto done;
+    out->parked = pc.n;
     const sub_state *s = &v->s;
     out->head = v->head;
     out->checkpoint = min_checkpoint(s);
@@ -915,7 +940,10 @@ static int fill_info(es_sub_info *out, es_store *st, const char *name, size_t nl
         int64_t store_now = es__now(st); /* commit times come from the store's clock */
         out->behind_us = store_now > v->lag.oldest_us ? store_now - v->lag.oldest_us : 0;
     }
-    out->state = !out->members ? ES_SUB_IDLE : out->behind ? ES_SUB_CATCHING_UP : ES_SUB_LIVE;
+    out->state = v->d.on_poison == ES_SUB_STOP && pc.blocking ? ES_SUB_STOPPED
+                 : !out->members                              ? ES_SUB_IDLE
+                 : out->behind                                ? ES_SUB_CATCHING_UP
+                                                              : ES_SUB_LIVE;
 done:
     free(v);
     return rc;

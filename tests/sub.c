@@ -696,6 +696,7 @@ static void test_poison_event_stops(void **state)
     TU_EXPECT_OK(es_sub_info_get(&info, ts.st, "stop"));
     assert_int_equal(info.checkpoint, pos[1]);
     assert_int_equal(info.parked, 1);
+    assert_int_equal(info.state, ES_SUB_STOPPED);
     /* the next consumer gets it again */
     TU_EXPECT_OK(es_sub_open(&s, ts.st, "stop", NULL));
     TU_EXPECT_OK(es_sub_next(&evs, &n, s, 1000));

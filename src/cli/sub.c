@@ -85,6 +85,8 @@ static const char *state_name(es_sub_state s)
         return "catching-up";
     case ES_SUB_LIVE:
         return "live";
+    case ES_SUB_STOPPED:
+        return "stopped";
     }
     return "unknown";
 }

@@ -259,8 +259,9 @@ check "exec: a command that keeps failing stops a subscription that stops on poi
 esrc: sub run: the --exec command exited with status 3 at position P1; it comes again after a backoff and is parked after the subscription's last attempt
 esrc: sub run: subscription 'stops' stopped at the event at position P1: it failed 2 times and is parked; drop it (or retry it) to go on" -- \
     "$ESRC" sub run stops --exec "cat >/dev/null; exit 3"
-check "exec: the failed event is not acknowledged" 0 "checkpoint   0
-parked       1" "" -- sh -c "'$ESRC' sub info stops | grep 'checkpoint\|parked'"
+check "exec: the failed event is not acknowledged, and the subscription shows it stopped" 0 "checkpoint   0
+state        stopped
+parked       1" "" -- sh -c "'$ESRC' sub info stops | grep 'checkpoint\|parked\|state'"
 check "parked: the list" 0 "position partition attempts parked at retry error
 P1 0 2 TIME no \"the --exec command exited with status 3\"" "" -- \
     sh -c "'$ESRC' sub parked stops | tr -s ' ' | sed 's/^ //'"
