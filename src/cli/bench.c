@@ -120,8 +120,7 @@ int fail(result *r, const char *fmt, ...)
 
 /* ---- eventsrc ---- */
 
-static int es_open_bench(es_store **st, const bench *b, const char *system, const char *name,
-                         result *r)
+int es_open_bench(es_store **st, const bench *b, const char *system, const char *name, result *r)
 {
     char uri[700];
     if (strcmp(system, "eventsrc-mem") == 0) {
@@ -730,7 +729,7 @@ out:
 }
 
 /* eventsrc-mem keeps nothing between processes: build W3's data first. */
-static int mem_prepare(const bench *b, es_store **st, result *r)
+int mem_prepare(const bench *b, es_store **st, result *r)
 {
     uint64_t n = scaled(b, 1000000, 10000);
     n -= n % BATCH;
@@ -1193,8 +1192,8 @@ static bool wanted(const bench *b, const char *sys)
         return b->pg_uri != NULL;
     return true;
 }
-static const char *const WORKLOADS[] = {"W1", "W2", "W3",  "W4",  "W5", "W6",
-                                        "W7", "W8", "W8k", "W8c", "W9"};
+static const char *const WORKLOADS[] = {"W1", "W2", "W3",  "W4",  "W5",  "W6",
+                                        "W7", "W8", "W8k", "W8c", "W8g", "W9"};
 
 /* Run one (workload, system) in a child; record and print it unless `quiet`. */
 static void run_one(bench *b, const char *w, const char *sys, bool quiet)
@@ -1208,6 +1207,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
         return; /* views and live subscriptions are eventsrc's: no baseline row */
     if (strncmp(w, "W8", 2) == 0 && strncmp(sys, "eventsrc", 8) && strcmp(sys, "message-db"))
         return; /* subscriptions: eventsrc against Message DB's consumer */
+    if (strcmp(w, "W8g") == 0 && strncmp(sys, "eventsrc", 8) != 0)
+        return; /* Message DB's groups have fixed members and no failover: no row */
     if (is_pg_baseline(sys) && strcmp(w, "W1") && strcmp(w, "W2") && strcmp(w, "W3") &&
         strcmp(w, "W4") && strncmp(w, "W8", 2))
         return; /* the PostgreSQL baselines run W1–W4 (and Message DB W8) */
@@ -1237,6 +1238,8 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
             rc = run_w5(b, sys, &r);
         else if (strcmp(w, "W6") == 0)
             rc = run_w6(b, sys, &r);
+        else if (strcmp(w, "W8g") == 0)
+            rc = run_w8g(b, sys, &r);
         else if (strncmp(w, "W8", 2) == 0)
             rc = run_w8(b, w, sys, &r);
         else if (strcmp(w, "W9") == 0)
@@ -1273,6 +1276,10 @@ static void run_one(bench *b, const char *w, const char *sys, bool quiet)
             printf(",\"scan_rss_added_kb\":%ld,\"scan_anon_added_kb\":%ld", r.extra_kb, r.anon_kb);
         if (strcmp(w, "W9") == 0)
             printf(",\"ack_p50_us\":%.1f,\"ack_p99_us\":%.1f", r.ack_p50_us, r.ack_p99_us);
+        if (strcmp(w, "W8g") == 0)
+            printf(",\"takeover_ms\":%.0f,\"flowing_ms\":%.0f,\"dups\":%" PRIu64
+                   ",\"with_kill_events_per_s\":%.0f",
+                   r.takeover_ms, r.flowing_ms, r.dups, r.group_events_per_s);
         printf(",\"ok\":%s,\"note\":\"%s\"}\n", r.ok ? "true" : "false", r.note);
     } else {
         printf("| %-3s | %-14s | %12.0f | %9.1f | %9.1f | %9ld | %s%s |\n", r.workload, r.system,
@@ -1333,6 +1340,12 @@ static void w8_ratios(const bench *b)
           false);
     ratio(b, "W8k eventsrc-pg / its own W5", "W8k", "eventsrc-pg", "W5", "eventsrc-pg", 0, true,
           false);
+    ratio(b, "W8g eventsrc-lmdb / its W8c (one consumer)", "W8g", "eventsrc-lmdb", "W8c",
+          "eventsrc-lmdb", 0, true, false);
+    ratio(b, "W8g eventsrc-pg / its W8c (one consumer)", "W8g", "eventsrc-pg", "W8c", "eventsrc-pg",
+          0, true, false);
+    ratio(b, "W8g eventsrc-mem / its W8c (one consumer)", "W8g", "eventsrc-mem", "W8c",
+          "eventsrc-mem", 0, true, false);
 }
 
 int esrc_bench(int json, int argc, char **argv)
@@ -1357,7 +1370,8 @@ int esrc_bench(int json, int argc, char **argv)
         "  W5 scan the global log                        W6 view get, cold and warm\n"
         "  W7 saves with the unique-username rule, 4 threads on one company\n"
         "  W8 a subscription catching up over W3's log (batch 100; W8k: batch 1000;\n"
-        "     W8c: batch 100, a checkpoint a second)\n"
+        "     W8c: batch 100, a checkpoint a second; W8g: a group of 4 member processes,\n"
+        "     16 partitions, as W8c, then one member SIGKILLed half-way: takeover time)\n"
         "  W9 live latency, append -> subscriber (another process), under W2's writers\n"
         "--scale sizes the work (1 = the full run, minutes; 0.02 = seconds).\n"
         "Data goes to --dir (default: a new temp dir), removed unless --keep.\n"

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <eventsrc.h>
+
 #define PAYLOAD 150
 #define STREAMS 1000
 #define BATCH 1000
@@ -20,10 +22,13 @@ typedef struct result {
     double events_per_s;
     double p50_us, p99_us;
     long peak_rss_kb;
-    long extra_kb;                 /* W5: RSS added by the scan */
-    long anon_kb;                  /* W5: anonymous memory added by the scan */
-    double ack_p50_us, ack_p99_us; /* W9: the appends' own acknowledgement */
-    char note[96];
+    long extra_kb;                  /* W5: RSS added by the scan */
+    long anon_kb;                   /* W5: anonymous memory added by the scan */
+    double ack_p50_us, ack_p99_us;  /* W9: the appends' own acknowledgement */
+    double takeover_ms, flowing_ms; /* W8g: a killed member's partitions owned again, flowing */
+    double group_events_per_s;      /* W8g: the group's rate in the run with the kill */
+    uint64_t dups;                  /* W8g: events received twice in the run with the kill */
+    char note[192];
     int ok;
 } result;
 
@@ -61,6 +66,13 @@ void w9_targets(const bench *b);
 uint32_t w8_batch(const char *w);
 /* W8's checkpoint interval: 0 (every ack, the default) but 1000 ms for "W8c". */
 uint32_t w8_checkpoint_ms(const char *w);
+
+/* W8g, a consumer group of 4 member processes and a takeover (bench_group.c). */
+int run_w8g(const bench *b, const char *sys, result *r);
+/* An eventsrc store of this run: data set `name` of `system` (bench.c). */
+int es_open_bench(es_store **st, const bench *b, const char *system, const char *name, result *r);
+/* eventsrc-mem with W3's data (and W4's stream) loaded (bench.c). */
+int mem_prepare(const bench *b, es_store **st, result *r);
 
 /* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
