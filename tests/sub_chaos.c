@@ -627,9 +627,10 @@ static void check_receipts(const chaos *c, const vec *log)
 
 /* ---- the run ---- */
 
-static void run_until(chaos *c, int64_t until, bool kills, int64_t *next_kill)
+/* Supervise until `until` and (with kills) `min_kills` kills. */
+static void run_until(chaos *c, int64_t until, bool kills, unsigned min_kills, int64_t *next_kill)
 {
-    while (mono_us() < until || (kills && c->kills < cfg.min_kills)) {
+    while (mono_us() < until || (kills && c->kills < min_kills)) {
         reap_consumers(c);
         if (kills && mono_us() >= *next_kill) {
             kill_one(c);
@@ -677,12 +678,12 @@ static void test_group_survives_sigkill(void **state)
     int64_t next_kill = t0 + cfg.kill_gap_max_us;
     if (pg) {
         /* a third of the run without, the rest with commits held open */
-        run_until(c, t0 + cfg.min_us / 3, true, &next_kill);
+        run_until(c, t0 + cfg.min_us / 3, true, 0, &next_kill);
         start_writer(c, N_WRITERS, slow_uri);
         printf("   after %.1f s and %u kills: a writer with commit_delay_ms=%d joins\n",
                (double)(mono_us() - t0) / 1e6, c->kills, SLOW_COMMIT_DELAY_MS);
     }
-    run_until(c, t0 + cfg.min_us, true, &next_kill);
+    run_until(c, t0 + cfg.min_us, true, cfg.min_kills, &next_kill);
     stop_writers(c);
     printf("   after %.1f s: writers stopped, %u kills; every consumer runs to the end\n",
            (double)(mono_us() - t0) / 1e6, c->kills);
@@ -701,7 +702,7 @@ static void test_group_survives_sigkill(void **state)
                      "checkpoint %" PRIu64 ", head %" PRIu64 ", %u members",
                      DRAIN_DEADLINE_MS / 1000, info.behind, info.checkpoint, info.head,
                      info.members);
-        run_until(c, mono_us() + 100000, false, &next_kill);
+        run_until(c, mono_us() + 100000, false, 0, &next_kill);
     }
     printf("   after %.1f s: caught up (head %" PRIu64 ", %u members)\n",
            (double)(mono_us() - t0) / 1e6, info.head, info.members);
