@@ -85,6 +85,11 @@ static void catch_term(void)
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
+    /* spawn() blocked it: a SIGTERM sent before now is delivered here */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
 /* "chaos-NN" → NN, or -1 */
@@ -274,6 +279,11 @@ static pid_t spawn(char *const argv[])
     if (pid < 0)
         fail_msg("fork: %s", strerror(errno));
     if (pid == 0) {
+        /* SIGTERM waits until the child has its handler (catch_term) */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigprocmask(SIG_BLOCK, &set, NULL);
         for (int fd = 3; fd < 1024; fd++)
             close(fd); /* the parent's store stays the parent's */
         execv(argv[0], argv);
