@@ -21,8 +21,9 @@
  *      between a last checkpoint and a kill);
  * and every append a writer had acknowledged is in the log exactly once.
  *
- * The run is seeded (ES_TEST_SEED); `--soak` (or ES_CHAOS_SOAK=1) runs far
- * longer with many more kills; ES_CHAOS_SECONDS sets the minimum length.
+ * The run is seeded (ES_TEST_SEED); `--soak` (or ES_CHAOS_SOAK=1, or ES_SOAK
+ * as scripts/test.sh --soak sets it) runs at least 10 minutes and 1000
+ * kills; ES_CHAOS_SECONDS sets the minimum length.
  * Nothing is timed: deadlines only turn a hung run into a failure.
  * Child processes are this program run again (fork + exec) with a role.
  */
@@ -785,7 +786,8 @@ int main(int argc, char **argv)
     if (argc == 6 && strcmp(argv[1], "consumer") == 0)
         return child_consumer(argv);
     const char *soak = getenv("ES_CHAOS_SOAK");
-    cfg.soak = (argc > 2 && strcmp(argv[2], "--soak") == 0) || (soak && strcmp(soak, "1") == 0);
+    cfg.soak = (argc > 2 && strcmp(argv[2], "--soak") == 0) || (soak && strcmp(soak, "1") == 0) ||
+               getenv("ES_SOAK"); /* scripts/test.sh --soak */
     if (argc > 2 && !cfg.soak) {
         fprintf(stderr, "usage: %s lmdb|pg [--soak]\n", argv[0]);
         return 2;
