@@ -1071,7 +1071,10 @@ ES_EXTERN void es_sub_close(es_sub *sub);
  * target's latest commit.  Events are copied by time within a batch, which
  * covers a postgres source whose concurrent commits reach the log slightly
  * out of time order; a source event older than the target's latest commit
- * stops the copy with ES_EINVAL and says so.
+ * stops the copy with ES_EINVAL and says so.  So such a target takes a
+ * second replication (another name, another prefix) only for events newer
+ * than what it holds; a postgres target keeps times per stream and takes
+ * any number.
  */
 #define ES_MAX_REPLICA_NAME 64 /* 1..64 bytes of [A-Za-z0-9._-] */
 

@@ -329,9 +329,13 @@ static int flush(repl *r)
         else
             rc = es__err(rc,
                          "appending the source's events from stream %s seq %llu (time %lld) to "
-                         "the target: %s",
+                         "the target: %s%s",
                          key_str(k, sizeof k, e->stream, e->stream_len), (unsigned long long)e->seq,
-                         (long long)e->time_us, msg);
+                         (long long)e->time_us, msg,
+                         rc == ES_EINVAL && strstr(msg, "kept commit time")
+                             ? " (the target's commit times never go back: it cannot take a "
+                               "source event older than what it holds)"
+                             : "");
     }
     r->g0 += r->gn;
     r->gn = 0;
