@@ -1036,6 +1036,128 @@ ES_EXTERN int es_sub_run(es_sub *sub, es_sub_handler handler, volatile int *stop
  *  NULL ok.  Use es_sub_commit first to see whether the checkpoint landed. */
 ES_EXTERN void es_sub_close(es_sub *sub);
 
+/* ------------------------------------------------------------------ */
+/* Replicas and backups: copies of a store                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A replica is a store that holds a copy of another store's events (all of
+ * them, or the streams of a key prefix) with their stream, seq, id, commit
+ * time, type, data and metadata, so its hash chains are the source's: the
+ * same `es_verify` last hashes on both.  Global positions are the target's
+ * own (a postgres position cannot be kept on lmdb), and consecutive source
+ * commits with one commit time may land as one target commit.
+ *
+ * es_replicate copies in source log order, checking every event against
+ * the chain it continues in the target (the hash is recomputed; a seq that
+ * does not follow, or an event that does not hash to its stored hash, is
+ * a source whose history was damaged or rewritten: ES_ECORRUPT, and
+ * nothing of it is copied).  Its checkpoint lives in the target, in a
+ * record named after the replication ("replica/<name>" in the store's own
+ * table, beside subscriptions): the source position copied up to and the
+ * last copied event's stream, seq and hash, checked against the source at
+ * each start.  The checkpoint moves only after the events before it are
+ * committed, so a replicator killed at any moment and started again
+ * re-sends at most one batch; events the target already has are compared
+ * with the source by hash and skipped (their ids make a re-sent append an
+ * idempotent retry), so there is no duplicate and no gap.
+ *
+ * A store holding a replica record is a replica: `esrc append` and
+ * `esrc import` refuse to write to it unless given --force (the library
+ * does not refuse: a writer of its own choosing may still append, and the
+ * replicator then stops with ES_ECONFLICT or ES_ECORRUPT at the stream it
+ * touched).  es_replica_delete turns a replica back into a store of its own.
+ *
+ * Commit times: a target whose commit times never go back along its log
+ * (lmdb, mem) can only take a source event whose time is not before the
+ * target's latest commit.  Events are copied by time within a batch, which
+ * covers a postgres source whose concurrent commits reach the log slightly
+ * out of time order; a source event older than the target's latest commit
+ * stops the copy with ES_EINVAL and says so.  So such a target takes a
+ * second replication (another name, another prefix) only for events newer
+ * than what it holds; a postgres target keeps times per stream and takes
+ * any number.
+ */
+#define ES_MAX_REPLICA_NAME 64 /* 1..64 bytes of [A-Za-z0-9._-] */
+
+#define ES_REPLICATE_OPTIONS_VERSION 1
+
+typedef struct es_replicate_options {
+    unsigned version;
+    const char *name;     /* the replication's name in the target (NULL: "default") */
+    const void *prefix;   /* only streams whose key starts with it (NULL: all); fixed
+                             by the first run of a name */
+    size_t prefix_len;
+    uint32_t batch_size;  /* source events read and checkpointed at a time:
+                             1..ES_MAX_BATCH (0: 1000) */
+    int follow;           /* 0: stop at the end of the source's log; 1: keep
+                             copying new events until *stop becomes non-zero */
+} es_replicate_options;
+
+#define ES_REPLICATE_OPTIONS_INIT {ES_REPLICATE_OPTIONS_VERSION, NULL, NULL, 0, 0, 0}
+
+typedef struct es_replicate_result {
+    uint64_t copied;   /* events appended to the target by this call */
+    uint64_t present;  /* events re-sent that the target already had (checked) */
+    uint64_t position; /* the source position the checkpoint is at */
+    uint64_t batches;  /* checkpoints written */
+    uint64_t reserved_[4];
+} es_replicate_result;
+
+/**
+ * Copy the events of `source` after the replication's checkpoint into
+ * `target`, checkpoint by checkpoint (see above).  With opts->follow it
+ * waits for new events (es_log_wait, in slices of 200 ms) until *stop
+ * becomes non-zero; `stop` may be NULL without follow.
+ * @param[out] out  what was done; may be NULL.  Filled on errors too.
+ * @return 0, ES_ECORRUPT (the source's history does not continue what was
+ *         copied: rewritten, damaged, or the target was written by another
+ *         writer; the message names the stream and seq), ES_ECONFLICT (a
+ *         stream of the target moved under the replicator, or another
+ *         replicator of the same name moved the checkpoint), ES_EINVAL (bad
+ *         options, source == target, a prefix other than the name's first
+ *         run's, or a commit time the target cannot keep), ES_EDUPLICATE,
+ *         ES_ENOTSUP (the target keeps no records), ES_EIO, ES_EUNAVAILABLE,
+ *         ES_ETIMEDOUT, ES_EFULL, ES_ENOMEM.
+ */
+ES_EXTERN int es_replicate(es_replicate_result *out, es_store *target, es_store *source,
+                           const es_replicate_options *opts, volatile int *stop);
+
+typedef struct es_replica_info {
+    char name[ES_MAX_REPLICA_NAME + 1];
+    uint64_t position;            /* source position copied up to (0: none yet) */
+    uint64_t copied;              /* events copied over the replica's life */
+    int64_t updated_us;           /* when the checkpoint last moved (real-time clock) */
+    uint8_t prefix[ES_MAX_KEY];   /* the streams replicated ("" all) */
+    size_t prefix_len;
+    uint8_t last_stream[ES_MAX_KEY]; /* the last copied event (in source log order) */
+    size_t last_stream_len;
+    uint64_t last_seq;
+    uint8_t last_hash[ES_HASH_SIZE];
+    uint64_t reserved_[8];
+} es_replica_info;
+
+/** The checkpoint of replication `name` in `store` (NULL: the first one by
+ *  name, i.e. "is this store a replica?").
+ *  @return 0, ES_ENOTFOUND (not a replica / no such name), ES_EINVAL,
+ *  ES_ECORRUPT, ES_ENOTSUP, ES_EIO, ES_EUNAVAILABLE. */
+ES_EXTERN int es_replica_info_get(es_replica_info *out, es_store *store, const char *name);
+
+/** Forget replication `name` of `store` (its events stay): a store with no
+ *  replica record left is no longer a replica.
+ *  @return 0, ES_ENOTFOUND, ES_EINVAL, ES_ENOTSUP, ES_EIO, ES_EUNAVAILABLE. */
+ES_EXTERN int es_replica_delete(es_store *store, const char *name);
+
+/**
+ * A consistent copy of a live lmdb store into directory `dir` (created if
+ * missing; it must not hold a data.mdb yet), compacted (free pages left
+ * out), taken from one read transaction while writers go on.  The copy is
+ * a store of its own: open it as "lmdb:DIR".
+ * @return 0, ES_ENOTSUP (not an lmdb store), ES_EINVAL (NULL, or dir holds
+ *         a store already), ES_EIO, ES_EFULL.
+ */
+ES_EXTERN int es_store_backup(es_store *store, const char *dir);
+
 #ifdef __cplusplus
 }
 #endif

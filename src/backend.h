@@ -129,6 +129,9 @@ typedef struct es__backend {
                    int (*fn)(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
                              uint64_t version, void *payload),
                    void *payload);
+    /* Optional: a consistent, compacted copy of the live store into
+     * directory `dir` (es_store_backup).  NULL: ES_ENOTSUP. */
+    int (*backup)(void *be, const char *dir);
     /* Commit times never go back along the global log (a single writer
      * assigns positions and times in commit order): time-range reads may
      * then seek and stop early. */

@@ -2083,6 +2083,45 @@ static int lm_tamper(void *be, uint64_t position, int field, size_t offset)
     return wtxn_run(be, 1 << 20, do_tamper, &a);
 }
 
+/* es_store_backup: LMDB copies a live environment from one read
+ * transaction (mdb_env_copy2), so writers go on and the copy is one
+ * consistent state; MDB_CP_COMPACT leaves free pages out.  The resize lock
+ * is held shared, as for any transaction, so the map does not move under
+ * the copy. */
+static int lm_backup(void *be, const char *dir)
+{
+    lm_env *e = ((lm_store *)be)->e;
+    char f[4200];
+    struct stat sb;
+    int rc;
+
+    if (strlen(dir) > 4000)
+        return es__err(ES_EINVAL, "backup directory name is too long");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return es__err(ES_EIO, "cannot create %s: %s", dir, strerror(errno));
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return es__err(ES_EINVAL, "%s is not a directory", dir);
+    snprintf(f, sizeof f, "%s/data.mdb", dir);
+    if (access(f, F_OK) == 0)
+        return es__err(ES_EINVAL, "%s already holds a store; a backup goes to a new directory",
+                       dir);
+    for (int tries = 0;; tries++) {
+        pthread_rwlock_rdlock(&e->resize);
+        rc = mdb_env_copy2(e->env, dir, MDB_CP_COMPACT);
+        pthread_rwlock_unlock(&e->resize);
+        if (rc != MDB_MAP_RESIZED || tries > 0)
+            break;
+        unlink(f); /* a partial copy */
+        if ((rc = set_mapsize(e, 0, GROW_WAIT_MS)) < 0)
+            return rc;
+    }
+    if (rc != 0) {
+        unlink(f);
+        return lm_err(rc, "copying the store");
+    }
+    return 0;
+}
+
 const es__backend es__backend_lmdb = {
     .name = "lmdb",
     .open = lm_open,
@@ -2103,5 +2142,6 @@ const es__backend es__backend_lmdb = {
     .kv_get = lm_kv_get,
     .kv_cas = lm_kv_cas,
     .kv_list = lm_kv_list,
+    .backup = lm_backup,
     .log_time_ordered = true, /* LMDB has one writer: positions and times in commit order */
 };

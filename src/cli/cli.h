@@ -76,6 +76,10 @@ int64_t esrc_demo_clock(void *payload);
 /* `esrc project …` (project.c): argv[0] is "project". */
 int esrc_project(esrc_ctx *cx, int argc, char **argv);
 
+/* `esrc replicate …` and `esrc backup …` (replicate.c). */
+int esrc_replicate(esrc_ctx *cx, int argc, char **argv);
+int esrc_backup(esrc_ctx *cx, int argc, char **argv);
+
 /* `esrc bench`: argv[0] is "bench". */
 int esrc_bench(int json, int argc, char **argv);
 

@@ -90,6 +90,21 @@ int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
     return 0;
 }
 
+/* A replica is written by its replicator only: refuse other writes unless
+ * forced.  @return 0 (write), or an exit code after a message. */
+static int refuse_replica(es_store *st, const char *cmd, bool force)
+{
+    es_replica_info ri;
+    if (force || !st || es_replica_info_get(&ri, st, NULL) != 0)
+        return 0;
+    fprintf(stderr,
+            "esrc: %s: the store is a replica (replica '%s', copied from its source up to "
+            "position %" PRIu64 "): write to its source, or give --force (or drop the replica "
+            "with `esrc replicate --to URI --drop`)\n",
+            cmd, ri.name, ri.position);
+    return ESRC_CONFLICT;
+}
+
 /* ---- options common to every command ---- */
 
 char **current_argv;
@@ -305,17 +320,20 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
                                           {"expect", required_argument, NULL, 'e'},
                                           {"meta", required_argument, NULL, 'm'},
                                           {"id", required_argument, NULL, 'i'},
+                                          {"force", no_argument, NULL, 'f'},
                                           {NULL, 0, NULL, 0}};
     static const char help[] =
         "usage: esrc append [--expect any|exists|no-stream|SEQ] [--meta TEXT] [--id HEX]\n"
-        "                   STREAM TYPE [DATA]\n\n"
+        "                   [--force] STREAM TYPE [DATA]\n\n"
         "Append one event.  DATA is the argument, or standard input when it is\n"
         "absent or '-'.  --expect makes the append conditional (exit 3 when the\n"
-        "stream is not in that state); --id makes a retry safe.\n";
+        "stream is not in that state); --id makes a retry safe.  A replica\n"
+        "(esrc replicate) is refused (exit 3) unless --force.\n";
     uint64_t expected = ES_EXPECT_ANY;
     uint8_t id[ES_ID_SIZE];
     bool have_id = false;
     const char *meta = NULL;
+    bool force = false;
     es_buf data = ES_BUF_INIT;
     es_store *st = NULL;
     int c, rc;
@@ -332,6 +350,8 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
             if ((rc = parse_id(id, optarg)))
                 return rc;
             have_id = true;
+        } else if (c == 'f') {
+            force = true;
         } else {
             return ESRC_USAGE;
         }
@@ -359,7 +379,7 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
                        .meta_len = meta ? strlen(meta) : 0,
                        .id = have_id ? id : NULL};
     es_append_result r;
-    if ((rc = open_store(&st, cx, true, false)))
+    if ((rc = open_store(&st, cx, true, false)) || (rc = refuse_replica(st, "append", force)))
         goto done;
     char shown[SHOW_NAME];
     show_bytes(shown, sizeof shown, (const uint8_t *)stream, strlen(stream), false);
@@ -917,7 +937,8 @@ done:
 
 static int cmd_import(esrc_ctx *cx, int argc, char **argv)
 {
-    static const struct option longs[] = {COMMON_OPTS, {NULL, 0, NULL, 0}};
+    static const struct option longs[] = {
+        COMMON_OPTS, {"force", no_argument, NULL, 'f'}, {NULL, 0, NULL, 0}};
     static const char help[] =
         "usage: esrc import [FILE...] (standard input when none or '-')\n\n"
         "Append the events of an export, keeping their streams, seqs, ids and\n"
@@ -927,14 +948,18 @@ static int cmd_import(esrc_ctx *cx, int argc, char **argv)
         "when given, is its chain hash.  Events the store already has must be\n"
         "identical and are skipped, so importing the same file twice writes\n"
         "nothing the second time.  Exit 2 on bad input, 3 when the input\n"
-        "contradicts the store; either way nothing of that input is written.\n";
+        "contradicts the store; either way nothing of that input is written.\n"
+        "A replica (esrc replicate) is refused (exit 3) unless --force.\n";
     es_store *st = NULL;
+    bool force = false;
     int c, rc;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
-        return ESRC_USAGE;
+        if (c != 'f')
+            return ESRC_USAGE;
+        force = true;
     }
     /* A store that does not exist is made only once an input is found good. */
     es_open_options o = ES_OPEN_OPTIONS_INIT;
@@ -947,7 +972,10 @@ static int cmd_import(esrc_ctx *cx, int argc, char **argv)
         st = NULL;
     else if (rc < 0)
         return lib_error(cx->store_uri, rc);
-    rc = ESRC_OK;
+    if ((rc = refuse_replica(st, "import", force))) {
+        es_store_close(st);
+        return rc;
+    }
     if (optind == argc)
         rc = import_one(cx, &st, "-");
     for (int i = optind; i < argc && rc == ESRC_OK; i++)
@@ -1009,6 +1037,8 @@ static const command commands[] = {
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
     {"sub", esrc_sub, "manage and run subscriptions (durable consumers)"},
     {"project", esrc_project, "keep a SQL read model of the log (projection file)"},
+    {"replicate", esrc_replicate, "copy a store into another, and keep it current"},
+    {"backup", esrc_backup, "copy a live lmdb store into a new directory"},
     {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
@@ -1017,7 +1047,7 @@ static void print_help(void)
     printf("usage: esrc [--store URI] [--json] COMMAND [ARGS]\n\n"
            "Commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        printf("  %-8s %s\n", commands[i].name, commands[i].help);
+        printf("  %-9s %s\n", commands[i].name, commands[i].help);
     printf("\nThe store is --store URI, else $ESRC_STORE, else %s.\n"
            "URIs: mem:, lmdb:DIR, postgres://...\n"
            "--json prints JSON Lines instead of tables.\n"
