@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "args.h"
 #include "import.h"
+#include "server.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -1009,6 +1010,8 @@ static const command commands[] = {
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
     {"sub", esrc_sub, "manage and run subscriptions (durable consumers)"},
     {"project", esrc_project, "keep a SQL read model of the log (projection file)"},
+    {"serve", esrc_serve, "serve the store over HTTP (JSON API, live feed, tokens)"},
+    {"token", esrc_token, "create, list and revoke the tokens of esrc serve"},
     {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
