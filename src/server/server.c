@@ -626,6 +626,9 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
         (f = log_scope(&eff, r, err, sizeof err)))
         return fail_fault(r, c, f, err);
     const srv_bytes *t = srv_param(&r->target, "type");
+    /* read your writes: appends this server acknowledged show in the log
+     * (postgres may show a commit late; mem and lmdb return at once) */
+    es_log_catch_up(r->s->st, 1000);
     resume = from;
     list = json_array();
     if (eff.n) {
