@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "args.h"
 #include "import.h"
+#include "server.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -1039,6 +1040,8 @@ static const command commands[] = {
     {"project", esrc_project, "keep a SQL read model of the log (projection file)"},
     {"replicate", esrc_replicate, "copy a store into another, and keep it current"},
     {"backup", esrc_backup, "copy a live lmdb store into a new directory"},
+    {"serve", esrc_serve, "serve the store over HTTP (JSON API, live feed, tokens)"},
+    {"token", esrc_token, "create, list and revoke the tokens of esrc serve"},
     {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
