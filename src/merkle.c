@@ -916,7 +916,7 @@ int es_verify_since(es_verify_result *out, es_digest *now, es_store *st, const e
             else
                 since_fail(out, 0,
                            "the log's first %llu events do not hash to the digest's root: "
-                           "history before position %llu was changed, removed or reordered",
+                           "history up to position %llu was changed, removed or reordered",
                            (unsigned long long)old->size, (unsigned long long)old->last_position);
         }
     }
