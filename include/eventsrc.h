@@ -510,6 +510,140 @@ ES_EXTERN int es_event_hash(uint8_t out[ES_HASH_SIZE], const uint8_t *prev,
                             const es_event *ev);
 
 /* ------------------------------------------------------------------ */
+/* Verifiable history: a Merkle tree over the global log                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The global log is also a Merkle tree in the style of Certificate
+ * Transparency (RFC 9162), so that a small signed digest of the whole log
+ * can be published, and later checked against: an event is in it (an
+ * inclusion proof), and today's log extends it, nothing before it changed
+ * (a consistency proof) — each in O(log n) hashes.  doc/verifiable-history.md
+ * has the format, for verifiers written elsewhere.
+ *
+ *  - Leaf i (from 0) is the i-th event of the log in position order
+ *    (positions need not be dense; leaves are).  H is BLAKE2b-256.
+ *    leaf  = H(0x00 | event chain hash | u64be position)
+ *    node  = H(0x01 | left | right)
+ *    empty = H("")
+ *  - A tree of n > 1 leaves splits at k, the largest power of two below n:
+ *    root = node(root of leaves 0..k-1, root of leaves k..n-1).
+ *  - The tree covers the events the log shows (es_store_last_position).  It
+ *    is kept, in chunks of 256 leaves, in the store's own record table and
+ *    caught up from the log by the calls below (appends do no extra work).
+ *    Two processes catching it up at once are safe.
+ */
+
+#define ES_MERKLE_MAX_PATH 64    /* hashes in a proof (trees below 2^63 leaves) */
+#define ES_SIGN_PUBLIC_KEY_SIZE 32 /* Ed25519 (libsodium crypto_sign) */
+#define ES_SIGN_SECRET_KEY_SIZE 64
+#define ES_SIGNATURE_SIZE 64
+
+/** The state of the log's tree. */
+typedef struct es_digest {
+    uint64_t size;              /* leaves: events covered */
+    uint8_t root[ES_HASH_SIZE]; /* the tree's root */
+    uint64_t last_position;     /* position of the last leaf (0: empty) */
+    int64_t time_us;            /* when the digest was made (the store's clock) */
+    uint64_t reserved_[4];      /* zeroed */
+} es_digest;
+
+/** A proof that one event is a leaf of the tree of `size` leaves. */
+typedef struct es_inclusion_proof {
+    uint64_t index;                   /* the leaf */
+    uint64_t size;                    /* leaves of the tree it is proved in */
+    uint64_t position;                /* the event's position */
+    uint8_t event_hash[ES_HASH_SIZE]; /* the event's chain hash */
+    uint32_t n_path;                  /* hashes in path */
+    uint8_t path[ES_MERKLE_MAX_PATH][ES_HASH_SIZE]; /* RFC 9162 audit path, leaf side first */
+} es_inclusion_proof;
+
+/** A proof that the tree of new_size leaves extends the one of old_size. */
+typedef struct es_consistency_proof {
+    uint64_t old_size, new_size;
+    uint32_t n_path;
+    uint8_t path[ES_MERKLE_MAX_PATH][ES_HASH_SIZE]; /* RFC 9162 order */
+} es_consistency_proof;
+
+/**
+ * The digest of the log now: catches the tree up with the log (and keeps
+ * what it computed for the next call) and gives its size and root.
+ * @return 0, ES_EINVAL, ES_ECORRUPT, ES_ENOMEM, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_digest_get(es_digest *out, es_store *store);
+
+/**
+ * Prove that the event at `position` is in the tree of `tree_size` leaves
+ * (0: the tree now).  The proof is made from the events themselves: when an
+ * event the tree covered was changed since, the call fails with ES_ECORRUPT.
+ * @return 0, ES_ENOTFOUND (no event at that position, or not yet covered),
+ *         ES_EINVAL (tree_size past the tree, or the event past tree_size),
+ *         ES_ECORRUPT, ES_ENOMEM, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_prove_inclusion(es_inclusion_proof *out, es_store *store, uint64_t position,
+                                 uint64_t tree_size);
+
+/** es_prove_inclusion of the event `seq` of `stream`. @return as it. */
+ES_EXTERN int es_prove_event(es_inclusion_proof *out, es_store *store, const void *stream,
+                             size_t stream_len, uint64_t seq, uint64_t tree_size);
+
+/**
+ * Prove that the tree of `new_size` leaves extends the tree of `old_size`
+ * leaves (old_size <= new_size <= the tree now: see es_digest_get).
+ * @return 0, ES_EINVAL, ES_ECORRUPT, ES_ENOMEM, ES_EIO, ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_prove_consistency(es_consistency_proof *out, es_store *store, uint64_t old_size,
+                                   uint64_t new_size);
+
+/** The leaf hash of an event (see above). */
+ES_EXTERN void es_merkle_leaf(uint8_t out[ES_HASH_SIZE], const uint8_t event_hash[ES_HASH_SIZE],
+                              uint64_t position);
+
+/**
+ * Check an inclusion proof against a digest, with no store: every hash of
+ * the path is used, the path must be exactly as long as (index, size) say,
+ * and the result must be the digest's root.
+ * @return 0 (the event is leaf proof->index of the digest's tree),
+ *         ES_ECORRUPT (it does not verify; es_error_last() says why),
+ *         ES_EINVAL (NULL).
+ */
+ES_EXTERN int es_verify_inclusion(const es_inclusion_proof *proof, const es_digest *digest);
+
+/** Check a consistency proof between two digests, with no store.
+ *  @return 0, ES_ECORRUPT (it does not verify), ES_EINVAL (NULL). */
+ES_EXTERN int es_verify_consistency(const es_consistency_proof *proof, const es_digest *old_digest,
+                                    const es_digest *new_digest);
+
+/**
+ * Does today's log extend `old`?  Unlike a proof, which a client checks
+ * against what the store hands it, this is the operator's check of the
+ * store itself, and trusts nothing the store keeps about its tree: it
+ * re-reads the log once, recomputes every leaf and chunk, checks that the
+ * first old->size leaves give old->root, checks a consistency proof to the
+ * tree now, and checks the store's records of its tree against the log.
+ * It reads chain hashes as stored: run es_verify too, which checks them.
+ * @param[out] out  out->ok: 1 when the log extends the digest; else the
+ *                  reason, and the first position found changed (if known)
+ * @param[out] now  the digest of the log now, recomputed (may be NULL)
+ * @return 0 when the check ran (see out->ok), ES_EINVAL, ES_ENOMEM, ES_EIO,
+ *         ES_EUNAVAILABLE.
+ */
+ES_EXTERN int es_verify_since(es_verify_result *out, es_digest *now, es_store *store,
+                              const es_digest *old);
+
+/** Sign a digest with an Ed25519 secret key (libsodium's 64-byte form).
+ *  The signed message is documented in doc/verifiable-history.md.
+ *  @return 0, ES_EINVAL. */
+ES_EXTERN int es_digest_sign(uint8_t sig[ES_SIGNATURE_SIZE], const es_digest *digest,
+                             const uint8_t secret_key[ES_SIGN_SECRET_KEY_SIZE]);
+
+/** @return 0 when sig is the key's signature of the digest, ES_ECORRUPT
+ *  when it is not, ES_EINVAL. */
+ES_EXTERN int es_digest_check_signature(const es_digest *digest,
+                                        const uint8_t sig[ES_SIGNATURE_SIZE],
+                                        const uint8_t public_key[ES_SIGN_PUBLIC_KEY_SIZE]);
+
+/* ------------------------------------------------------------------ */
 /* Views: folds over a stream                                           */
 /* ------------------------------------------------------------------ */
 

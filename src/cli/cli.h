@@ -79,6 +79,13 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv);
 /* `esrc replicate …` and `esrc backup …` (replicate.c). */
 int esrc_replicate(esrc_ctx *cx, int argc, char **argv);
 int esrc_backup(esrc_ctx *cx, int argc, char **argv);
+/* Verifiable history (merkle.c): `esrc key`, `digest`, `prove`, `check-proof`,
+ * and `verify --since` (an exit code after printing). */
+int esrc_key(esrc_ctx *cx, int argc, char **argv);
+int esrc_digest(esrc_ctx *cx, int argc, char **argv);
+int esrc_prove(esrc_ctx *cx, int argc, char **argv);
+int esrc_check_proof(esrc_ctx *cx, int argc, char **argv);
+int esrc_verify_since(esrc_ctx *cx, es_store *st, const char *digest_path, const char *pubkey);
 
 /* `esrc bench`: argv[0] is "bench". */
 int esrc_bench(int json, int argc, char **argv);

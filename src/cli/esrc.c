@@ -700,33 +700,53 @@ static int cmd_stats(esrc_ctx *cx, int argc, char **argv)
 
 static int cmd_verify(esrc_ctx *cx, int argc, char **argv)
 {
-    static const struct option longs[] = {COMMON_OPTS, {NULL, 0, NULL, 0}};
+    static const struct option longs[] = {COMMON_OPTS,
+                                          {"since", required_argument, NULL, 's'},
+                                          {"pubkey", required_argument, NULL, 'p'},
+                                          {NULL, 0, NULL, 0}};
     static const char help[] =
-        "usage: esrc verify [STREAM]\n\n"
+        "usage: esrc verify [STREAM]\n"
+        "       esrc verify --since DIGEST.json [--pubkey HEX]\n\n"
         "Recompute the hash chains (of one stream, or of the whole store) and check\n"
-        "that seqs have no gaps.  Exit 4 and name the first bad event on mismatch.\n";
+        "that seqs have no gaps.  Exit 4 and name the first bad event on mismatch.\n"
+        "--since: also prove that today's log extends an earlier digest (from\n"
+        "`esrc digest`; with --pubkey its signature is checked first): nothing in it\n"
+        "was changed, removed or reordered.\n";
+    const char *since = NULL, *pubkey = NULL;
     es_store *st;
     es_verify_result v;
     int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
         HANDLE_COMMON(cx, c, help);
-        return ESRC_USAGE;
+        if (c == 's')
+            since = optarg;
+        else if (c == 'p')
+            pubkey = optarg;
+        else
+            return ESRC_USAGE;
     }
     if (argc - optind > 1)
         return usage_error("verify takes at most one STREAM");
+    if ((since && optind < argc) || (pubkey && !since))
+        return usage_error("verify --since checks the whole log (no STREAM); --pubkey needs it");
     const char *stream = optind < argc ? argv[optind] : NULL;
     if (stream && (strlen(stream) == 0 || strlen(stream) > ES_MAX_KEY))
         return usage_error("stream key must be 1..%d bytes (it is %zu)", ES_MAX_KEY,
                            strlen(stream));
     /* A store too damaged to open or walk failed verification: exit 4. */
-    if ((rc = open_store(&st, cx, false, true)))
+    if ((rc = open_store(&st, cx, false, !since)))
         return es_error_last_code() == ES_ECORRUPT ? ESRC_VERIFY : rc;
     if ((rc = es_verify(&v, st, stream, stream ? strlen(stream) : 0)) < 0) {
         int corrupt = rc == ES_ECORRUPT;
         rc = lib_error("verify", rc);
         es_store_close(st);
         return corrupt ? ESRC_VERIFY : rc;
+    }
+    if (since && v.ok) {
+        rc = esrc_verify_since(cx, st, since, pubkey);
+        es_store_close(st);
+        return rc;
     }
     char bad[SHOW_NAME];
     show_bytes(bad, sizeof bad, v.bad_stream, v.bad_stream_len, false);
@@ -1032,7 +1052,11 @@ static const command commands[] = {
     {"streams", cmd_streams, "list streams and their heads"},
     {"head", cmd_head, "print a stream's last seq"},
     {"stats", cmd_stats, "print counts and sizes"},
-    {"verify", cmd_verify, "check the hash chains"},
+    {"verify", cmd_verify, "check the hash chains (--since: against a digest)"},
+    {"digest", esrc_digest, "print the signed Merkle digest of the log"},
+    {"prove", esrc_prove, "prove that an event is in the log of a digest"},
+    {"check-proof", esrc_check_proof, "check a proof offline, with no store"},
+    {"key", esrc_key, "create or show a signing key for digests"},
     {"export", cmd_export, "write every event as JSON Lines"},
     {"import", cmd_import, "append the events of an export"},
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
