@@ -146,13 +146,13 @@ ok "readers saw the old model, then the new" sh -c \
     "grep -q '^1|1|1$' '$T/reads' && tail -n 1 '$T/reads' | grep -q '^1|2|1$'"
 
 # ---- usage ----
-check "no --to" 2 "" "esrc: project: --to sqlite:PATH is required (see --help)" -- \
+check "no --to" 2 "" "esrc: project: --to sqlite:PATH or --to postgres://… is required (see --help)" -- \
     "$ESRC" --store "$S" project "$USERS"
 check "no file" 2 "" "esrc: project: no projection file given (see --help)" -- \
     "$ESRC" --store "$S" project --to "sqlite:$T/x.db"
 check "missing file" 2 "" "esrc: project: TMP/none.proj: No such file or directory" -- \
     "$ESRC" --store "$S" project "$T/none.proj" --to "sqlite:$T/x.db"
-check "bad target" 2 "" "esrc: project: target 'mysql:x' is not sqlite:PATH" -- \
+check "bad target" 2 "" "esrc: project: target 'mysql:x' is not sqlite:PATH or postgres://…" -- \
     "$ESRC" --store "$S" project "$USERS" --to mysql:x
 check "bad --batch" 2 "" "esrc: --batch must be 1..1000000, not 0 (see --help)" -- \
     "$ESRC" --store "$S" project "$USERS" --to "sqlite:$T/x.db" --batch 0
