@@ -311,11 +311,12 @@ static int pgt_swap(es_proj__target *base)
     if ((rc = pg_run(t, "BEGIN", 0, NULL, NULL, "BEGIN")) < 0 || (rc = lock_model(t, t->live)) < 0)
         goto fail;
     /* tables of the live schema; whether it has a checkpoint table */
-    if ((rc = pg_run(t,
-                     "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                     "c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', "
-                     "'f')), to_regclass(quote_ident($1) || '.eventsrc_projection') IS NOT NULL",
-                     1, v, &res, "checking the live model")) < 0)
+    if ((rc = pg_run(
+             t,
+             "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+             "c.relnamespace WHERE n.nspname = $1::text AND c.relkind IN ('r', 'p', 'v', 'm', "
+             "'f')), to_regclass(quote_ident($1::text) || '.eventsrc_projection') IS NOT NULL",
+             1, v, &res, "checking the live model")) < 0)
         goto fail;
     long tables = strtol(PQgetvalue(res, 0, 0), NULL, 10);
     bool has_meta = PQgetvalue(res, 0, 1)[0] == 't';
@@ -333,9 +334,9 @@ static int pgt_swap(es_proj__target *base)
             rc = es_proj__err(ES_ENOMEM, "out of memory");
             goto fail;
         }
-        snprintf(sql, sizeof sql, "SELECT name FROM %s.eventsrc_projection WHERE name <> $2", qs);
+        snprintf(sql, sizeof sql, "SELECT name FROM %s.eventsrc_projection WHERE name <> $1", qs);
         PQfreemem(qs);
-        if ((rc = pg_run(t, sql, 2, v, &res, "checking the live model")) < 0)
+        if ((rc = pg_run(t, sql, 1, v + 1, &res, "checking the live model")) < 0)
             goto fail;
         if (PQntuples(res) > 0) {
             rc = es_proj__err(ES_EINVAL,
@@ -438,8 +439,9 @@ int es_proj__pg_peek(es_proj__ckpt *c, const char *uri, const es_proj_def *def)
     if ((rc = pg_connect(&t.conn, conninfo, t.base.label)) < 0)
         goto done;
     v[0] = t.live;
-    if ((rc = pg_run(&t, "SELECT to_regclass(quote_ident($1) || '.eventsrc_projection') IS NULL", 1,
-                     v, &res, "reading the checkpoint")) < 0)
+    if ((rc = pg_run(&t,
+                     "SELECT to_regclass(quote_ident($1::text) || '.eventsrc_projection') IS NULL",
+                     1, v, &res, "reading the checkpoint")) < 0)
         goto done;
     bool none = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
