@@ -199,8 +199,10 @@ static int collect(runner *r, uint64_t checkpoint)
 {
     uint64_t from = checkpoint + 1, last = 0;
     const es_event *e;
+    bool fresh = false;
     int rc;
 
+again:
     r->b.n = r->b.len = 0;
     /* What this run already read past the checkpoint held no event of ours. */
     if (r->scanned_base == checkpoint && r->scanned > checkpoint)
@@ -220,6 +222,7 @@ static int collect(runner *r, uint64_t checkpoint)
         lo.type = r->def->type;
         if ((rc = es_log_cursor(&r->cur, r->store, &lo)) < 0)
             return store_err(rc, "reading the log");
+        fresh = true;
     }
     size_t max = r->opts.batch_events ? r->opts.batch_events : PROJ_BATCH_DEFAULT;
     while (r->b.n < max && (rc = es_cursor_next(&e, r->cur)) == 0) {
@@ -227,9 +230,20 @@ static int collect(runner *r, uint64_t checkpoint)
             return rc;
     }
     r->scanned_base = checkpoint;
-    if (rc == ES_ITEROVER) {
-        /* Every event up to `last` was visible to the cursor: the log is read
-         * to there, whether or not the filters let anything through. */
+    if (rc == ES_ITEROVER && !fresh) {
+        /* A cursor kept from the last batch ends where the log ended when
+         * it read its last page, which may be before `last`: only what it
+         * gave is read.  With nothing, look again with a new cursor. */
+        es_cursor_free(r->cur);
+        r->cur = NULL;
+        if (r->b.n == 0)
+            goto again;
+        r->scanned = r->b.ev[r->b.n - 1].position;
+        r->p.caught_up = 0;
+    } else if (rc == ES_ITEROVER) {
+        /* A cursor opened after `last` was read saw every event up to it:
+         * the log is read to there, whether or not the filters let
+         * anything through. */
         es_cursor_free(r->cur);
         r->cur = NULL;
         r->scanned =
