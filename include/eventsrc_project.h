@@ -14,10 +14,17 @@
  * truth; no subscription is involved.
  *
  * This is a library of its own, libeventsrc_project (static), built on the
- * public API of libeventsrc: a program that uses it links sqlite3 and
- * jansson as well.  libeventsrc itself does not depend on either.
+ * public API of libeventsrc: a program that uses it links sqlite3, jansson
+ * and (when built with PostgreSQL) libpq as well.  libeventsrc itself does
+ * not depend on SQLite or jansson.
  *
- * Targets: "sqlite:PATH" (a database file, created if missing).
+ * Targets:
+ *   "sqlite:PATH"     a database file, created if missing;
+ *   "postgres://…"    a PostgreSQL database (libpq URI); the model lives in
+ *                     a schema of its own, `?schema=NAME` (default: the
+ *                     projection's name), created if missing, and the
+ *                     connection's search_path is that schema alone, so the
+ *                     projection's SQL names its tables unqualified.
  *
  * Two ways to write a projection: in C, an es_proj_def whose apply callback
  * gets the open connection inside the batch's transaction; or a projection
@@ -38,11 +45,13 @@ extern "C" {
 
 /* Kinds of target (es_proj_db.kind). */
 #define ES_PROJ_SQLITE 1
+#define ES_PROJ_PG 2
 
 /** The target's connection, handed to a projection's callbacks. */
 typedef struct es_proj_db {
-    int kind;   /* ES_PROJ_SQLITE */
-    void *conn; /* sqlite3 *: the batch's transaction is open on it */
+    int kind;   /* ES_PROJ_SQLITE or ES_PROJ_PG */
+    void *conn; /* sqlite3 * or PGconn *: the batch's transaction is open on
+                   it; do not commit, roll back or close it */
 } es_proj_db;
 
 #define ES_PROJ_DEF_VERSION 1
@@ -122,15 +131,21 @@ typedef struct es_proj_options {
  * ES_PROJ_FOLLOW, on as new events come, until progress returns 1).
  *
  * With ES_PROJ_REBUILD the model is built from the start of the log into a
- * new database file next to PATH (PATH.rebuild-PID), and once it holds the
- * whole log it is renamed over PATH, under the old file's write lock: a
- * reader that opens PATH sees the old model or the new one, never a mix.  A
- * projector still following the old file notices the swap at its next
- * batch and continues on the new one.  PATH must hold no other projection.
+ * fresh place and swapped in atomically once it holds the whole log: a
+ * reader sees the old model or the new one, never a mix.
+ *   SQLite: a new file next to PATH (PATH.rebuild-PID), renamed over PATH
+ *   under the old file's write lock.  A projector still following the old
+ *   file notices the swap at its next batch and continues on the new one.
+ *   PATH must hold no other projection.
+ *   PostgreSQL: a new schema (SCHEMA_rebuild_PID); then one transaction
+ *   drops the old schema (CASCADE) and renames the new one to SCHEMA.  A
+ *   projector following the model names its tables through search_path, so
+ *   its next batch runs on the new tables.  SCHEMA must hold no other
+ *   projection (and nothing else: it is dropped whole).
  *
  * @param[out] out  where the run ended; may be NULL
  * @param store     the store to read
- * @param target    "sqlite:PATH"
+ * @param target    "sqlite:PATH" or "postgres://…[?schema=NAME]"
  * @param def       the projection
  * @param opts      options or NULL for the defaults
  * @return 0, ES_EINVAL (bad arguments; a target that holds something else),
@@ -141,6 +156,30 @@ typedef struct es_proj_options {
  */
 int es_proj_run(es_proj_progress *out, es_store *store, const char *target, const es_proj_def *def,
                 const es_proj_options *opts);
+
+/** Where a model stands against the log, read without writing anything. */
+typedef struct es_proj_status {
+    int found;           /* 1: the target holds a checkpoint of the projection */
+    int same_definition; /* 1: built by this definition (0: rebuild it) */
+    uint64_t checkpoint; /* the model's last position (0: none) */
+    uint64_t events;     /* events applied over the model's life */
+    int64_t updated_us;  /* when the checkpoint last moved, by the projector's
+                            clock (0: never) */
+    uint64_t head;       /* the log's last position */
+    uint64_t behind;     /* events after the checkpoint that the projection's
+                            filters take (capped, as es_sub_info's behind) */
+    int behind_capped;   /* 1: there are more than `behind` */
+    int64_t oldest_us;   /* commit time of the oldest of them (0: none) */
+} es_proj_status;
+
+/**
+ * How far a model is behind the log: its checkpoint in the target, the
+ * log's head, and the events in between the projection takes.  Reads only
+ * (a target with no model yet is found = 0, behind = every event).
+ * @return 0, ES_EINVAL, ES_ENOTSUP, ES_EIO, ES_ENOMEM, or a store's error.
+ */
+int es_proj_status_get(es_proj_status *out, es_store *store, const char *target,
+                       const es_proj_def *def);
 
 /** The message of the last failure of an es_proj_* call on this thread
  *  ("" when none).  Borrowed: valid until the next es_proj_* call. */

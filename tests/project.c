@@ -258,7 +258,15 @@ static void test_bad_arguments(void **state)
     assert_int_equal(es_proj_run(NULL, ts.st, "sqlite:x", NULL, NULL), ES_EINVAL);
     assert_int_equal(es_proj_run(NULL, ts.st, "mysql:x", &d, NULL), ES_EINVAL);
     assert_int_equal(es_proj_run(NULL, ts.st, "sqlite:", &d, NULL), ES_EINVAL);
+#ifdef ES_PROJ_HAVE_PG
+    /* a bad schema is refused before connecting */
+    assert_int_equal(es_proj_run(NULL, ts.st, "postgres://h/db?schema=Bad", &d, NULL), ES_EINVAL);
+    assert_int_equal(es_proj_run(NULL, ts.st, "postgres://h/db?schema=pg_x", &d, NULL), ES_EINVAL);
+    assert_int_equal(es_proj_run(NULL, ts.st, "postgres://h/db?schema=a&schema=b", &d, NULL),
+                     ES_EINVAL);
+#else
     assert_int_equal(es_proj_run(NULL, ts.st, "postgres://h/db", &d, NULL), ES_ENOTSUP);
+#endif
     d.name = "bad name";
     assert_int_equal(es_proj_run(NULL, ts.st, "sqlite:x", &d, NULL), ES_EINVAL);
     d.name = "seen";

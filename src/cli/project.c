@@ -1,6 +1,8 @@
 /*
- * project.c — `esrc project FILE --to sqlite:PATH [--follow] [--rebuild]`:
- * runs a projection file (doc/projections.md) through libeventsrc_project.
+ * project.c — `esrc project FILE --to TARGET [--follow] [--rebuild] [--status]`:
+ * runs a projection file (doc/projections.md) through libeventsrc_project,
+ * into SQLite (sqlite:PATH) or PostgreSQL (postgres://…), or tells how far
+ * its model is behind the log (--status).
  *
  * Progress: on a terminal one line on stderr, rewritten (events, rate,
  * ETA); otherwise plain lines, at most one every few seconds while a long
@@ -103,6 +105,51 @@ static int proj_error(const char *what, int rc)
     return rc == ES_ECONFLICT ? ESRC_CONFLICT : rc == ES_EINVAL ? ESRC_USAGE : ESRC_FAIL;
 }
 
+static void fmt_time(char *out, size_t cap, int64_t us)
+{
+    time_t s = (time_t)(us / 1000000);
+    struct tm tm;
+    if (us <= 0 || !gmtime_r(&s, &tm))
+        snprintf(out, cap, "-");
+    else
+        strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* --status: the model against the log, read only. */
+static int print_status(esrc_ctx *cx, es_store *st, const char *to, const es_proj_def *def)
+{
+    es_proj_status s;
+    char upd[40], old[40];
+    int rc = es_proj_status_get(&s, st, to, def);
+    if (rc < 0)
+        return proj_error("project", rc);
+    fmt_time(upd, sizeof upd, s.updated_us);
+    fmt_time(old, sizeof old, s.oldest_us);
+    if (cx->json) {
+        print_json(json_pack("{s:s,s:s,s:b,s:b,s:I,s:I,s:I,s:I,s:b,s:I,s:I}", "projection",
+                             def->name, "target", to, "found", s.found, "same_definition",
+                             s.same_definition, "checkpoint", (json_int_t)s.checkpoint, "events",
+                             (json_int_t)s.events, "head", (json_int_t)s.head, "behind",
+                             (json_int_t)s.behind, "behind_capped", s.behind_capped, "oldest_us",
+                             (json_int_t)s.oldest_us, "updated_us", (json_int_t)s.updated_us));
+        return ESRC_OK;
+    }
+    printf("projection:  %s\n", def->name);
+    printf("target:      %s\n", to);
+    if (!s.found)
+        printf("model:       none yet\n");
+    else
+        printf("model:       %s\n", s.same_definition
+                                        ? "built by this file"
+                                        : "built by another version of the file (rebuild it)");
+    printf("checkpoint:  %" PRIu64 " (%" PRIu64 " events applied, last at %s)\n", s.checkpoint,
+           s.events, upd);
+    printf("head:        %" PRIu64 "\n", s.head);
+    printf("behind:      %s%" PRIu64 " events%s%s\n", s.behind_capped ? "more than " : "", s.behind,
+           s.behind ? ", the oldest committed at " : "", s.behind ? old : "");
+    return ESRC_OK;
+}
+
 int esrc_project(esrc_ctx *cx, int argc, char **argv)
 {
     static const struct option longs[] = {COMMON_OPTS,
@@ -110,20 +157,26 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv)
                                           {"follow", no_argument, NULL, 'f'},
                                           {"rebuild", no_argument, NULL, 'r'},
                                           {"batch", required_argument, NULL, 'b'},
+                                          {"status", no_argument, NULL, 's'},
                                           {NULL, 0, NULL, 0}};
     static const char help[] =
-        "usage: esrc project FILE --to sqlite:PATH [--follow] [--rebuild] [--batch N]\n\n"
+        "usage: esrc project FILE --to TARGET [--follow] [--rebuild] [--batch N]\n"
+        "       esrc project FILE --to TARGET --status\n\n"
         "Keep a SQL read model of the log: the projection FILE (see\n"
         "doc/projections.md) maps event types to SQL statements.  Each batch of\n"
         "events is applied in one transaction of the target that also moves the\n"
         "projection's checkpoint (table eventsrc_projection), so a run killed at\n"
         "any moment resumes where the model stands: no event twice, none lost.\n\n"
-        "  --to sqlite:PATH  the target database (created if missing)\n"
+        "  --to sqlite:PATH  the target: a SQLite file (created if missing), or\n"
+        "  --to postgres://…[?schema=NAME]  a PostgreSQL database; the model\n"
+        "                    lives in SCHEMA (default: the projection's name)\n"
         "  --follow          keep applying new events (stop with Ctrl-C)\n"
         "  --rebuild         build from the start of the log into a new file and\n"
         "                    swap it in atomically: readers see the old model or\n"
         "                    the new one, never a mix\n"
-        "  --batch N         events per transaction (default 1000)\n\n"
+        "  --batch N         events per transaction (default 1000)\n"
+        "  --status          print the model's checkpoint, the log's head and\n"
+        "                    the events in between (its lag); changes nothing\n\n"
         "An error (bad SQL, an event field the file names that the event lacks, a\n"
         "type mismatch) names FILE:LINE, and the model stays at its last good\n"
         "batch.  Exit 2 for a bad file, 3 when the model was built by another\n"
@@ -135,6 +188,7 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv)
     es_store *st = NULL;
     runview v = {0};
     uint64_t batch = 0;
+    bool status = false;
     int c, rc;
 
     optind = 1;
@@ -149,6 +203,9 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv)
             break;
         case 'r':
             o.flags |= ES_PROJ_REBUILD;
+            break;
+        case 's':
+            status = true;
             break;
         case 'b':
             if ((rc = parse_u64(&batch, optarg, "--batch")) != 0)
@@ -166,11 +223,17 @@ int esrc_project(esrc_ctx *cx, int argc, char **argv)
     if (optind + 1 < argc)
         return usage_error("project: unexpected argument '%s'", argv[optind + 1]);
     if (!to)
-        return usage_error("project: --to sqlite:PATH is required");
+        return usage_error("project: --to sqlite:PATH or --to postgres://… is required");
+    if (status && o.flags)
+        return usage_error("project: --status goes alone (not with --follow or --rebuild)");
     if ((rc = es_proj_file_load(&pf, argv[optind])) < 0)
         return proj_error("project", rc);
     if ((rc = open_store(&st, cx, false, true)) != 0)
         goto done;
+    if (status) {
+        rc = print_status(cx, st, to, es_proj_file_def(pf));
+        goto done;
+    }
 
     v.name = es_proj_file_def(pf)->name;
     v.tty = isatty(STDERR_FILENO);

@@ -11,34 +11,23 @@
  * target cannot apply a batch twice: the second one finds the checkpoint
  * the first one moved.
  *
- * SQLite target: the database runs in rollback-journal mode (not WAL), so
- * that a rebuild can be swapped in by rename(): a committed database is one
- * file with no side files.  The swap takes the old file's write lock
- * first (no writer is inside a transaction of it, and no hot journal is
- * left for the new file to inherit); a projector that still has the old
- * file open checks, once it holds its write lock, that PATH is still the
- * file it has open, and reopens PATH when it is not.
+ * The targets (sqlite.c, pg.c) sit behind es_proj__target_ops: begin a
+ * batch under the projection's write lock, read and write the checkpoint,
+ * commit, and swap a rebuilt model in.
  */
 #include "project_int.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <sqlite3.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #define PROJ_NAME_MAX 128
 #define PROJ_BATCH_DEFAULT 1000
 #define PROJ_WAIT_DEFAULT_MS 1000
-#define PROJ_BUSY_TIMEOUT_MS 10000
-#define PROJ_OPEN_TRIES 5
+#define PROJ_BEHIND_CAP 1000000 /* events counted for the lag, at most (as es_sub_info) */
 
 /* ---- errors ---- */
 
@@ -95,305 +84,11 @@ static int store_err(int rc, const char *what)
                         es_error_last());
 }
 
-/* ---- the SQLite target ---- */
-
-typedef struct target {
-    char *path;
-    sqlite3 *db;
-    dev_t dev; /* the file the connection has open (see sq_begin) */
-    ino_t ino;
-    bool meta_ok;  /* eventsrc_projection exists on this connection */
-    bool attached; /* the projection's callbacks have seen this connection */
-    sqlite3_stmt *get_ckpt, *put_ckpt;
-} target;
-
-static int sq_fail(target *t, const char *what)
+void es_proj__detach(es_proj__target *t)
 {
-    return es_proj__err(ES_EIO, "sqlite:%s: %s: %s", t->path, what, sqlite3_errmsg(t->db));
-}
-
-static int sq_exec(target *t, const char *sql)
-{
-    if (sqlite3_exec(t->db, sql, NULL, NULL, NULL) != SQLITE_OK)
-        return sq_fail(t, sql);
-    return 0;
-}
-
-static void sq_close(target *t, const es_proj_def *def)
-{
-    if (!t->db)
-        return;
-    if (t->attached && def->detach) {
-        es_proj_db pdb = {ES_PROJ_SQLITE, t->db};
-        def->detach(&pdb, def->payload);
-    }
-    sqlite3_finalize(t->get_ckpt);
-    sqlite3_finalize(t->put_ckpt);
-    sqlite3_close(t->db);
-    t->db = NULL;
-    t->get_ckpt = t->put_ckpt = NULL;
-    t->meta_ok = t->attached = false;
-}
-
-/*
- * Open PATH and learn which file was opened: the file is the same before
- * and after the open (a rename over PATH in between is retried).
- */
-static int sq_open(target *t, bool create)
-{
-    struct stat before, after;
-    int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
-    for (int tries = 0; tries < PROJ_OPEN_TRIES; tries++) {
-        bool existed = stat(t->path, &before) == 0;
-        if (sqlite3_open_v2(t->path, &t->db, flags, NULL) != SQLITE_OK) {
-            int rc = sq_fail(t, "open");
-            sqlite3_close(t->db);
-            t->db = NULL;
-            return rc;
-        }
-        sqlite3_busy_timeout(t->db, PROJ_BUSY_TIMEOUT_MS);
-        /* Reading the journal mode opens the file for real. */
-        int rc = sq_exec(t, "PRAGMA journal_mode=DELETE");
-        if (rc == 0)
-            rc = sq_exec(t, "PRAGMA synchronous=FULL");
-        if (rc < 0) {
-            sqlite3_close(t->db);
-            t->db = NULL;
-            return rc;
-        }
-        if (stat(t->path, &after) != 0) {
-            rc = es_proj__err(ES_EIO, "sqlite:%s: %s", t->path, strerror(errno));
-            sqlite3_close(t->db);
-            t->db = NULL;
-            return rc;
-        }
-        if (!existed || (before.st_dev == after.st_dev && before.st_ino == after.st_ino)) {
-            t->dev = after.st_dev;
-            t->ino = after.st_ino;
-            return 0;
-        }
-        sqlite3_close(t->db);
-        t->db = NULL;
-    }
-    return es_proj__err(ES_EIO, "sqlite:%s: the file keeps being replaced", t->path);
-}
-
-/* Is PATH still the file the connection has open? */
-static bool sq_same_file(const target *t)
-{
-    struct stat s;
-    return stat(t->path, &s) == 0 && s.st_dev == t->dev && s.st_ino == t->ino;
-}
-
-/*
- * Begin a batch's write transaction.  Once the write lock is held, no
- * rebuild can swap PATH under it; if one did before, the connection is
- * reopened on the new file.
- */
-static int sq_begin(target *t, const es_proj_def *def)
-{
-    int rc;
-    for (int tries = 0; tries < PROJ_OPEN_TRIES; tries++) {
-        if ((rc = sq_exec(t, "BEGIN IMMEDIATE")) < 0)
-            return rc;
-        if (sq_same_file(t))
-            return 0;
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-        sq_close(t, def);
-        if ((rc = sq_open(t, true)) < 0)
-            return rc;
-    }
-    return es_proj__err(ES_EIO, "sqlite:%s: the file keeps being replaced", t->path);
-}
-
-static void sq_rollback(target *t)
-{
-    if (t->db && !sqlite3_get_autocommit(t->db))
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-typedef struct ckpt {
-    bool found;
-    uint64_t position, events;
-    char definition[17];
-} ckpt;
-
-static int sq_read_ckpt(target *t, const char *name, ckpt *c)
-{
-    int rc;
-    memset(c, 0, sizeof *c);
-    if (!t->meta_ok) {
-        if ((rc = sq_exec(t, "CREATE TABLE IF NOT EXISTS eventsrc_projection ("
-                             "name TEXT PRIMARY KEY, position INTEGER NOT NULL, "
-                             "events INTEGER NOT NULL, definition TEXT, "
-                             "updated_us INTEGER NOT NULL)")) < 0)
-            return rc;
-        t->meta_ok = true;
-    }
-    if (!t->get_ckpt &&
-        sqlite3_prepare_v2(t->db,
-                           "SELECT position, events, definition FROM eventsrc_projection "
-                           "WHERE name = ?1",
-                           -1, &t->get_ckpt, NULL) != SQLITE_OK)
-        return sq_fail(t, "reading the checkpoint");
-    sqlite3_reset(t->get_ckpt);
-    sqlite3_bind_text(t->get_ckpt, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(t->get_ckpt);
-    if (rc == SQLITE_ROW) {
-        sqlite3_int64 pos = sqlite3_column_int64(t->get_ckpt, 0);
-        sqlite3_int64 n = sqlite3_column_int64(t->get_ckpt, 1);
-        const unsigned char *d = sqlite3_column_text(t->get_ckpt, 2);
-        if (pos < 0 || n < 0) {
-            sqlite3_reset(t->get_ckpt);
-            return es_proj__err(ES_ECORRUPT, "sqlite:%s: checkpoint of '%s' is negative", t->path,
-                                name);
-        }
-        c->found = true;
-        c->position = (uint64_t)pos;
-        c->events = (uint64_t)n;
-        if (d)
-            snprintf(c->definition, sizeof c->definition, "%s", (const char *)d);
-        rc = SQLITE_DONE;
-    }
-    sqlite3_reset(t->get_ckpt);
-    return rc == SQLITE_DONE ? 0 : sq_fail(t, "reading the checkpoint");
-}
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int sq_write_ckpt(target *t, const char *name, const ckpt *c)
-{
-    if (!t->put_ckpt &&
-        sqlite3_prepare_v2(t->db,
-                           "INSERT INTO eventsrc_projection(name, position, events, definition, "
-                           "updated_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(name) DO UPDATE "
-                           "SET position = excluded.position, events = excluded.events, "
-                           "definition = excluded.definition, updated_us = excluded.updated_us",
-                           -1, &t->put_ckpt, NULL) != SQLITE_OK)
-        return sq_fail(t, "writing the checkpoint");
-    sqlite3_reset(t->put_ckpt);
-    sqlite3_bind_text(t->put_ckpt, 1, name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(t->put_ckpt, 2, (sqlite3_int64)c->position);
-    sqlite3_bind_int64(t->put_ckpt, 3, (sqlite3_int64)c->events);
-    if (c->definition[0])
-        sqlite3_bind_text(t->put_ckpt, 4, c->definition, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(t->put_ckpt, 4);
-    sqlite3_bind_int64(t->put_ckpt, 5, now_us());
-    int rc = sqlite3_step(t->put_ckpt);
-    sqlite3_reset(t->put_ckpt);
-    return rc == SQLITE_DONE ? 0 : sq_fail(t, "writing the checkpoint");
-}
-
-static int sq_commit(target *t)
-{
-    return sq_exec(t, "COMMIT");
-}
-
-static int fsync_dir_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return ES_ENOMEM;
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        dir[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        strcpy(dir, ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    int rc = 0;
-    if (fd < 0 || fsync(fd) != 0)
-        rc = es_proj__err(ES_EIO, "%s: %s", dir, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    free(dir);
-    return rc;
-}
-
-/*
- * Swap the rebuilt database (t, open on its temporary file) in at `path`,
- * under the old file's write lock.  The old file must hold nothing but
- * this projection (or nothing at all).
- */
-static int sq_swap(target *t, const char *path, const char *name)
-{
-    sqlite3 *old = NULL;
-    sqlite3_stmt *st = NULL;
-    int rc = 0;
-
-    if (sqlite3_open_v2(path, &old, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-        sqlite3_close(old); /* no old model: nothing to lock */
-        old = NULL;
-    } else {
-        sqlite3_busy_timeout(old, PROJ_BUSY_TIMEOUT_MS);
-        /* The write lock: no other writer is inside a transaction (whose
-         * journal would be left beside the new file).  Readers go on
-         * reading the old file; the first read below rolls back a hot
-         * journal of a writer that died. */
-        if (sqlite3_exec(old, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-            rc = es_proj__err(ES_EIO, "sqlite:%s: locking the old model: %s", path,
-                              sqlite3_errmsg(old));
-            goto done;
-        }
-        /* The old file holds only this projection: no other checkpoint, and
-         * either a checkpoint table or no table at all. */
-        if (sqlite3_prepare_v2(old,
-                               "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                               "AND name = 'eventsrc_projection'), (SELECT count(*) FROM "
-                               "sqlite_master WHERE type = 'table')",
-                               -1, &st, NULL) != SQLITE_OK ||
-            sqlite3_step(st) != SQLITE_ROW) {
-            rc = es_proj__err(ES_EIO, "sqlite:%s: %s", path, sqlite3_errmsg(old));
-            goto done;
-        }
-        int has_meta = sqlite3_column_int(st, 0), tables = sqlite3_column_int(st, 1);
-        sqlite3_finalize(st);
-        st = NULL;
-        if (!has_meta && tables > 0) {
-            rc = es_proj__err(ES_EINVAL, "sqlite:%s: holds tables but no projection: not replaced",
-                              path);
-            goto done;
-        }
-        if (has_meta) {
-            if (sqlite3_prepare_v2(old, "SELECT name FROM eventsrc_projection WHERE name <> ?1", -1,
-                                   &st, NULL) != SQLITE_OK) {
-                rc = es_proj__err(ES_EIO, "sqlite:%s: %s", path, sqlite3_errmsg(old));
-                goto done;
-            }
-            sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-            if (sqlite3_step(st) == SQLITE_ROW) {
-                rc = es_proj__err(ES_EINVAL,
-                                  "sqlite:%s: also holds projection '%s': a rebuild replaces "
-                                  "the whole file, so it needs a file of its own",
-                                  path, (const char *)sqlite3_column_text(st, 0));
-                goto done;
-            }
-        }
-    }
-    if (rename(t->path, path) != 0) {
-        rc = es_proj__err(ES_EIO, "rename %s to %s: %s", t->path, path, strerror(errno));
-        goto done;
-    }
-    free(t->path);
-    if (!(t->path = strdup(path))) {
-        rc = es_proj__err(ES_ENOMEM, "out of memory");
-        goto done;
-    }
-    rc = fsync_dir_of(path);
-done:
-    sqlite3_finalize(st);
-    if (old) {
-        sqlite3_exec(old, "ROLLBACK", NULL, NULL, NULL);
-        sqlite3_close(old);
-    }
-    return rc;
+    if (t->attached && t->def->detach)
+        t->def->detach(&t->db, t->def->payload);
+    t->attached = false;
 }
 
 /* ---- a batch of events, copied out of the cursor ---- */
@@ -478,7 +173,7 @@ typedef struct runner {
     es_store *store;
     const es_proj_def *def;
     es_proj_options opts;
-    target t;
+    es_proj__target *t;
     char definition[17]; /* hash of def->definition, "" when none */
     batch b;
     es_cursor *cur;
@@ -504,8 +199,10 @@ static int collect(runner *r, uint64_t checkpoint)
 {
     uint64_t from = checkpoint + 1, last = 0;
     const es_event *e;
+    bool fresh = false;
     int rc;
 
+again:
     r->b.n = r->b.len = 0;
     /* What this run already read past the checkpoint held no event of ours. */
     if (r->scanned_base == checkpoint && r->scanned > checkpoint)
@@ -525,6 +222,7 @@ static int collect(runner *r, uint64_t checkpoint)
         lo.type = r->def->type;
         if ((rc = es_log_cursor(&r->cur, r->store, &lo)) < 0)
             return store_err(rc, "reading the log");
+        fresh = true;
     }
     size_t max = r->opts.batch_events ? r->opts.batch_events : PROJ_BATCH_DEFAULT;
     while (r->b.n < max && (rc = es_cursor_next(&e, r->cur)) == 0) {
@@ -532,9 +230,20 @@ static int collect(runner *r, uint64_t checkpoint)
             return rc;
     }
     r->scanned_base = checkpoint;
-    if (rc == ES_ITEROVER) {
-        /* Every event up to `last` was visible to the cursor: the log is read
-         * to there, whether or not the filters let anything through. */
+    if (rc == ES_ITEROVER && !fresh) {
+        /* A cursor kept from the last batch ends where the log ended when
+         * it read its last page, which may be before `last`: only what it
+         * gave is read.  With nothing, look again with a new cursor. */
+        es_cursor_free(r->cur);
+        r->cur = NULL;
+        if (r->b.n == 0)
+            goto again;
+        r->scanned = r->b.ev[r->b.n - 1].position;
+        r->p.caught_up = 0;
+    } else if (rc == ES_ITEROVER) {
+        /* A cursor opened after `last` was read saw every event up to it:
+         * the log is read to there, whether or not the filters let
+         * anything through. */
         es_cursor_free(r->cur);
         r->cur = NULL;
         r->scanned =
@@ -560,22 +269,20 @@ static int collect(runner *r, uint64_t checkpoint)
  */
 static int step(runner *r, size_t *applied)
 {
-    es_proj_db pdb;
-    ckpt c;
+    es_proj__target *t = r->t;
+    es_proj__ckpt c;
     int rc;
 
     *applied = 0;
-    if ((rc = sq_begin(&r->t, r->def)) < 0)
+    if ((rc = t->ops->begin(t)) < 0)
         return rc;
-    pdb.kind = ES_PROJ_SQLITE;
-    pdb.conn = r->t.db;
-    if ((rc = sq_read_ckpt(&r->t, r->def->name, &c)) < 0)
+    if ((rc = t->ops->read_ckpt(t, &c)) < 0)
         goto fail;
     if (c.found && strcmp(c.definition, r->definition) != 0) {
         rc = es_proj__err(ES_ECONFLICT,
-                          "sqlite:%s: the model '%s' was built by another definition of the "
+                          "%s: the model '%s' was built by another definition of the "
                           "projection: rebuild it",
-                          r->t.path, r->def->name);
+                          t->label, r->def->name);
         goto fail;
     }
     if (!r->started) {
@@ -586,15 +293,15 @@ static int step(runner *r, size_t *applied)
     if ((rc = collect(r, c.position)) < 0)
         goto fail;
     if (c.found && r->b.n == 0) {
-        sq_rollback(&r->t); /* nothing to write */
+        t->ops->rollback(t); /* nothing to write */
         return 0;
     }
-    r->t.attached = true;
-    if (!c.found && r->def->setup && (rc = r->def->setup(&pdb, r->def->payload)) != 0) {
+    t->attached = true;
+    if (!c.found && r->def->setup && (rc = r->def->setup(&t->db, r->def->payload)) != 0) {
         rc = cb_rc(rc, "setup");
         goto fail;
     }
-    if ((rc = r->def->apply(&pdb, r->b.ev, r->b.n, r->def->payload)) != 0) {
+    if ((rc = r->def->apply(&t->db, r->b.ev, r->b.n, r->def->payload)) != 0) {
         rc = cb_rc(rc, "apply");
         goto fail;
     }
@@ -603,7 +310,7 @@ static int step(runner *r, size_t *applied)
         c.position = r->scanned;
     c.events += r->b.n;
     memcpy(c.definition, r->definition, sizeof c.definition);
-    if ((rc = sq_write_ckpt(&r->t, r->def->name, &c)) < 0 || (rc = sq_commit(&r->t)) < 0)
+    if ((rc = t->ops->write_ckpt(t, &c)) < 0 || (rc = t->ops->commit(t)) < 0)
         goto fail;
     r->scanned_base = c.position;
     r->p.position = c.position;
@@ -613,7 +320,7 @@ static int step(runner *r, size_t *applied)
     /* A new model with no events yet: committed, but nothing applied. */
     return 0;
 fail:
-    sq_rollback(&r->t);
+    t->ops->rollback(t);
     return rc;
 }
 
@@ -665,13 +372,42 @@ static int check_args(es_store *store, const char *target_uri, const es_proj_def
     return 0;
 }
 
+/* The kind of a target URI; *rest is what follows the scheme (sqlite) or
+ * the whole URI (postgres). */
+static int target_kind(const char *uri, const char **rest)
+{
+    if (strncmp(uri, "postgres://", 11) == 0 || strncmp(uri, "postgresql://", 13) == 0) {
+        *rest = uri;
+#ifdef ES_PROJ_HAVE_PG
+        return ES_PROJ_PG;
+#else
+        return es_proj__err(ES_ENOTSUP, "PostgreSQL targets are not built in");
+#endif
+    }
+    if (strncmp(uri, "sqlite:", 7) != 0 || !uri[7])
+        return es_proj__err(ES_EINVAL, "target '%s' is not sqlite:PATH or postgres://…", uri);
+    *rest = uri + 7;
+    return ES_PROJ_SQLITE;
+}
+
+static int open_target(es_proj__target **out, const char *uri, const es_proj_def *def, bool rebuild)
+{
+    const char *rest = NULL;
+    int kind = target_kind(uri, &rest);
+    if (kind < 0)
+        return kind;
+#ifdef ES_PROJ_HAVE_PG
+    if (kind == ES_PROJ_PG)
+        return es_proj__pg_open(out, rest, def, rebuild);
+#endif
+    return es_proj__sqlite_open(out, rest, def, rebuild);
+}
+
 int es_proj_run(es_proj_progress *out, es_store *store, const char *target_uri,
                 const es_proj_def *def, const es_proj_options *opts)
 {
     static const es_proj_options defaults = ES_PROJ_OPTIONS_INIT;
     runner r;
-    const char *path;
-    char *final_path = NULL;
     size_t applied;
     int rc;
 
@@ -686,36 +422,8 @@ int es_proj_run(es_proj_progress *out, es_store *store, const char *target_uri,
     r.opts = opts ? *opts : defaults;
     if (def->definition)
         hash_definition(r.definition, def->definition);
-    if (strncmp(target_uri, "postgres://", 11) == 0 ||
-        strncmp(target_uri, "postgresql://", 13) == 0)
-        return es_proj__err(ES_ENOTSUP, "%s: PostgreSQL targets are not built in", target_uri);
-    if (strncmp(target_uri, "sqlite:", 7) != 0 || !target_uri[7])
-        return es_proj__err(ES_EINVAL, "target '%s' is not sqlite:PATH", target_uri);
-    path = target_uri + 7;
-
-    if (r.opts.flags & ES_PROJ_REBUILD) {
-        size_t n = strlen(path) + 64;
-        if (!(final_path = strdup(path)) || !(r.t.path = malloc(n))) {
-            rc = es_proj__err(ES_ENOMEM, "out of memory");
-            goto done;
-        }
-        snprintf(r.t.path, n, "%s.rebuild-%ld", path, (long)getpid());
-        /* Leftovers of a rebuild by an earlier process with this pid. */
-        char *journal = malloc(n + 8);
-        if (!journal) {
-            rc = es_proj__err(ES_ENOMEM, "out of memory");
-            goto done;
-        }
-        snprintf(journal, n + 8, "%s-journal", r.t.path);
-        unlink(r.t.path);
-        unlink(journal);
-        free(journal);
-        r.p.rebuilding = 1;
-    } else if (!(r.t.path = strdup(path))) {
-        rc = es_proj__err(ES_ENOMEM, "out of memory");
-        goto done;
-    }
-    if ((rc = sq_open(&r.t, true)) < 0)
+    r.p.rebuilding = (r.opts.flags & ES_PROJ_REBUILD) != 0;
+    if ((rc = open_target(&r.t, target_uri, def, r.p.rebuilding)) < 0)
         goto done;
 
     for (;;) {
@@ -727,7 +435,7 @@ int es_proj_run(es_proj_progress *out, es_store *store, const char *target_uri,
             continue;
         }
         if (r.p.rebuilding) {
-            if ((rc = sq_swap(&r.t, final_path, def->name)) < 0)
+            if ((rc = r.t->ops->swap(r.t)) < 0)
                 goto done;
             r.p.rebuilding = 0;
         }
@@ -746,13 +454,67 @@ done:
     if (out)
         *out = r.p;
     es_cursor_free(r.cur);
-    sq_close(&r.t, def);
-    if (r.p.rebuilding && r.t.path && final_path) {
-        /* A rebuild that did not finish leaves the old model as it was. */
-        unlink(r.t.path);
-    }
-    free(r.t.path);
-    free(final_path);
+    if (r.t)
+        r.t->ops->close(r.t); /* a rebuild not swapped in is thrown away */
     batch_free(&r.b);
     return rc;
+}
+
+int es_proj_status_get(es_proj_status *out, es_store *store, const char *target_uri,
+                       const es_proj_def *def)
+{
+    es_proj__ckpt c;
+    es_cursor *cur = NULL;
+    const es_event *e;
+    const char *rest = NULL;
+    char hash[17] = "";
+    int kind, rc;
+
+    es_proj__clear_error();
+    if (!out)
+        return es_proj__err(ES_EINVAL, "out is required");
+    memset(out, 0, sizeof *out);
+    if ((rc = check_args(store, target_uri, def, NULL)) < 0)
+        return rc;
+    if ((kind = target_kind(target_uri, &rest)) < 0)
+        return kind;
+#ifdef ES_PROJ_HAVE_PG
+    if (kind == ES_PROJ_PG)
+        rc = es_proj__pg_peek(&c, rest, def);
+    else
+#endif
+        rc = es_proj__sqlite_peek(&c, rest, def->name);
+    if (rc < 0)
+        return rc;
+    if (def->definition)
+        hash_definition(hash, def->definition);
+    out->found = c.found;
+    out->checkpoint = c.position;
+    out->events = c.events;
+    out->updated_us = c.updated_us;
+    out->same_definition = c.found && strcmp(c.definition, hash) == 0;
+    if ((rc = es_store_last_position(&out->head, store)) < 0)
+        return store_err(rc, "reading the log");
+    if (out->head <= c.position)
+        return 0;
+    /* Counted as es_sub_info counts a subscription's lag: the events after
+     * the checkpoint that the projection's filters let through, up to a cap. */
+    es_log_options lo = ES_LOG_OPTIONS_INIT;
+    lo.from_position = c.position + 1;
+    lo.prefix = def->prefix;
+    lo.prefix_len = def->prefix ? def->prefix_len : 0;
+    lo.type = def->type;
+    if ((rc = es_log_cursor(&cur, store, &lo)) < 0)
+        return store_err(rc, "reading the log");
+    while ((rc = es_cursor_next(&e, cur)) == 0) {
+        if (out->behind == 0)
+            out->oldest_us = e->time_us;
+        if (++out->behind >= PROJ_BEHIND_CAP) {
+            out->behind_capped = es_cursor_next(&e, cur) == 0;
+            rc = ES_ITEROVER;
+            break;
+        }
+    }
+    es_cursor_free(cur);
+    return rc == ES_ITEROVER ? 0 : store_err(rc, "reading the log");
 }

@@ -5,8 +5,8 @@
  *
  * Parameters are found by a small SQL lexer that skips strings, quoted
  * identifiers and comments, and are replaced by positional placeholders
- * (?N for SQLite), so event values are always bound, never pasted into SQL
- * text.  Every statement remembers the line it starts on, so that every
+ * (?N for SQLite, $N for PostgreSQL), so event values are always bound,
+ * never pasted into SQL text.  Every statement remembers the line it starts on, so that every
  * error, at load time or while applying events, names FILE:LINE.
  */
 #include "project_int.h"
@@ -14,6 +14,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#ifdef ES_PROJ_HAVE_PG
+#include <libpq-fe.h>
+#endif
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -51,7 +54,8 @@ typedef struct param {
 } param;
 
 typedef struct stmt {
-    char *sql; /* with ?N placeholders */
+    char *sql;   /* with ?N placeholders (SQLite) */
+    char *pgsql; /* the same with $N (PostgreSQL) */
     int line;
     param *params;
     size_t n_params;
@@ -85,6 +89,11 @@ struct es_proj_file {
     route *routes;
     size_t n_routes;
     sqlite3 *prepared_on;
+    void *pg_prepared_on; /* the PGconn its statements are prepared on */
+    const char **pg_vals; /* a statement's parameter values, */
+    char (*pg_num)[32];   /* and room for those written as numbers */
+    size_t pg_max_params; /* of the statement with the most */
+    unsigned pg_gen;      /* rounds of preparing, in the statements' names */
     es_proj_def def;
 };
 
@@ -153,6 +162,7 @@ static void stmt_clear(stmt *s)
     }
     free(s->params);
     free(s->sql);
+    free(s->pgsql);
     sqlite3_finalize(s->prepared);
 }
 
@@ -190,6 +200,8 @@ void es_proj_file_free(es_proj_file *f)
     free(f->name);
     free(f->prefix);
     free(f->definition);
+    free(f->pg_vals);
+    free(f->pg_num);
     free(f);
 }
 
@@ -301,6 +313,13 @@ static int stmt_param(stmt *st, size_t *cap, param *p, size_t *num)
  * statements at ';' outside strings, quoted names and comments, replacing
  * each :parameter with ?N.  Appends to *out.
  */
+/* Add to both forms of a statement. */
+static int emit(text *a, text *b, const char *p, size_t n)
+{
+    int rc = text_add(a, p, n);
+    return rc < 0 ? rc : text_add(b, p, n);
+}
+
 static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_line,
                      bool params_allowed, stmt **out, size_t *n_out, size_t *cap_out)
 {
@@ -308,7 +327,7 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
     int line = first_line;
     stmt cur;
     size_t pcap = 0;
-    text sql = {0};
+    text sql = {0}, pgs = {0}; /* the statement with ?N, and with $N */
     bool content = false;
     int rc = 0;
 
@@ -320,13 +339,15 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
                 if ((rc = grow((void **)out, cap_out, *n_out, sizeof **out)) < 0)
                     goto done;
                 cur.sql = sql.s;
-                sql = (text){0};
+                cur.pgsql = pgs.s;
+                sql = pgs = (text){0};
                 (*out)[(*n_out)++] = cur;
                 memset(&cur, 0, sizeof cur);
                 pcap = 0;
             } else {
                 free(sql.s);
-                sql = (text){0};
+                free(pgs.s);
+                sql = pgs = (text){0};
             }
             content = false;
             p++;
@@ -334,12 +355,12 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
         }
         if (c == '\n') {
             line++;
-            if ((rc = text_add(&sql, p++, 1)) < 0)
+            if ((rc = emit(&sql, &pgs, p++, 1)) < 0)
                 goto done;
             continue;
         }
         if (c == ' ' || c == '\t' || c == '\r') {
-            if ((rc = text_add(&sql, p++, 1)) < 0)
+            if ((rc = emit(&sql, &pgs, p++, 1)) < 0)
                 goto done;
             continue;
         }
@@ -353,7 +374,7 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
             p += 2;
             while (p + 1 < end && !(p[0] == '*' && p[1] == '/')) {
                 if (*p == '\n')
-                    line++, text_add(&sql, "\n", 1);
+                    line++, emit(&sql, &pgs, "\n", 1);
                 p++;
             }
             if (p + 1 >= end) {
@@ -361,7 +382,7 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
                 goto done;
             }
             p += 2;
-            if ((rc = text_add(&sql, " ", 1)) < 0)
+            if ((rc = emit(&sql, &pgs, " ", 1)) < 0)
                 goto done;
             continue;
         }
@@ -390,12 +411,12 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
                 }
                 p++;
             }
-            if ((rc = text_add(&sql, s, (size_t)(p - s))) < 0)
+            if ((rc = emit(&sql, &pgs, s, (size_t)(p - s))) < 0)
                 goto done;
             continue;
         }
         if (c == ':' && p + 1 < end && p[1] == ':') { /* a PostgreSQL cast */
-            if ((rc = text_add(&sql, p, 2)) < 0)
+            if ((rc = emit(&sql, &pgs, p, 2)) < 0)
                 goto done;
             p += 2;
             continue;
@@ -423,14 +444,18 @@ static int split_sql(es_proj_file *f, const char *body, size_t blen, int first_l
             snprintf(ph, sizeof ph, "?%zu", num);
             if ((rc = text_str(&sql, ph)) < 0)
                 goto done;
+            ph[0] = '$';
+            if ((rc = text_str(&pgs, ph)) < 0)
+                goto done;
             p += 1 + len;
             continue;
         }
-        if ((rc = text_add(&sql, p++, 1)) < 0)
+        if ((rc = emit(&sql, &pgs, p++, 1)) < 0)
             goto done;
     }
 done:
     free(sql.s);
+    free(pgs.s);
     if (rc < 0)
         stmt_clear(&cur);
     return rc;
@@ -758,10 +783,21 @@ static int sqlite_code(int rc)
     }
 }
 
+#ifdef ES_PROJ_HAVE_PG
+static int pg_setup(es_proj_file *f, PGconn *conn);
+static int pg_apply(es_proj_file *f, PGconn *conn, const es_event *ev, size_t n);
+#endif
+
 static int pf_setup(const es_proj_db *db, void *payload)
 {
     es_proj_file *f = payload;
     sqlite3 *conn = db->conn;
+#ifdef ES_PROJ_HAVE_PG
+    if (db->kind == ES_PROJ_PG)
+        return pg_setup(f, db->conn);
+#endif
+    if (db->kind != ES_PROJ_SQLITE)
+        return es_proj__err(ES_ENOTSUP, "%s: this target kind is not supported", f->filename);
     for (size_t i = 0; i < f->n_schema; i++) {
         int rc = sqlite3_exec(conn, f->schema[i].sql, NULL, NULL, NULL);
         if (rc != SQLITE_OK)
@@ -776,6 +812,8 @@ static void pf_detach(const es_proj_db *db, void *payload)
     es_proj_file *f = payload;
     if (f->prepared_on == db->conn)
         finalize_all(f);
+    if (f->pg_prepared_on == db->conn)
+        f->pg_prepared_on = NULL; /* its statements go with the connection */
 }
 
 static int prepare_all(es_proj_file *f, sqlite3 *conn)
@@ -888,6 +926,39 @@ static int load_json(es_proj_file *f, const stmt *s, evctx *x, bool meta, json_t
     return 0;
 }
 
+/* The value a :data.PATH / :meta.PATH parameter picks from the event's
+ * JSON; *out is NULL for a missing optional one. */
+static int pick_json(es_proj_file *f, const stmt *s, const param *p, evctx *x, json_t **out)
+{
+    json_t *j = NULL;
+    int rc;
+    *out = NULL;
+    if ((rc = load_json(f, s, x, p->kind == P_META, &j)) < 0)
+        return rc;
+    for (size_t k = 0; k < p->n_steps && j; k++)
+        j = p->steps[k].key ? json_object_get(j, p->steps[k].key)
+                            : json_array_get(j, p->steps[k].index);
+    if (!j && !p->optional) {
+        char why[300];
+        snprintf(why, sizeof why, "the event has no %s (write :%s? to bind NULL when missing)",
+                 p->text, p->text);
+        return evfail(f, s, x->ev, ES_EINVAL, why);
+    }
+    *out = j;
+    return 0;
+}
+
+static int not_scalar(es_proj_file *f, const stmt *s, const param *p, const es_event *ev,
+                      const json_t *j)
+{
+    char why[300];
+    snprintf(why, sizeof why,
+             "type mismatch: %s is an %s, and a parameter takes a number, text, true, false or "
+             "null",
+             p->text, json_is_object(j) ? "object" : "array");
+    return evfail(f, s, ev, ES_EINVAL, why);
+}
+
 static int bind_param(es_proj_file *f, const stmt *s, sqlite3_stmt *ps, int i, const param *p,
                       evctx *x)
 {
@@ -921,19 +992,10 @@ static int bind_param(es_proj_file *f, const stmt *s, sqlite3_stmt *ps, int i, c
         }
         break;
     }
-    if ((rc = load_json(f, s, x, p->kind == P_META, &j)) < 0)
+    if ((rc = pick_json(f, s, p, x, &j)) < 0)
         return rc;
-    for (size_t k = 0; k < p->n_steps && j; k++)
-        j = p->steps[k].key ? json_object_get(j, p->steps[k].key)
-                            : json_array_get(j, p->steps[k].index);
-    char why[300];
-    if (!j) {
-        if (p->optional)
-            return sqlite3_bind_null(ps, i);
-        snprintf(why, sizeof why, "the event has no %s (write :%s? to bind NULL when missing)",
-                 p->text, p->text);
-        return evfail(f, s, ev, ES_EINVAL, why);
-    }
+    if (!j)
+        return sqlite3_bind_null(ps, i);
     switch (json_typeof(j)) {
     case JSON_INTEGER:
         return sqlite3_bind_int64(ps, i, (sqlite3_int64)json_integer_value(j));
@@ -949,11 +1011,7 @@ static int bind_param(es_proj_file *f, const stmt *s, sqlite3_stmt *ps, int i, c
     case JSON_NULL:
         return sqlite3_bind_null(ps, i);
     default:
-        snprintf(why, sizeof why,
-                 "type mismatch: %s is an %s, and a parameter takes a number, text, true, "
-                 "false or null",
-                 p->text, json_is_object(j) ? "object" : "array");
-        return evfail(f, s, ev, ES_EINVAL, why);
+        return not_scalar(f, s, p, ev, j);
     }
 }
 
@@ -987,6 +1045,10 @@ static int pf_apply(const es_proj_db *db, const es_event *ev, size_t n, void *pa
     sqlite3 *conn = db->conn;
     int rc;
 
+#ifdef ES_PROJ_HAVE_PG
+    if (db->kind == ES_PROJ_PG)
+        return pg_apply(f, db->conn, ev, n);
+#endif
     if (db->kind != ES_PROJ_SQLITE)
         return es_proj__err(ES_ENOTSUP, "%s: this target kind is not supported", f->filename);
     if (f->prepared_on != conn && (rc = prepare_all(f, conn)) < 0)
@@ -1005,3 +1067,223 @@ static int pf_apply(const es_proj_db *db, const es_event *ev, size_t n, void *pa
     }
     return 0;
 }
+
+/* ---- applying events (PostgreSQL) ---- */
+
+#ifdef ES_PROJ_HAVE_PG
+
+#define PG_INT8_OID 20 /* the type of :seq, :position and :time */
+
+/* A server's failure as an ES_E* code, by SQLSTATE class: the file's fault
+ * (syntax, names, data, constraints), or the target's. */
+static int pg_code(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!st)
+        return ES_EIO;
+    if (!strncmp(st, "42", 2) || !strncmp(st, "22", 2) || !strncmp(st, "23", 2) ||
+        !strncmp(st, "0A", 2) || !strncmp(st, "2B", 2) || !strncmp(st, "44", 2))
+        return ES_EINVAL;
+    if (!strcmp(st, "53100"))
+        return ES_EFULL;
+    if (!strcmp(st, "53200"))
+        return ES_ENOMEM;
+    return ES_EIO;
+}
+
+static const char *pg_text(PGconn *conn, const PGresult *res, char *buf, size_t cap)
+{
+    const char *m = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!m || !*m)
+        m = PQerrorMessage(conn);
+    size_t n = strlen(m);
+    while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
+        n--;
+    snprintf(buf, cap, "%.*s", (int)n, m);
+    return buf;
+}
+
+static bool pg_ok(const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+static int pg_setup(es_proj_file *f, PGconn *conn)
+{
+    char m[512];
+    for (size_t i = 0; i < f->n_schema; i++) {
+        PGresult *res = PQexec(conn, f->schema[i].pgsql);
+        if (!pg_ok(res)) {
+            int rc = es_proj__err(pg_code(res), "%s:%d: %s", f->filename, f->schema[i].line,
+                                  pg_text(conn, res, m, sizeof m));
+            PQclear(res);
+            return rc;
+        }
+        PQclear(res);
+    }
+    return 0;
+}
+
+static void pg_stmt_name(char *out, size_t cap, const es_proj_file *f, size_t i)
+{
+    snprintf(out, cap, "es_proj_%p_%u_%zu", (const void *)f, f->pg_gen, i);
+}
+
+static int pg_prepare_all(es_proj_file *f, PGconn *conn)
+{
+    Oid *types = NULL;
+    char name[64], m[512];
+    size_t max = 1;
+    int rc = 0;
+
+    for (size_t i = 0; i < f->n_stmts; i++)
+        if (f->stmts[i].n_params > max)
+            max = f->stmts[i].n_params;
+    if (max > f->pg_max_params) {
+        const char **v = realloc(f->pg_vals, max * sizeof *v);
+        if (v)
+            f->pg_vals = v;
+        char(*num)[32] = realloc(f->pg_num, max * sizeof *num);
+        if (num)
+            f->pg_num = num;
+        if (!v || !num)
+            return es_proj__err(ES_ENOMEM, "out of memory");
+        f->pg_max_params = max;
+    }
+    if (!(types = calloc(max, sizeof *types)))
+        return es_proj__err(ES_ENOMEM, "out of memory");
+    /* New names each time: what a failed round prepared stays on the
+     * connection (statements are not transactional). */
+    f->pg_prepared_on = NULL;
+    f->pg_gen++;
+    for (size_t i = 0; i < f->n_stmts && rc == 0; i++) {
+        stmt *s = &f->stmts[i];
+        /* The event's integers are bigint; every other value is sent as
+         * text of an unknown type, which the server types from where the
+         * statement uses it (a column, a cast). */
+        for (size_t k = 0; k < s->n_params; k++) {
+            pkind kd = s->params[k].kind;
+            types[k] = kd == P_SEQ || kd == P_POSITION || kd == P_TIME ? PG_INT8_OID : 0;
+        }
+        pg_stmt_name(name, sizeof name, f, i);
+        PGresult *res = PQprepare(conn, name, s->pgsql, (int)s->n_params, types);
+        if (!pg_ok(res))
+            rc = es_proj__err(pg_code(res), "%s:%d: %s", f->filename, s->line,
+                              pg_text(conn, res, m, sizeof m));
+        PQclear(res);
+    }
+    free(types);
+    if (rc == 0)
+        f->pg_prepared_on = conn;
+    return rc;
+}
+
+/* Bytes as a text parameter: libpq takes text up to its NUL. */
+static int pg_bytes(es_proj_file *f, const stmt *s, const param *p, const es_event *ev,
+                    const void *b, size_t n, const char **out)
+{
+    if (memchr(b, '\0', n))
+        return evfail(f, s, ev, ES_EINVAL,
+                      p->kind == P_STREAM ? "the stream key holds a NUL byte, which PostgreSQL "
+                                            "text cannot"
+                                          : "a value holds a NUL byte, which PostgreSQL text "
+                                            "cannot");
+    *out = b; /* the batch NUL-terminates every event's bytes */
+    return 0;
+}
+
+static int pg_value(es_proj_file *f, const stmt *s, size_t i, evctx *x)
+{
+    const param *p = &s->params[i];
+    const es_event *ev = x->ev;
+    const char **out = &f->pg_vals[i];
+    char *num = f->pg_num[i];
+    json_t *j = NULL;
+    int rc;
+
+    *out = num;
+    switch (p->kind) {
+    case P_STREAM:
+        return pg_bytes(f, s, p, ev, ev->stream, ev->stream_len, out);
+    case P_SEQ:
+        snprintf(num, 32, "%llu", (unsigned long long)ev->seq);
+        return 0;
+    case P_POSITION:
+        snprintf(num, 32, "%llu", (unsigned long long)ev->position);
+        return 0;
+    case P_TIME:
+        snprintf(num, 32, "%lld", (long long)ev->time_us);
+        return 0;
+    case P_TYPE:
+        *out = ev->type;
+        return 0;
+    case P_ID:
+        for (int k = 0; k < ES_ID_SIZE; k++)
+            snprintf(num + 2 * k, 3, "%02x", ev->id[k]);
+        return 0;
+    case P_DATA:
+    case P_META:
+        if (p->n_steps == 0)
+            return p->kind == P_DATA ? pg_bytes(f, s, p, ev, ev->data, ev->data_len, out)
+                                     : pg_bytes(f, s, p, ev, ev->meta, ev->meta_len, out);
+        break;
+    }
+    if ((rc = pick_json(f, s, p, x, &j)) < 0)
+        return rc;
+    switch (j ? json_typeof(j) : JSON_NULL) {
+    case JSON_INTEGER:
+        snprintf(num, 32, "%lld", (long long)json_integer_value(j));
+        return 0;
+    case JSON_REAL:
+        snprintf(num, 32, "%.17g", json_real_value(j));
+        return 0;
+    case JSON_STRING:
+        return pg_bytes(f, s, p, ev, json_string_value(j), json_string_length(j), out);
+    case JSON_TRUE:
+        *out = "true";
+        return 0;
+    case JSON_FALSE:
+        *out = "false";
+        return 0;
+    case JSON_NULL:
+        *out = NULL;
+        return 0;
+    default:
+        return not_scalar(f, s, p, ev, j);
+    }
+}
+
+static int pg_apply(es_proj_file *f, PGconn *conn, const es_event *ev, size_t n)
+{
+    char name[64], m[512];
+    int rc;
+
+    if (f->pg_prepared_on != conn && (rc = pg_prepare_all(f, conn)) < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        const route *r = NULL;
+        evctx x = {.ev = &ev[i]};
+        if ((rc = route_for(&r, f, ev[i].type)) < 0)
+            return rc;
+        for (size_t k = 0; k < r->n && rc == 0; k++) {
+            const stmt *s = &f->stmts[r->idx[k]];
+            for (size_t v = 0; v < s->n_params && rc == 0; v++)
+                rc = pg_value(f, s, v, &x);
+            if (rc < 0)
+                break;
+            pg_stmt_name(name, sizeof name, f, r->idx[k]);
+            PGresult *res = PQexecPrepared(conn, name, (int)s->n_params, f->pg_vals, NULL, NULL, 0);
+            if (!pg_ok(res))
+                rc = evfail(f, s, x.ev, pg_code(res), pg_text(conn, res, m, sizeof m));
+            PQclear(res);
+        }
+        json_decref(x.data);
+        json_decref(x.meta);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+#endif /* ES_PROJ_HAVE_PG */
