@@ -603,7 +603,7 @@ int es_replicate(es_replicate_result *out, es_store *target, es_store *source,
     for (;;) {
         uint64_t last;
         size_t got;
-        if (stop && *stop)
+        if (stop && __atomic_load_n(stop, __ATOMIC_ACQUIRE)) /* set by another thread */
             break;
         if ((rc = es_store_last_position(&last, source)) < 0 || (rc = round_once(&r, &got)) < 0)
             goto done;

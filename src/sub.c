@@ -2101,7 +2101,7 @@ int es_sub_run(es_sub *s, es_sub_handler handler, volatile int *stop, void *payl
     int rc;
     if (!s || !handler || !stop)
         return es__err(ES_EINVAL, "es_sub_run: NULL argument");
-    while (!*stop) {
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { /* set by another thread, or a handler */
         const es_event *const *evs;
         size_t n;
         rc = es_sub_next(&evs, &n, s, SUB_WAIT_SLICE_MS);

@@ -330,7 +330,7 @@ static void test_follow_copies_new_events_until_stopped(void **state)
         struct timespec nap = {0, 5 * 1000000};
         nanosleep(&nap, NULL);
     }
-    f.stop = 1;
+    __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
     pthread_join(t, NULL);
     TU_EXPECT_OK(f.rc);
     assert_int_equal(ri.position, last);
