@@ -20,6 +20,7 @@
 
 #include "args.h"
 #include "auth.h"
+#include "console.h"
 #include "import.h"
 #include "request.h"
 
@@ -42,6 +43,7 @@
 
 #define ROUTES(X)                                                                                  \
     X(OTHER, "other")                                                                              \
+    X(CONSOLE, "console")                                                                          \
     X(HEALTH, "health")                                                                            \
     X(READY, "ready")                                                                              \
     X(METRICS, "metrics")                                                                          \
@@ -207,6 +209,7 @@ static enum MHD_Result queue(req *r, struct MHD_Connection *c, int status, const
     }
     MHD_add_response_header(resp, "Content-Type", ctype);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"esrc\"");
     if (allow)
@@ -775,7 +778,8 @@ static void feed_free(void *cls)
 
 static enum MHD_Result route_feed(req *r, struct MHD_Connection *c)
 {
-    static const char *const known[] = {"from", "prefix", "type", NULL};
+    /* access_token: read by dispatch (EventSource cannot send headers) */
+    static const char *const known[] = {"from", "prefix", "type", "access_token", NULL};
     char err[300];
     uint64_t from = 0;
     srv_fault f;
@@ -832,6 +836,7 @@ static enum MHD_Result route_feed(req *r, struct MHD_Connection *c)
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-store");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     r->status = 200;
     enum MHD_Result ok = MHD_queue_response(c, 200, resp);
     MHD_destroy_response(resp);
@@ -1164,7 +1169,75 @@ static enum MHD_Result route_stats(req *r, struct MHD_Connection *c)
                            (json_int_t)st.snapshots, "bytes", (json_int_t)st.bytes));
 }
 
+/* ---- the web console ---- */
+
+/* The console's pages (src/server/console/, embedded at build time): "/" and
+ * "/console" are the page, "/console/NAME" its script and style.  They hold
+ * no store data, so they need no token: the page asks for one and sends it
+ * with each API request.  The headers keep the page to its own origin's
+ * scripts (no inline script, no other origin) and out of frames. */
+static enum MHD_Result route_console(req *r, struct MHD_Connection *c)
+{
+    const srv_target *t = &r->target;
+    const char *name = "index.html";
+    const srv_asset *a = NULL;
+
+    r->route = R_CONSOLE;
+    if (!method_is(r, "GET"))
+        return not_allowed(r, c, "GET");
+    if (t->n_seg == 2) {
+        for (size_t i = 0; i < srv_console_n_assets; i++)
+            if (srv_seg_is(t, 1, srv_console_assets[i].name))
+                a = &srv_console_assets[i];
+        if (!a)
+            return fail(r, c, 404, "not_found", "no such console file");
+    } else {
+        for (size_t i = 0; i < srv_console_n_assets; i++)
+            if (strcmp(srv_console_assets[i].name, name) == 0)
+                a = &srv_console_assets[i];
+        if (!a)
+            return fail(r, c, 404, "not_found", "no console in this build");
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", a->type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "Content-Security-Policy",
+                            "default-src 'self'; base-uri 'none'; form-action 'none'; "
+                            "frame-ancestors 'none'; object-src 'none'");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    if (atomic_load(&r->s->stopping))
+        MHD_add_response_header(resp, "Connection", "close");
+    r->status = 200;
+    enum MHD_Result ok = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
 /* ---- dispatch ---- */
+
+/* "Bearer " + the feed's access_token parameter, into out.  A browser's
+ * EventSource cannot send an Authorization header, so the log feed (and only
+ * it) takes the token in the query; the access log never shows it
+ * (redact_target).  @return out, or NULL when there is no such parameter. */
+static const char *feed_token(char *out, size_t cap, const srv_target *t)
+{
+    const srv_bytes *v = srv_param(t, "access_token");
+    if (!v)
+        return NULL;
+    if (v->len + 8 > cap || memchr(v->p, 0, v->len)) {
+        snprintf(out, cap, "Bearer -"); /* not a token: a 401 */
+        return out;
+    }
+    memcpy(out, "Bearer ", 7);
+    memcpy(out + 7, v->p, v->len);
+    out[7 + v->len] = 0;
+    return out;
+}
 
 static enum MHD_Result dispatch(req *r, struct MHD_Connection *c)
 {
@@ -1177,6 +1250,8 @@ static enum MHD_Result dispatch(req *r, struct MHD_Connection *c)
                     SRV_MAX_TARGET);
     if ((f = srv_parse_target(t, r->raw, r->raw_len, err, sizeof err)))
         return fail_fault(r, c, f, err);
+    if (t->n_seg == 0 || (t->n_seg <= 2 && srv_seg_is(t, 0, "console")))
+        return route_console(r, c);
     if (t->n_seg == 1 && (srv_seg_is(t, 0, "health") || srv_seg_is(t, 0, "ready"))) {
         bool ready = srv_seg_is(t, 0, "ready");
         uint64_t pos;
@@ -1189,8 +1264,19 @@ static enum MHD_Result dispatch(req *r, struct MHD_Connection *c)
             return fail(r, c, 503, "unavailable", "the store: %s", es_error_last());
         return reply(r, c, 200, json_pack("{s:s}", "status", "ok"));
     }
-    /* everything else needs a token (or --open) */
+    /* everything else needs a token (or --open); in the query only for the
+     * log feed */
+    bool is_feed = t->n_seg == 2 && srv_seg_is(t, 0, "log") && srv_seg_is(t, 1, "feed");
+    char qtok[160];
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (srv_param(t, "access_token") && (!is_feed || auth))
+        return fail(r, c, 400, "bad_request",
+                    is_feed ? "give the token in the Authorization header or in access_token, "
+                              "not both"
+                            : "access_token is taken only by /log/feed; send an Authorization: "
+                              "Bearer header");
+    if (!auth && is_feed)
+        auth = feed_token(qtok, sizeof qtok, t);
     if (auth && r->s->have_tokens) {
         int k = srv_tokens_check(&r->tok, &r->s->tokens, auth, err, sizeof err);
         if (k < 0) {
@@ -1318,6 +1404,64 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(r, c);
 }
 
+/* Does the query name n (as sent, %-escapes and all) decode to "access_token"? */
+static bool is_token_name(const char *p, size_t n)
+{
+    static const char want[] = "access_token";
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++, k++) {
+        int ch = (unsigned char)p[i];
+        if (ch == '%' && i + 2 < n) {
+            char hex[3] = {p[i + 1], p[i + 2], 0};
+            char *end;
+            ch = (int)strtol(hex, &end, 16);
+            if (*end)
+                return false;
+            i += 2;
+        } else if (ch == '+') {
+            ch = ' ';
+        }
+        if (k >= sizeof want - 1 || ch != want[k])
+            return false;
+    }
+    return k == sizeof want - 1;
+}
+
+/* The target for the access log, with the value of every access_token
+ * parameter replaced: a token must never reach a log.  A new string. */
+static char *redact_target(const char *raw)
+{
+    const char *q = strchr(raw, '?');
+    es_buf b = ES_BUF_INIT;
+    if (!q)
+        return strdup(raw);
+    if (es_buf_put(&b, raw, (size_t)(q - raw) + 1))
+        goto oom;
+    for (const char *p = q + 1; *p;) {
+        size_t n = strcspn(p, "&");
+        const char *eq = memchr(p, '=', n);
+        size_t nl = eq ? (size_t)(eq - p) : n;
+        if (is_token_name(p, nl)) {
+            if (es_buf_put(&b, p, nl) || es_buf_put(&b, "=REDACTED", 9))
+                goto oom;
+        } else if (es_buf_put(&b, p, n)) {
+            goto oom;
+        }
+        p += n;
+        if (*p == '&') {
+            if (es_buf_put(&b, "&", 1))
+                goto oom;
+            p++;
+        }
+    }
+    if (es_buf_put(&b, "", 1))
+        goto oom;
+    return (char *)b.data;
+oom:
+    es_buf_free(&b);
+    return NULL;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -1330,17 +1474,19 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
         int status = r->status ? r->status : 0;
         if (status >= 100 && status < 600)
             atomic_fetch_add(&s->requests[r->route][status], 1);
-        json_t *line =
-            json_pack("{s:I,s:s,s:s,s:s%,s:s,s:i,s:I,s:I,s:s,s:b}", "ts_us", (json_int_t)now_us(),
-                      "remote", r->remote, "method", r->method, "target", r->raw, strlen(r->raw),
-                      "route", route_names[r->route], "status", status, "us",
-                      (json_int_t)(mono_us() - r->start_mono), "bytes_in", (json_int_t)r->bytes_in,
-                      "token", r->have_tok ? r->tok.id : (r->s->open ? "open" : "-"), "completed",
-                      toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        char *target = redact_target(r->raw);
+        json_t *line = json_pack(
+            "{s:I,s:s,s:s,s:s,s:s,s:i,s:I,s:I,s:s,s:b}", "ts_us", (json_int_t)now_us(), "remote",
+            r->remote, "method", r->method, "target", target ? target : "(out of memory)", "route",
+            route_names[r->route], "status", status, "us", (json_int_t)(mono_us() - r->start_mono),
+            "bytes_in", (json_int_t)r->bytes_in, "token",
+            r->have_tok ? r->tok.id : (r->s->open ? "open" : "-"), "completed",
+            toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
         char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
         if (text)
             fprintf(stderr, "%s\n", text);
         free(text);
+        free(target);
         json_decref(line);
         atomic_fetch_sub(&s->inflight, 1);
     }

@@ -214,6 +214,30 @@ curl -s -o /dev/null -H "$A" -X POST -d '{"type":"Live","data":"now"}' "$U/strea
 wait $cpid
 grep -q '"data":"now"' "$T/feed3" && ok "the feed delivers a live append" || bad "the feed delivers a live append" "$(cat "$T/feed3")"
 req "a bad Last-Event-ID" 400 - -- -H "$A" -H "Last-Event-ID: x" "$U/log/feed"
+# a browser's EventSource cannot send headers: the feed (only) takes access_token
+curl -s -N --max-time 1 "$U/log/feed?from=1&access_token=$T1" >"$T/body"
+has "the feed takes access_token" 'tenant/1/b'; hasnt "  in the token's scope" 'tenant/2'
+req "  a wrong one: 401" 401 - -- "$U/log/feed?access_token=est_0000000000000000_$(printf '%064d' 0)"
+req "  not with a header too" 400 - -- -H "$A1" "$U/log/feed?access_token=$T1"
+req "no other route takes it" 400 '{"error":"bad_request","message":"access_token is taken only by /log/feed; send an Authorization: Bearer header"}' -- "$U/streams?access_token=$T1"
+req "  not even escaped" 400 - -- "$U/log?access%5Ftoken=$T1"
+
+# ---- the web console: its files, with their headers, without a token ----
+req "the console at /" 200 - -- -D "$T/headers" "$U/"
+has "  is the page" '<script src="/console/console.js" defer></script>'
+tr -d '\r' <"$T/headers" >"$T/body"
+has "  Content-Security-Policy" "Content-Security-Policy: default-src 'self'"
+hasnt "  no inline script" "unsafe-inline"
+has "  nosniff" "X-Content-Type-Options: nosniff"
+has "  text/html" "Content-Type: text/html; charset=utf-8"
+req "its script" 200 - -- -D "$T/headers" "$U/console/console.js"
+tr -d '\r' <"$T/headers" >"$T/body"
+has "  as JavaScript" "Content-Type: text/javascript; charset=utf-8"
+req "no such console file" 404 - -- "$U/console/nope.js"
+req "the console is read-only" 405 - -- -X POST "$U/"
+req "the API answers nosniff too" 200 - -- -D "$T/headers" -H "$A" "$U/streams?limit=1"
+tr -d '\r' <"$T/headers" >"$T/body"
+has "  X-Content-Type-Options" "X-Content-Type-Options: nosniff"
 
 # ---- subscriptions ----
 req "create a subscription" 201 - -- -H "$A" -X POST -d '{"name":"s1","prefixes":["tenant/1/"],"start":"beginning","batch_size":10}' "$U/subscriptions"
@@ -269,6 +293,11 @@ if [ "$nacked" -gt 0 ] && [ "$missing" = 0 ]; then
 else
     bad "every acknowledged append is in the store" "$nacked acknowledged, $missing missing"
 fi
+
+# the feeds' access log lines are written when they end: after the stop
+grep -qF '"target":"/log/feed?from=1&access_token=REDACTED"' "$T/serve.err" && ok "the access log shows access_token redacted" || bad "the access log shows access_token redacted"
+grep -qF '"target":"/log?access%5Ftoken=REDACTED"' "$T/serve.err" && ok "  escaped names too" || bad "  escaped names too"
+if grep -qF "${T1#est_*_}" "$T/serve.err"; then bad "the access log never shows a token"; else ok "the access log never shows a token"; fi
 
 echo "$((n - fails)) of $n passed"
 [ $fails = 0 ]
