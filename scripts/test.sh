@@ -6,7 +6,8 @@
 #      (leaks included)
 #   4. a ThreadSanitizer build and every test
 #   5. the build matrix of the optional stores: lmdb off, postgres off, both
-#      off — each configured, built and run (without the PostgreSQL server)
+#      off (and http:// off) — each configured, built and run (without the
+#      PostgreSQL server)
 #   6. fuzzing: each fuzz target for FUZZ_SECONDS (default 30; 0 skips),
 #      when clang is installed (scripts/fuzz.sh)
 # Every ctest run also replays the fuzz corpora (fuzz/corpus/<name>/),
@@ -18,6 +19,9 @@
 # PostgreSQL server binaries are installed, this script starts a throwaway
 # cluster in a temp dir on a loopback port and stops it at the end.  With
 # neither, those tests report themselves skipped.
+#
+# The http:// store's tests start an `esrc serve` of their own per test
+# (tests/testutil.c; ctest sets ES_TEST_ESRC): nothing to start here.
 #
 # Usage: scripts/test.sh [--soak] [--fast]
 #   --soak  the long runs: 1000 SIGKILL rounds, longer randomised model tests.
@@ -112,7 +116,7 @@ if [ -z "$fast" ]; then
 
     # The matrix needs no server: its PostgreSQL tests (lmdb off) skip.
     for combo in "lmdb-off -DES_WITH_LMDB=OFF" "pg-off -DES_WITH_PG=OFF" \
-                 "both-off -DES_WITH_LMDB=OFF -DES_WITH_PG=OFF"; do
+                 "both-off -DES_WITH_LMDB=OFF -DES_WITH_PG=OFF -DES_WITH_HTTP=OFF"; do
         combo_name=${combo%% *}
         args=${combo#* }
         # shellcheck disable=SC2086

@@ -168,5 +168,8 @@ extern const es__backend es__backend_lmdb;
 #ifdef ES_HAVE_PG
 extern const es__backend es__backend_pg;
 #endif
+#ifdef ES_HAVE_HTTP
+extern const es__backend es__backend_http;
+#endif
 
 #endif

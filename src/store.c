@@ -51,6 +51,12 @@ static const es__backend *find_backend(const char *uri, const char **path)
         return &es__backend_pg;
     }
 #endif
+#ifdef ES_HAVE_HTTP
+    if (strncmp(uri, "http://", 7) == 0 || strncmp(uri, "https://", 8) == 0) {
+        *path = uri;
+        return &es__backend_http;
+    }
+#endif
     return NULL;
 }
 

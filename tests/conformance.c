@@ -74,7 +74,10 @@ static void test_append_and_read_back_every_field(void **state)
     assert_int_equal(r.last_position - r.first_position, 2);
     assert_int_equal(r.replayed, 0);
     assert_true(r.time_us >= 1767225600000000LL);
-    assert_true(r.time_us <= ts->clock_now);
+    /* the fake clock of the open options decides, except on http://, where
+     * the server's store keeps its own clock */
+    if (strcmp(tu_backend, "http") != 0)
+        assert_true(r.time_us <= ts->clock_now);
 
     es_cursor *c;
     const es_event *ev;

@@ -4,9 +4,12 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 const char *tu_backend = "mem";
@@ -29,7 +32,62 @@ int tu_init(int argc, char **argv, const char *suite)
             return 77;
         }
     }
+    if (strcmp(tu_backend, "http") == 0) {
+        const char *esrc = getenv("ES_TEST_ESRC");
+        if (!esrc || !*esrc) {
+            printf("SKIPPED: no esrc to serve the store (set ES_TEST_ESRC)\n");
+            return 77;
+        }
+    }
     return 0;
+}
+
+int tu_http_start(const char *store_uri, const char *log, char *url, size_t cap)
+{
+    int fds[2];
+    char line[512];
+    size_t n = 0;
+    if (pipe(fds) != 0)
+        fail_msg("pipe failed");
+    pid_t pid = fork();
+    if (pid < 0)
+        fail_msg("fork failed");
+    if (pid == 0) {
+        int lf = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fds[1], 1);
+        if (lf >= 0)
+            dup2(lf, 2);
+        close(fds[0]);
+        /* bodies up to a whole 64 MiB batch in base64, 10000 events */
+        execl(getenv("ES_TEST_ESRC"), "esrc", "--store", store_uri, "serve", "--open", "--listen",
+              "127.0.0.1:0", "--max-body", "134217728", "--max-events", "10000", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    /* the first line: "esrc serve: listening on http://127.0.0.1:PORT (store lmdb)" */
+    while (n + 1 < sizeof line && read(fds[0], &line[n], 1) == 1 && line[n] != '\n')
+        n++;
+    line[n] = 0;
+    close(fds[0]);
+    const char *u = strstr(line, "http://");
+    const char *end = u ? strchr(u, ' ') : NULL;
+    if (!u || !end || (size_t)(end - u) >= cap) {
+        tu_http_stop(pid, SIGKILL);
+        fail_msg("esrc serve did not start (log in %s): '%s'", log, line);
+    }
+    memcpy(url, u, (size_t)(end - u));
+    url[end - u] = 0;
+    return (int)pid;
+}
+
+void tu_http_stop(int pid, int sig)
+{
+    int status;
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    while (waitpid(pid, &status, 0) < 0)
+        ;
 }
 
 int64_t tu_clock(void *payload)
@@ -53,6 +111,17 @@ static void make_uri(tu_store *ts)
         /* Each store gets its own schema so tests never see each other. */
         snprintf(ts->uri, sizeof ts->uri, "%s%sschema=t_%d_%u", base, strchr(base, '?') ? "&" : "?",
                  (int)getpid(), ++schema_counter);
+    } else if (strcmp(tu_backend, "http") == 0) {
+        /* a server of our own over a fresh lmdb store: tests never see each
+         * other, as on the other backends */
+        char store[300], log[300];
+        const char *tmp = getenv("TMPDIR");
+        snprintf(ts->dir, sizeof ts->dir, "%s/es-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(ts->dir))
+            fail_msg("mkdtemp failed");
+        snprintf(store, sizeof store, "lmdb:%s/store", ts->dir);
+        snprintf(log, sizeof log, "%s/serve.log", ts->dir);
+        ts->server_pid = tu_http_start(store, log, ts->uri, sizeof ts->uri);
     } else {
         fail_msg("unknown backend %s", tu_backend);
     }
@@ -97,6 +166,8 @@ void tu_close(tu_store *ts)
 {
     es_store_close(ts->st);
     ts->st = NULL;
+    tu_http_stop(ts->server_pid, SIGTERM);
+    ts->server_pid = 0;
     if (ts->dir[0]) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", ts->dir);

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-/* The backend under test: "mem", "lmdb" or "pg"; set by tu_init from argv. */
+/* The backend under test: "mem", "lmdb", "pg" or "http"; set by tu_init from argv. */
 extern const char *tu_backend;
 
 /* Parse argv (backend name first) and print the seed. Returns 0, or 77
@@ -28,7 +28,15 @@ typedef struct tu_store {
     /* fake clock, advanced 1 ms per call; atomic because a store calls its
      * clock from every thread that appends (outside any lock of its own) */
     _Atomic int64_t clock_now;
+    int server_pid; /* http: the esrc serve this store talks to */
 } tu_store;
+
+/* http: start `esrc serve --open` ($ES_TEST_ESRC) on a free loopback port
+ * over the lmdb store STORE_URI, its log in LOG; its URL into url.
+ * @return the server's pid (fails the test when it cannot start). */
+int tu_http_start(const char *store_uri, const char *log, char *url, size_t cap);
+/* Stop a server with signal sig (SIGTERM: gracefully) and reap it. */
+void tu_http_stop(int pid, int sig);
 
 /* Open a fresh, empty store of the backend under test with the fake clock. */
 void tu_open(tu_store *ts);

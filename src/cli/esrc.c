@@ -39,8 +39,13 @@
 #else
 #define ESRC_STORE_PG ""
 #endif
+#ifdef ES_HAVE_HTTP
+#define ESRC_STORE_HTTP " http"
+#else
+#define ESRC_STORE_HTTP ""
+#endif
 /* The stores built in, for `esrc --version` (and scripts that test them). */
-#define ESRC_STORES "mem" ESRC_STORE_LMDB ESRC_STORE_PG
+#define ESRC_STORES "mem" ESRC_STORE_LMDB ESRC_STORE_PG ESRC_STORE_HTTP
 
 /* The latest ESRC_CLOCK_START_US: 9999-12-31T23:59:59Z, far from overflowing. */
 #define ESRC_CLOCK_MAX_US INT64_C(253402300799000000)
@@ -1076,7 +1081,7 @@ static void print_help(void)
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         printf("  %-9s %s\n", commands[i].name, commands[i].help);
     printf("\nThe store is --store URI, else $ESRC_STORE, else %s.\n"
-           "URIs: mem:, lmdb:DIR, postgres://...\n"
+           "URIs: mem:, lmdb:DIR, postgres://..., http[s]://HOST:PORT[?token=T] (esrc serve)\n"
            "--json prints JSON Lines instead of tables.\n"
            "`esrc COMMAND --help` describes a command.\n\n"
            "Exit status: 0 ok, 1 error, 2 usage or bad input, 3 conflict (--expect,\n"

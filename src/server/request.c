@@ -301,8 +301,8 @@ nomem:
     return SRV_TOO_BIG;
 }
 
-static const char *const event_fields[] = {"type", "type_b64", "data", "data_b64",
-                                           "meta", "meta_b64", "id",   NULL};
+static const char *const event_fields[] = {"type",     "type_b64", "data",    "data_b64", "meta",
+                                           "meta_b64", "id",       "time_us", NULL};
 
 static srv_fault decode_event(srv_append *a, size_t i, json_t *o, char *err, size_t errcap)
 {
@@ -363,16 +363,27 @@ static srv_fault decode_event(srv_append *a, size_t i, json_t *o, char *err, siz
         }
         e->id = a->ids[i];
     }
+    if ((v = json_object_get(o, "time_us"))) {
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            snprintf(err, errcap, "%s: time_us must be a positive integer (microseconds)", where);
+            f = SRV_BAD_REQUEST;
+            goto done;
+        }
+        e->time_us = (int64_t)json_integer_value(v);
+    }
 done:
     es_buf_free(&tb);
     return f;
 }
 
-srv_fault srv_decode_append(srv_append *out, const char *body, size_t len, size_t max_events,
-                            const srv_bytes *exp_param, char *err, size_t errcap)
+/* One append (a single event object, or {"expected", "events"}; in a
+ * multi-stream append also "stream" / "stream_b64", which the caller
+ * decodes) from a parsed JSON object. */
+static srv_fault decode_append_obj(srv_append *out, json_t *root, size_t max_events,
+                                   const srv_bytes *exp_param, bool in_ops, char *err,
+                                   size_t errcap)
 {
-    json_error_t je;
-    json_t *root = NULL, *list = NULL, *v;
+    json_t *list = NULL, *v;
     srv_fault f = SRV_BAD_REQUEST;
     size_t n;
 
@@ -383,23 +394,23 @@ srv_fault srv_decode_append(srv_append *out, const char *body, size_t len, size_
         snprintf(err, errcap, "expected must be any, exists, no-stream or a seq");
         return SRV_BAD_REQUEST;
     }
-    if (!(root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je))) {
-        snprintf(err, errcap, "malformed JSON: %s (line %d, column %d)", je.text, je.line,
-                 je.column);
-        return SRV_BAD_REQUEST;
-    }
     if (!json_is_object(root)) {
         snprintf(err, errcap, "the body must be a JSON object");
         goto done;
     }
     list = json_object_get(root, "events");
+    if (in_ops && !list) {
+        snprintf(err, errcap, "an op has stream, expected and events");
+        goto done;
+    }
     if (list) {
         const char *field;
         json_object_foreach(root, field, v)
         {
-            if (strcmp(field, "events") != 0 && strcmp(field, "expected") != 0) {
-                snprintf(err, errcap, "unknown field '%.40s' (a batch has events and expected)",
-                         field);
+            if (strcmp(field, "events") != 0 && strcmp(field, "expected") != 0 &&
+                !(in_ops && (strcmp(field, "stream") == 0 || strcmp(field, "stream_b64") == 0))) {
+                snprintf(err, errcap, "unknown field '%.40s' (a batch has %sevents and expected)",
+                         field, in_ops ? "stream, " : "");
                 goto done;
             }
         }
@@ -451,10 +462,104 @@ srv_fault srv_decode_append(srv_append *out, const char *body, size_t len, size_
             goto done;
     f = SRV_OK;
 done:
-    json_decref(root);
     if (f)
         srv_append_free(out);
     return f;
+}
+
+srv_fault srv_decode_append(srv_append *out, const char *body, size_t len, size_t max_events,
+                            const srv_bytes *exp_param, char *err, size_t errcap)
+{
+    json_error_t je;
+    json_t *root;
+    srv_fault f;
+
+    memset(out, 0, sizeof *out);
+    if (!(root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je))) {
+        snprintf(err, errcap, "malformed JSON: %s (line %d, column %d)", je.text, je.line,
+                 je.column);
+        return SRV_BAD_REQUEST;
+    }
+    f = decode_append_obj(out, root, max_events, exp_param, false, err, errcap);
+    json_decref(root);
+    return f;
+}
+
+srv_fault srv_decode_multi(srv_multi *out, const char *body, size_t len, size_t max_events,
+                           char *err, size_t errcap)
+{
+    json_error_t je;
+    json_t *root, *ops;
+    srv_fault f = SRV_BAD_REQUEST;
+    size_t total = 0;
+
+    memset(out, 0, sizeof *out);
+    if (!(root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je))) {
+        snprintf(err, errcap, "malformed JSON: %s (line %d, column %d)", je.text, je.line,
+                 je.column);
+        return SRV_BAD_REQUEST;
+    }
+    ops = json_object_get(root, "ops");
+    if (!json_is_object(root) || !json_is_array(ops) || json_object_size(root) != 1) {
+        snprintf(err, errcap, "the body must be {\"ops\": [{stream, expected, events}, ...]}");
+        goto done;
+    }
+    out->n = json_array_size(ops);
+    if (out->n == 0) {
+        snprintf(err, errcap, "an append needs at least one op");
+        goto done;
+    }
+    if (out->n > max_events) {
+        snprintf(err, errcap, "%zu ops in one append; the limit is %zu", out->n, max_events);
+        f = SRV_TOO_BIG;
+        goto done;
+    }
+    out->ops = calloc(out->n, sizeof *out->ops);
+    out->keys = calloc(out->n, sizeof *out->keys);
+    out->aops = calloc(out->n, sizeof *out->aops);
+    if (!out->ops || !out->keys || !out->aops) {
+        snprintf(err, errcap, "out of memory");
+        f = SRV_TOO_BIG;
+        goto done;
+    }
+    for (size_t i = 0; i < out->n; i++) {
+        char where[32];
+        json_t *op = json_array_get(ops, i);
+        snprintf(where, sizeof where, "op %zu", i);
+        if ((f = decode_append_obj(&out->ops[i], op, max_events - total, NULL, true, err, errcap)))
+            goto done;
+        total += out->ops[i].n;
+        if ((f = get_bytes(&out->keys[i], ES_MAX_KEY, op, "stream", false, true, where, err,
+                           errcap)))
+            goto done;
+        if (out->keys[i].len == 0) {
+            snprintf(err, errcap, "%s: a stream key is 1..%d bytes", where, ES_MAX_KEY);
+            f = SRV_BAD_REQUEST;
+            goto done;
+        }
+        out->aops[i] = (es_append_op){out->keys[i].data, out->keys[i].len, out->ops[i].expected,
+                                      out->ops[i].events, out->ops[i].n};
+    }
+    f = SRV_OK;
+done:
+    json_decref(root);
+    if (f)
+        srv_multi_free(out);
+    return f;
+}
+
+void srv_multi_free(srv_multi *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; m->ops && i < m->n; i++)
+        srv_append_free(&m->ops[i]);
+    for (size_t i = 0; m->keys && i < m->n; i++)
+        es_buf_free(&m->keys[i]);
+    free(m->ops);
+    free(m->keys);
+    free(m->aops);
+    memset(m, 0, sizeof *m);
 }
 
 void srv_append_free(srv_append *a)

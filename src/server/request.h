@@ -66,9 +66,10 @@ srv_fault srv_param_u64(uint64_t *out, const srv_target *t, const char *name, ui
 
 /* An append body, decoded.  Either one event object or
  * {"expected": ..., "events": [event, ...]}; an event is
- * {"type" | "type_b64", "data" | "data_b64", "meta" | "meta_b64", "id"}
+ * {"type" | "type_b64", "data" | "data_b64", "meta" | "meta_b64", "id", "time_us"}
  * where data and meta given as a JSON value other than a string are stored
- * as its compact JSON text.  Free with srv_append_free. */
+ * as its compact JSON text.  time_us on the first event keeps that time as
+ * the commit time (ES_APPEND_KEEP_TIME).  Free with srv_append_free. */
 typedef struct srv_append {
     uint64_t expected;
     es_event_new *events;
@@ -84,6 +85,20 @@ typedef struct srv_append {
 srv_fault srv_decode_append(srv_append *out, const char *body, size_t len, size_t max_events,
                             const srv_bytes *exp_param, char *err, size_t errcap);
 void srv_append_free(srv_append *a);
+
+/* A multi-stream append (es_append_multi): {"ops": [{"stream" | "stream_b64",
+ * "expected", "events": [event, ...]}, ...]}, at most max_events events in
+ * all.  aops[i] borrows from ops[i] and keys[i].  Free with srv_multi_free. */
+typedef struct srv_multi {
+    size_t n;
+    srv_append *ops;
+    es_buf *keys;
+    es_append_op *aops;
+} srv_multi;
+
+srv_fault srv_decode_multi(srv_multi *out, const char *body, size_t len, size_t max_events,
+                           char *err, size_t errcap);
+void srv_multi_free(srv_multi *m);
 
 /* An expectation: any | exists | no-stream | SEQ. */
 int srv_parse_expected(uint64_t *out, const char *s, size_t len);

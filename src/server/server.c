@@ -52,6 +52,7 @@
     X(STREAMS, "streams")                                                                          \
     X(READ, "stream_read")                                                                         \
     X(APPEND, "stream_append")                                                                     \
+    X(APPEND_MULTI, "append")                                                                      \
     X(HEAD, "stream_head")                                                                         \
     X(STREAM_VERIFY, "stream_verify")                                                              \
     X(LOG, "log")                                                                                  \
@@ -372,7 +373,8 @@ static enum MHD_Result route_append(req *r, struct MHD_Connection *c, const srv_
     if (f)
         return fail_fault(r, c, f, err);
     int64_t t0 = mono_us();
-    int rc = es_append(&res, r->s->st, key->p, key->len, a.expected, a.events, a.n);
+    unsigned flags = a.events[0].time_us ? ES_APPEND_KEEP_TIME : 0;
+    int rc = es_append_ex(&res, r->s->st, key->p, key->len, a.expected, a.events, a.n, flags);
     observe(&r->s->append_latency, mono_us() - t0);
     if (rc == ES_ECONFLICT) {
         json_t *x = json_object();
@@ -387,6 +389,62 @@ static enum MHD_Result route_append(req *r, struct MHD_Connection *c, const srv_
         ok = reply(r, c, res.replayed ? 200 : 201, append_result_json(key->p, key->len, &res));
     }
     srv_append_free(&a);
+    return ok;
+}
+
+/* POST /append: es_append_multi, one commit over several streams. */
+static enum MHD_Result route_multi(req *r, struct MHD_Connection *c)
+{
+    char err[300];
+    srv_multi m;
+    es_append_result *res = NULL;
+    srv_fault f;
+    enum MHD_Result ok;
+
+    r->route = R_APPEND_MULTI;
+    if (r->target.n_param)
+        return fail(r, c, 400, "bad_request", "this route takes no query parameters");
+    f = srv_decode_multi(&m, (const char *)r->body.data, r->body.len, r->s->max_events, err,
+                         sizeof err);
+    if (f)
+        return fail_fault(r, c, f, err);
+    for (size_t i = 0; i < m.n; i++) {
+        if (!srv_token_allows(&r->tok, SRV_RIGHT_APPEND, m.aops[i].stream, m.aops[i].stream_len)) {
+            srv_multi_free(&m);
+            return forbidden(r, c);
+        }
+    }
+    if (!(res = calloc(m.n, sizeof *res))) {
+        srv_multi_free(&m);
+        return fail(r, c, 500, "out_of_memory", "out of memory");
+    }
+    unsigned flags = m.aops[0].events[0].time_us ? ES_APPEND_KEEP_TIME : 0;
+    int64_t t0 = mono_us();
+    int rc = es_append_multi(res, r->s->st, m.aops, m.n, flags);
+    observe(&r->s->append_latency, mono_us() - t0);
+    if (rc == ES_ECONFLICT) {
+        /* the op that met another head says so; the others are zero */
+        json_t *x = json_object(), *heads = json_array();
+        for (size_t i = 0; i < m.n; i++)
+            json_array_append_new(heads, json_integer((json_int_t)res[i].head));
+        json_object_set_new(x, "heads", heads);
+        ok = fail_extra(r, c, 409, "conflict", x, "%s", es_error_last());
+    } else if (rc) {
+        ok = fail_lib(r, c, rc);
+    } else {
+        bool replayed = true;
+        json_t *list = json_array();
+        for (size_t i = 0; i < m.n; i++) {
+            replayed = replayed && res[i].replayed;
+            if (!res[i].replayed)
+                atomic_fetch_add(&r->s->events_appended, m.aops[i].n);
+            json_array_append_new(
+                list, append_result_json(m.aops[i].stream, m.aops[i].stream_len, &res[i]));
+        }
+        ok = reply(r, c, replayed ? 200 : 201, json_pack("{s:o}", "results", list));
+    }
+    free(res);
+    srv_multi_free(&m);
     return ok;
 }
 
@@ -1304,6 +1362,8 @@ static enum MHD_Result dispatch(req *r, struct MHD_Connection *c)
         return method_is(r, "GET") ? route_stats(r, c) : not_allowed(r, c, "GET");
     if (t->n_seg == 1 && srv_seg_is(t, 0, "verify"))
         return method_is(r, "GET") ? route_verify(r, c, NULL) : not_allowed(r, c, "GET");
+    if (t->n_seg == 1 && srv_seg_is(t, 0, "append"))
+        return method_is(r, "POST") ? route_multi(r, c) : not_allowed(r, c, "POST");
     if (srv_seg_is(t, 0, "streams")) {
         if (t->n_seg == 1)
             return method_is(r, "GET") ? route_streams(r, c) : not_allowed(r, c, "GET");
