@@ -541,10 +541,10 @@ static void read_incarnation(vec *rec, const vec *log, const char *dir, unsigned
     char line[256];
     vec acks = {NULL, 0, 0, sizeof(size_t[2])}; /* (receipts so far, position) */
     while (fgets(line, sizeof line, f)) {
-        unsigned li;
-        unsigned long long pos, seq;
-        long long t;
-        int k;
+        unsigned li = 0;
+        unsigned long long pos = 0, seq = 0;
+        long long t = 0;
+        int k = 0;
         if (!strchr(line, '\n'))
             break; /* a line cut short by the kill: never acknowledged */
         if (line[0] == 'A' && sscanf(line, "A %u %llu", &li, &pos) == 2 && li == inc) {
