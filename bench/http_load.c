@@ -102,8 +102,8 @@ static void *append_thread(void *arg)
             break;
         payload(data, i);
         int len = snprintf(body, sizeof body,
-                           "{\"type\":\"W10\",\"data\":\"%s\",\"id\":\"%016" PRIx64 "%04x%012" PRIx64
-                           "\"}",
+                           "{\"type\":\"W10\",\"data\":\"%s\",\"id\":\"%016" PRIx64
+                           "%04x%012" PRIx64 "\"}",
                            data, c->run, (unsigned)c->id, i);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)len);
@@ -161,8 +161,8 @@ static int run_append(const char *base, int conns, double secs, const char *tag)
         memcpy(all + k, cs[i].lat, cs[i].n * sizeof *all);
         k += cs[i].n;
         if (cs[i].errors)
-            fprintf(stderr, "http_load: client %d: %" PRIu64 " errors, last: %s\n", i,
-                    cs[i].errors, cs[i].last_error);
+            fprintf(stderr, "http_load: client %d: %" PRIu64 " errors, last: %s\n", i, cs[i].errors,
+                    cs[i].last_error);
         free(cs[i].lat);
     }
     qsort(all, total, sizeof *all, cmp_double);
@@ -196,8 +196,8 @@ static int run_fill(const char *base, const char *key, long events, long batch)
         for (long i = 0; i < n; i++) {
             char ev[400];
             payload(data, (uint64_t)(done + i));
-            int len = snprintf(ev, sizeof ev, "%s{\"type\":\"W11\",\"data\":\"%s\"}", i ? "," : "",
-                               data);
+            int len =
+                snprintf(ev, sizeof ev, "%s{\"type\":\"W11\",\"data\":\"%s\"}", i ? "," : "", data);
             on_data(ev, 1, (size_t)len, &body);
         }
         on_data("]}", 1, 2, &body);
@@ -277,8 +277,7 @@ static int run_read(const char *base, const char *key, long limit, int repeats)
             long status = 0;
             curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
             if (rc != CURLE_OK || status != 200 || !resp.p) {
-                fprintf(stderr, "http_load: read: %s status %ld\n", curl_easy_strerror(rc),
-                        status);
+                fprintf(stderr, "http_load: read: %s status %ld\n", curl_easy_strerror(rc), status);
                 ret = 1;
                 break;
             }
