@@ -57,6 +57,7 @@ start() {
         sleep 0.1
     done
     U=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$T/out")
+    [ -n "$U" ] || { echo "http_bench: no address in: $(cat "$T/out")" >&2; exit 1; }
 }
 stop() { kill "$pid"; wait "$pid" || true; pid=; }
 
