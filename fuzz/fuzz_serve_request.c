@@ -7,8 +7,11 @@
  * message, never crash or leak.  Checked properties: a decoded append has
  * 1..max events each within the limits; a prefix set stays sorted and free
  * of overlap, and the intersection with a query covers exactly the keys both
- * cover.
+ * cover; the server's direct event encoder writes the same bytes as
+ * json_dumps(esrc_event_json()) for an event made of the body's bytes (text
+ * or not, with escapes).
  */
+#include "import.h"
 #include "request.h"
 
 #include <stdlib.h>
@@ -21,6 +24,46 @@ static int cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
     size_t m = al < bl ? al : bl;
     int c = m ? memcmp(a, b, m) : 0;
     return c ? c : (al > bl) - (al < bl);
+}
+
+/* The body split in three (stream, type, data; meta the whole body) as an
+ * event: srv_event_json must equal jansson's encoding byte for byte. */
+static void check_event_json(const uint8_t *p, size_t n)
+{
+    es_event ev;
+    char type[ES_MAX_TYPE + 1];
+    size_t a = n / 3, b = n / 3;
+    memset(&ev, 0, sizeof ev);
+    if (a > ES_MAX_TYPE)
+        a = ES_MAX_TYPE;
+    memcpy(type, p, a);
+    type[a] = 0;
+    ev.type = type;
+    ev.type_len = a;
+    ev.stream = p + a;
+    ev.stream_len = b;
+    ev.data = p + a + b;
+    ev.data_len = n - a - b;
+    ev.meta = p;
+    ev.meta_len = n;
+    ev.seq = n + 1;
+    ev.position = (uint64_t)n * 7919 + 1;
+    ev.time_us = n % 2 ? -(int64_t)n * 1000003 : (int64_t)n * 1000003;
+    for (size_t i = 0; i < ES_ID_SIZE && i < n; i++)
+        ev.id[i] = p[i];
+    for (size_t i = 0; i < ES_HASH_SIZE && i < n; i++)
+        ev.hash[i] = p[n - 1 - i];
+    json_t *j = esrc_event_json(&ev);
+    char *want = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    es_buf got = ES_BUF_INIT;
+    if (!want || srv_event_json(&got, &ev) || got.len != strlen(want) ||
+        memcmp(got.data, want, got.len) != 0)
+        abort();
+    if (srv_is_text(p, n) != esrc_is_text(p, n))
+        abort();
+    es_buf_free(&got);
+    free(want);
+    json_decref(j);
 }
 
 static void check_set(const srv_prefixes *s)
@@ -57,6 +100,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint64_t v;
         srv_param_u64(&v, &t, "limit", 100, 1, 1000, err, sizeof err);
     }
+
+    check_event_json((const uint8_t *)body, bl);
 
     srv_append a;
     err[0] = 0;

@@ -6,6 +6,7 @@
 #include "request.h"
 
 #include "args.h"
+#include "import.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -811,5 +812,147 @@ int srv_escape(es_buf *out, const uint8_t *p, size_t n)
         if (es_buf_put(out, plain ? (const char *)&p[i] : e, plain ? 1 : 3) < 0)
             return -1;
     }
+    return 0;
+}
+
+/* ---- encoding ---- */
+
+/* The length of the UTF-8 sequence at p (n bytes left), 0 when invalid:
+ * jansson's utf8_check_first / utf8_check_full. */
+static size_t utf8_len(const uint8_t *p, size_t n)
+{
+    uint8_t c = p[0];
+    size_t len;
+    uint32_t v;
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2) /* a continuation byte, or an overlong 2-byte form */
+        return 0;
+    if (c < 0xE0) {
+        len = 2;
+        v = c & 0x1F;
+    } else if (c < 0xF0) {
+        len = 3;
+        v = c & 0x0F;
+    } else if (c < 0xF5) {
+        len = 4;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (p[i] & 0x3F);
+    }
+    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF) || (len == 3 && v < 0x800) ||
+        (len == 4 && v < 0x10000))
+        return 0;
+    return len;
+}
+
+bool srv_is_text(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        if (p[i] == 0)
+            return false;
+        size_t l = utf8_len(p + i, n - i);
+        if (!l)
+            return false;
+        i += l;
+    }
+    return true;
+}
+
+int srv_json_str(es_buf *out, const uint8_t *p, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t run = 0; /* bytes before p + i not yet written */
+    if (es_buf_put(out, "\"", 1))
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = p[i];
+        char esc[6];
+        size_t el = 2;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            run++;
+            continue;
+        }
+        esc[0] = '\\';
+        switch (c) {
+        case '"':
+        case '\\':
+            esc[1] = (char)c;
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            el = 6;
+        }
+        if ((run && es_buf_put(out, p + i - run, run)) || es_buf_put(out, esc, el))
+            return -1;
+        run = 0;
+    }
+    if (run && es_buf_put(out, p + n - run, run))
+        return -1;
+    return es_buf_put(out, "\"", 1) ? -1 : 0;
+}
+
+int srv_json_bytes(es_buf *out, const char *name, const uint8_t *p, size_t n)
+{
+    if (es_buf_put(out, "\"", 1) || es_buf_put(out, name, strlen(name)))
+        return -1;
+    if (srv_is_text(p, n))
+        return es_buf_put(out, "\":", 2) || srv_json_str(out, p, n) ? -1 : 0;
+    size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
+    char *b = malloc(cap);
+    int rc = -1;
+    if (b) {
+        sodium_bin2base64(b, cap, p, n, sodium_base64_VARIANT_ORIGINAL);
+        rc = es_buf_put(out, "_b64\":\"", 7) || es_buf_put(out, b, strlen(b)) ||
+                     es_buf_put(out, "\"", 1)
+                 ? -1
+                 : 0;
+        free(b);
+    }
+    return rc;
+}
+
+int srv_event_json(es_buf *out, const es_event *ev)
+{
+    char idh[ES_ID_SIZE * 2 + 1], hh[ES_HASH_SIZE * 2 + 1], when[64], num[96];
+    sodium_bin2hex(idh, sizeof idh, ev->id, ES_ID_SIZE);
+    sodium_bin2hex(hh, sizeof hh, ev->hash, ES_HASH_SIZE);
+    esrc_format_time_us(when, sizeof when, ev->time_us);
+    int n = snprintf(num, sizeof num, ",\"seq\":%lld,\"position\":%lld,\"time_us\":%lld,\"time\":",
+                     (long long)ev->seq, (long long)ev->position, (long long)ev->time_us);
+    if (es_buf_put(out, "{", 1) || srv_json_bytes(out, "stream", ev->stream, ev->stream_len) ||
+        es_buf_put(out, num, (size_t)n) || srv_json_str(out, (const uint8_t *)when, strlen(when)) ||
+        es_buf_put(out, ",\"id\":\"", 7) || es_buf_put(out, idh, ES_ID_SIZE * 2) ||
+        es_buf_put(out, "\",", 2) ||
+        srv_json_bytes(out, "type", (const uint8_t *)ev->type, ev->type_len) ||
+        es_buf_put(out, ",", 1) || srv_json_bytes(out, "data", ev->data, ev->data_len) ||
+        es_buf_put(out, ",", 1) || srv_json_bytes(out, "meta", ev->meta, ev->meta_len) ||
+        es_buf_put(out, ",\"hash\":\"", 9) || es_buf_put(out, hh, ES_HASH_SIZE * 2) ||
+        es_buf_put(out, "\"}", 2))
+        return -1;
     return 0;
 }

@@ -149,4 +149,22 @@ size_t srv_prefixes_common(const srv_prefixes *s);
  * characters as is).  @return 0, or -1 when out of memory. */
 int srv_escape(es_buf *out, const uint8_t *p, size_t n);
 
+/* ---- encoding ---- */
+
+/* A JSON string: bytes that are UTF-8 text (checked first with
+ * srv_is_text) quoted and escaped as jansson's json_dumps does.  @return 0,
+ * or -1 when out of memory. */
+int srv_json_str(es_buf *out, const uint8_t *p, size_t n);
+/* Bytes that esrc_json_set_bytes would keep as a JSON string: valid UTF-8
+ * without NUL (jansson's rules: no overlong forms, surrogates or code points
+ * past U+10FFFF). */
+bool srv_is_text(const uint8_t *p, size_t n);
+/* `"name":"text"` or `"name_b64":"base64"`, as esrc_json_set_bytes. */
+int srv_json_bytes(es_buf *out, const char *name, const uint8_t *p, size_t n);
+/* One event as compact JSON, the same bytes as
+ * json_dumps(esrc_event_json(ev), JSON_COMPACT), written straight into out
+ * (a page of 1000 events built as jansson trees cost more than the store's
+ * read).  @return 0, or -1 when out of memory. */
+int srv_event_json(es_buf *out, const es_event *ev);
+
 #endif

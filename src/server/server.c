@@ -242,6 +242,25 @@ static enum MHD_Result reply(req *r, struct MHD_Connection *c, int status, json_
     return queue(r, c, status, "application/json", s, n, NULL);
 }
 
+/* Send a JSON text built in b (freed here), or a 500 when building it ran out
+ * of memory (bad). */
+static enum MHD_Result reply_buf(req *r, struct MHD_Connection *c, int status, es_buf *b, bool bad)
+{
+    char *s = bad ? NULL : malloc(b->len + 2);
+    if (s) {
+        memcpy(s, b->data, b->len);
+        s[b->len] = '\n';
+        s[b->len + 1] = 0;
+    }
+    size_t n = b->len + 1;
+    es_buf_free(b);
+    if (!s) {
+        const char oom[] = "{\"error\":\"out_of_memory\",\"message\":\"out of memory\"}\n";
+        return queue(r, c, 500, "application/json", strdup(oom), sizeof oom - 1, NULL);
+    }
+    return queue(r, c, status, "application/json", s, n, NULL);
+}
+
 static enum MHD_Result fail_extra(req *r, struct MHD_Connection *c, int status, const char *code,
                                   json_t *extra, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -456,8 +475,7 @@ static enum MHD_Result route_read(req *r, struct MHD_Connection *c, const srv_by
     uint64_t limit, head = 0;
     es_cursor *cur = NULL;
     const es_event *ev;
-    json_t *list = NULL, *out;
-    es_buf next = ES_BUF_INIT;
+    es_buf next = ES_BUF_INIT, body = ES_BUF_INIT;
     srv_fault f;
     int rc;
 
@@ -481,9 +499,14 @@ static enum MHD_Result route_read(req *r, struct MHD_Connection *c, const srv_by
     if ((rc = es_stream_head(&head, r->s->st, key->p, key->len)) ||
         (rc = es_stream_cursor(&cur, r->s->st, key->p, key->len, &o)))
         return fail_lib(r, c, rc);
-    list = json_array();
+    /* the page is written straight as JSON text: building 1000 events as
+     * jansson trees and dumping them cost more than reading them */
+    char num[64];
+    snprintf(num, sizeof num, ",\"head\":%lld,\"events\":[", (long long)head);
+    bool bad = es_buf_put(&body, "{", 1) || srv_json_bytes(&body, "stream", key->p, key->len) ||
+               es_buf_put(&body, num, strlen(num));
     uint64_t n = 0;
-    while ((rc = es_cursor_next(&ev, cur)) == 0) {
+    while (!bad && (rc = es_cursor_next(&ev, cur)) == 0) {
         if (n++ == limit) {
             if (es_buf_put(&next, "/streams/", 9) || srv_escape(&next, key->p, key->len) ||
                 link_add_u64(&next, "from", ev->seq) ||
@@ -493,21 +516,20 @@ static enum MHD_Result route_read(req *r, struct MHD_Connection *c, const srv_by
                 rc = ES_ENOMEM;
             break;
         }
-        json_array_append_new(list, esrc_event_json(ev));
+        bad = (n > 1 && es_buf_put(&body, ",", 1)) || srv_event_json(&body, ev);
     }
     es_cursor_free(cur);
     observe(&r->s->read_latency, mono_us() - t0);
-    if (rc && rc != ES_ITEROVER) {
-        json_decref(list);
+    if (!bad && rc && rc != ES_ITEROVER) {
+        es_buf_free(&body);
         es_buf_free(&next);
         return fail_lib(r, c, rc);
     }
-    out = json_object();
-    esrc_json_set_bytes(out, "stream", key->p, key->len);
-    json_object_set_new(out, "head", json_integer((json_int_t)head));
-    json_object_set_new(out, "events", list);
-    json_object_set_new(out, "next", next.len ? link_json(&next) : json_null());
-    return reply(r, c, 200, out);
+    bad = bad || es_buf_put(&body, "],\"next\":", 9) ||
+          (next.len ? srv_json_str(&body, next.data, next.len) : es_buf_put(&body, "null", 4)) ||
+          es_buf_put(&body, "}", 1);
+    es_buf_free(&next);
+    return reply_buf(r, c, 200, &body, bad);
 }
 
 static enum MHD_Result route_head(req *r, struct MHD_Connection *c, const srv_bytes *key)
@@ -672,8 +694,8 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
     es_cursor *cur = NULL;
     const es_event *ev;
     uint64_t from, limit, n = 0, scanned = 0, resume;
-    es_buf next = ES_BUF_INIT;
-    json_t *list;
+    es_buf next = ES_BUF_INIT, body = ES_BUF_INIT;
+    bool bad;
     srv_fault f;
     int rc = 0;
 
@@ -691,7 +713,7 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
      * (postgres may show a commit late; mem and lmdb return at once) */
     es_log_catch_up(r->s->st, 1000);
     resume = from;
-    list = json_array();
+    bad = es_buf_put(&body, "{\"events\":[", 11) != 0;
     if (eff.n) {
         int64_t t0 = mono_us();
         o.from_position = from;
@@ -703,7 +725,7 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
             o.type = type;
         }
         if ((rc = es_log_cursor(&cur, r->s->st, &o)) == 0) {
-            while ((rc = es_cursor_next(&ev, cur)) == 0) {
+            while (!bad && (rc = es_cursor_next(&ev, cur)) == 0) {
                 if (eff.n > 1 && !srv_prefixes_cover(&eff, ev->stream, ev->stream_len)) {
                     resume = ev->position + 1;
                     if (++scanned == LOG_SCAN_MAX)
@@ -712,7 +734,7 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
                 }
                 if (n == limit)
                     break;
-                json_array_append_new(list, esrc_event_json(ev));
+                bad = (n && es_buf_put(&body, ",", 1)) || srv_event_json(&body, ev);
                 resume = ev->position + 1;
                 n++;
                 if (++scanned == LOG_SCAN_MAX)
@@ -721,8 +743,8 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
         }
         es_cursor_free(cur);
         observe(&r->s->read_latency, mono_us() - t0);
-        if (rc && rc != ES_ITEROVER) {
-            json_decref(list);
+        if (!bad && rc && rc != ES_ITEROVER) {
+            es_buf_free(&body);
             return fail_lib(r, c, rc);
         }
     }
@@ -734,11 +756,13 @@ static enum MHD_Result route_log(req *r, struct MHD_Connection *c)
                    srv_param(&r->target, "prefix")->len)) ||
          (t && link_add(&next, "type", t->p, t->len)) || link_add_u64(&next, "limit", limit)))
         es_buf_free(&next);
-    json_t *out = json_object();
-    json_object_set_new(out, "events", list);
-    json_object_set_new(out, "next", next.len ? link_json(&next) : json_null());
-    json_object_set_new(out, "resume_from", json_integer((json_int_t)resume));
-    return reply(r, c, 200, out);
+    char num[48];
+    snprintf(num, sizeof num, ",\"resume_from\":%lld}", (long long)resume);
+    bad = bad || es_buf_put(&body, "],\"next\":", 9) ||
+          (next.len ? srv_json_str(&body, next.data, next.len) : es_buf_put(&body, "null", 4)) ||
+          es_buf_put(&body, num, strlen(num));
+    es_buf_free(&next);
+    return reply_buf(r, c, 200, &body, bad);
 }
 
 /* ---- the live feed (Server-Sent Events) ---- */
@@ -774,18 +798,13 @@ static int feed_fill(feed *f)
         f->next = ev->position + 1;
         if (f->eff.n > 1 && !srv_prefixes_cover(&f->eff, ev->stream, ev->stream_len))
             continue;
-        json_t *j = esrc_event_json(ev);
-        char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        json_decref(j);
         char head[48];
         snprintf(head, sizeof head, "id: %" PRIu64 "\ndata: ", ev->position);
-        if (!s || es_buf_put(&f->out, head, strlen(head)) || es_buf_put(&f->out, s, strlen(s)) ||
+        if (es_buf_put(&f->out, head, strlen(head)) || srv_event_json(&f->out, ev) ||
             es_buf_put(&f->out, "\n\n", 2)) {
-            free(s);
             rc = ES_ENOMEM;
             break;
         }
-        free(s);
     }
     es_cursor_free(cur);
     return rc == ES_ITEROVER ? 0 : rc;
