@@ -189,6 +189,8 @@ typedef struct es_event {
     const uint8_t *meta;
     size_t meta_len;
     uint8_t hash[ES_HASH_SIZE]; /* chain hash, see above */
+    unsigned shred;    /* ES_SHRED_*: was the data encrypted, and could it be
+                          read?  (see "Crypto-shredding"); 0 for plain events */
 } es_event;
 
 /**
@@ -323,6 +325,10 @@ ES_EXTERN int es_append(es_append_result *out, es_store *store, const void *stre
                                     past the store's clock, else ES_EINVAL.  A
                                     retry of an append that landed is answered
                                     from the original whatever its time. */
+#define ES_APPEND_RAW 0x2u       /* write data and metadata exactly as given:
+                                    no shredding rule applies, and encrypted
+                                    envelopes (from a raw cursor) are accepted
+                                    as they are (replicas, imports) */
 /* How far past its clock a kept time may be: a day.  A time far in the
  * future would pin every later commit time of the store to it. */
 #define ES_MAX_TIME_AHEAD_US ((int64_t)86400 * 1000000)
@@ -1169,6 +1175,89 @@ ES_EXTERN int es_sub_run(es_sub *sub, es_sub_handler handler, volatile int *stop
 /** Persist the checkpoint (a clean close), release the lease and free.
  *  NULL ok.  Use es_sub_commit first to see whether the checkpoint landed. */
 ES_EXTERN void es_sub_close(es_sub *sub);
+
+/* ------------------------------------------------------------------ */
+/* Crypto-shredding: per-subject encryption, and forgetting a subject    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The data (and, where a rule says so, the metadata) of events in chosen
+ * streams is encrypted with a key per subject (a user, a customer), so that
+ * es_forget can make it unreadable for good by destroying that one key,
+ * while the events stay in the log with their hashes, chains and proofs
+ * intact (they cover the ciphertext).  See doc/crypto-shredding.md.
+ *
+ * Which events: a rule (es_shred_rule_add) names a stream-key prefix; the
+ * subject of an event in a matching stream is its stream key up to (not
+ * including) the first '/' after the prefix, or the whole key.  With the
+ * rule "user/", stream "user/42/profile" has the subject "user/42".  Rules
+ * are kept in the store, so every writer applies them; the longest matching
+ * prefix wins.  A handle reads the rules at its first append and when it
+ * adds one: add rules before writing to their streams.
+ *
+ * Keys: each subject's key is 32 random bytes, kept in the store encrypted
+ * ("wrapped") with a master key that is not: the application hands it to
+ * each handle with es_store_set_master_key.  Appending to a stream under a
+ * rule without the master key fails (ES_EINVAL): nothing is ever written in
+ * plaintext there.  Reading without it gives ES_SHRED_LOCKED events.
+ *
+ * Encryption: XChaCha20-Poly1305 (libsodium crypto_aead_xchacha20poly1305_
+ * ietf), a random nonce per event stored with the ciphertext, and the
+ * stream key, event id and type as associated data: a ciphertext copied
+ * into another event fails authentication (ES_SHRED_BROKEN).
+ *
+ * Reading: cursors (and so views, subscriptions, es_sub_*, es_view_*)
+ * deliver encrypted events decrypted, with es_event.shred saying what
+ * happened.  When the data cannot be read (FORGOTTEN, LOCKED, BROKEN) the
+ * event keeps its stream, seq, position, time, id, type and hash; its data
+ * is empty (data_len 0), and so is its metadata when the metadata was
+ * encrypted too.  A cursor put in raw mode (es_cursor_set_raw) delivers
+ * events as stored (ES_SHRED_SEALED), which is what verification, replicas
+ * and exports use.
+ */
+#define ES_SHRED_NONE 0      /* not encrypted: data as written */
+#define ES_SHRED_OPEN 1      /* encrypted, and decrypted for this read */
+#define ES_SHRED_FORGOTTEN 2 /* its subject was forgotten: data gone for good */
+#define ES_SHRED_LOCKED 3    /* no master key, or not the right one */
+#define ES_SHRED_BROKEN 4    /* the ciphertext does not authenticate (damaged,
+                                or moved from another event) */
+#define ES_SHRED_SEALED 5    /* raw cursor: the encrypted envelope as stored */
+
+#define ES_MASTER_KEY_SIZE 32
+
+/* Flags for es_shred_rule_add. */
+#define ES_SHRED_META 0x1u /* encrypt the metadata too */
+
+/** Give the handle the master key (ES_MASTER_KEY_SIZE bytes, copied; NULL
+ *  forgets it).  @return 0, ES_EINVAL. */
+ES_EXTERN int es_store_set_master_key(es_store *store, const uint8_t *key);
+
+/** Encrypt the events of every stream whose key starts with `prefix` (see
+ *  above); adding an existing rule again changes its flags.
+ *  @return 0, ES_EINVAL, ES_ETOOBIG, ES_ENOTSUP (a store without records),
+ *  ES_EIO, ES_EUNAVAILABLE, ES_ENOMEM. */
+ES_EXTERN int es_shred_rule_add(es_store *store, const void *prefix, size_t prefix_len,
+                                unsigned flags);
+
+/** Call fn for each rule, in prefix order.  fn returns 0 to go on. */
+typedef int (*es_shred_rule_fn)(const uint8_t *prefix, size_t prefix_len, unsigned flags,
+                                void *payload);
+ES_EXTERN int es_shred_rules(es_store *store, es_shred_rule_fn fn, void *payload);
+
+/**
+ * Forget a subject: destroy its key, so the data of every event written for
+ * it can never be decrypted again (they read as ES_SHRED_FORGOTTEN).  No
+ * master key is needed.  Later appends for the subject get a new key.  The
+ * store may keep the destroyed key's bytes in free space until reused (see
+ * doc/crypto-shredding.md for what an operator does about it).
+ * @return 0, ES_ENOTFOUND (no key for that subject), ES_EINVAL, ES_ETOOBIG,
+ *         ES_ENOTSUP, ES_EIO, ES_EUNAVAILABLE, ES_ENOMEM.
+ */
+ES_EXTERN int es_forget(es_store *store, const void *subject, size_t subject_len);
+
+/** Raw mode (raw = 1): the cursor's events come as stored, encrypted ones
+ *  as their envelope with shred = ES_SHRED_SEALED.  @return 0, ES_EINVAL. */
+ES_EXTERN int es_cursor_set_raw(es_cursor *cursor, int raw);
 
 /* ------------------------------------------------------------------ */
 /* Replicas and backups: copies of a store                              */

@@ -52,6 +52,11 @@ struct es_cursor {
     int64_t from_time_us, to_time_us;
     bool time_ordered; /* the backend's log never goes back in time: stop past to_time_us */
     bool done;
+    /* crypto-shredding (shred.c): set by the generic layer */
+    es_store *st;
+    bool raw;                 /* deliver encrypted events as stored */
+    es_event out;             /* the event handed out (backends need not set .shred) */
+    struct es__shred_cur *sc; /* decryption state, allocated at the first envelope */
 };
 
 /* Fields for the tamper hook (tests of es_verify). */

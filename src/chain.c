@@ -154,6 +154,7 @@ static int verify_stream(es_verify_result *r, es_store *st, const void *stream, 
     memset(upto_digest, 0, sizeof upto_digest);
     if ((rc = es_stream_cursor(&c, st, stream, len, NULL)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     while ((rc = es_cursor_next(&ev, c)) == 0) {
         if (ev->stream_len != len || memcmp(ev->stream, stream, len)) {
             fail(r, ev, "stream index points at an event of another stream");
@@ -244,6 +245,7 @@ int es_verify(es_verify_result *out, es_store *st, const void *stream, size_t st
     /* Pass 1: the global log, in position order. */
     if ((rc = es_log_cursor(&c, st, NULL)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     while ((rc = es_cursor_next(&ev, c)) == 0) {
         out->events_checked++;
         if (ev->position <= last_pos) {

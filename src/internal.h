@@ -43,7 +43,24 @@ struct es_store {
     unsigned flags;
     /* the highest position this handle has had acknowledged (catch-up) */
     _Atomic uint64_t max_acked;
+    /* crypto-shredding (shred.c): master key and cached rules, under shred_mu */
+    struct es__shred_state *shred;
 };
+
+/* shred.c */
+int es__shred_init(es_store *st);
+void es__shred_free(es_store *st);
+/* Is this data an encrypted envelope (its magic)? */
+bool es__shred_is_envelope(const void *data, size_t len);
+/* Encrypt the events of the ops under a rule: *enc_out becomes NULL (nothing to
+ * do) or an array of n_ops event arrays to use instead (free with
+ * es__shred_free_ops).  ids are the resolved ids, in op order. */
+int es__shred_seal_ops(es_event_new ***enc_out, es_store *st, const es_append_op *ops, size_t n_ops,
+                       const uint8_t (*ids)[ES_ID_SIZE]);
+void es__shred_free_ops(es_event_new **enc, const es_append_op *ops, size_t n_ops);
+/* Decrypt an envelope event for a cursor: *out points at the cursor's copy. */
+int es__shred_open(const es_event **out, es_cursor *c, const es_event *ev);
+void es__shred_cur_free(es_cursor *c);
 
 /* A new event id: time-ordered (the UUIDv7 layout: 48-bit ms time, then
  * random bits), so id indexes grow at their right edge. */

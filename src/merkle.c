@@ -316,6 +316,7 @@ static int catch_up(mtree *t)
     if (o.from_position <= settled) {
         if ((rc = es_log_cursor(&c, st, &o)) < 0)
             return rc;
+        es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
         while ((rc = es_cursor_next(&ev, c)) == 0 && ev->position <= settled) {
             es_merkle_leaf(t->tail[t->n_tail], ev->hash, ev->position);
             t->tail_pos[t->n_tail++] = ev->position;
@@ -376,6 +377,7 @@ static int load_chunk(mtree *t, uint64_t c, leafset **out)
     o.limit = CHUNK;
     if ((rc = es_log_cursor(&cur, t->st, &o)) < 0)
         return rc;
+    es_cursor_set_raw(cur, 1); /* as stored: hashes cover the ciphertext */
     while ((rc = es_cursor_next(&ev, cur)) == 0) {
         if (ev->position > t->last[c] || (n == 0 && ev->position != t->first[c]))
             break;
@@ -593,6 +595,7 @@ int es_prove_inclusion(es_inclusion_proof *out, es_store *st, uint64_t position,
     o.limit = 1;
     if ((rc = es_log_cursor(&c, st, &o)) < 0)
         goto done;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     rc = es_cursor_next(&ev, c);
     if (rc == 0 && ev->position == position)
         memcpy(out->event_hash, ev->hash, HS);
@@ -638,6 +641,7 @@ int es_prove_event(es_inclusion_proof *out, es_store *st, const void *stream, si
     o.limit = 1;
     if ((rc = es_stream_cursor(&c, st, stream, stream_len, &o)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     rc = es_cursor_next(&ev, c);
     if (rc == 0 && ev->seq == seq)
         position = ev->position;

@@ -237,6 +237,7 @@ static int target_event(repl *r, const es_event *like, uint64_t seq, uint8_t has
     ro.limit = 1;
     if ((rc = es_stream_cursor(&c, r->dst, like->stream, like->stream_len, &ro)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     if ((rc = es_cursor_next(&ev, c)) == 0) {
         memcpy(hash, ev->hash, ES_HASH_SIZE);
         memcpy(id, ev->id, ES_ID_SIZE);
@@ -267,6 +268,7 @@ static int stream_state(sstate **out, repl *r, const es_event *ev)
     ro.limit = 1;
     if ((rc = es_stream_cursor(&c, r->dst, ev->stream, ev->stream_len, &ro)) < 0)
         goto fail;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     rc = es_cursor_next(&last, c);
     if (rc == 0) {
         s->seq = last->seq;
@@ -309,7 +311,7 @@ static int flush(repl *r)
         }
         r->ops[nops++] = (es_append_op){e->stream, e->stream_len, e->seq - 1, &r->news[i], 1};
     }
-    rc = es_append_multi(r->outs, r->dst, r->ops, nops, ES_APPEND_KEEP_TIME);
+    rc = es_append_multi(r->outs, r->dst, r->ops, nops, ES_APPEND_KEEP_TIME | ES_APPEND_RAW);
     if (rc == 0) {
         for (size_t j = 0; j < nops; j++) {
             if (r->outs[j].replayed)
@@ -417,6 +419,7 @@ static int read_batch(repl *r)
     lo.limit = r->o.batch_size;
     if ((rc = es_log_cursor(&c, r->src, &lo)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     static const uint8_t nul = 0;
     while (r->n < r->o.batch_size && (rc = es_cursor_next(&ev, c)) == 0) {
         rev *x = &r->evs[r->n];
@@ -499,6 +502,7 @@ static int check_checkpoint(repl *r)
     lo.limit = 1;
     if ((rc = es_log_cursor(&c, r->src, &lo)) < 0)
         return rc;
+    es_cursor_set_raw(c, 1); /* as stored: hashes cover the ciphertext */
     rc = es_cursor_next(&ev, c);
     if (rc == 0 && (ev->position != r->ck.position || ev->seq != r->ck.last_seq ||
                     ev->stream_len != r->ck.last_stream_len ||

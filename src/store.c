@@ -95,11 +95,16 @@ int es_store_open(es_store **out, const char *uri, const es_open_options *opts)
         return es__err(ES_ERROR, "libsodium failed to initialise");
     if (!(st = es__calloc(1, sizeof *st)))
         return es__err(ES_ENOMEM, "out of memory opening a store");
+    if ((rc = es__shred_init(st)) < 0) {
+        free(st);
+        return rc;
+    }
     st->ops = ops;
     st->clock = opts->clock;
     st->clock_payload = opts->clock_payload;
     st->flags = opts->flags;
     if ((rc = ops->open(&st->be, path, opts, st)) < 0) {
+        es__shred_free(st);
         free(st);
         return rc;
     }
@@ -112,6 +117,7 @@ void es_store_close(es_store *st)
     if (!st)
         return;
     st->ops->close(st->be);
+    es__shred_free(st);
     free(st);
 }
 
@@ -251,7 +257,7 @@ static int check_type(const char *type, const char *what, size_t i, size_t *len)
 
 /* Check one request's events; adds their sizes to *bytes and *events. */
 static int check_events(const es_event_new *events, size_t n, size_t op, size_t *bytes,
-                        size_t *count)
+                        size_t *count, bool raw)
 {
     size_t tl;
     int rc;
@@ -272,6 +278,11 @@ static int check_events(const es_event_new *events, size_t n, size_t op, size_t 
         if (e->meta_len > ES_MAX_META)
             return es__err(ES_ETOOBIG, "event %zu's metadata is %zu bytes; the limit is %u", i,
                            e->meta_len, ES_MAX_META);
+        if (!raw && es__shred_is_envelope(e->data, e->data_len))
+            return es__err(ES_EINVAL,
+                           "event %zu's data starts with the bytes that mark an encrypted "
+                           "envelope; only a raw append (ES_APPEND_RAW) may write those",
+                           i);
         *bytes += tl + e->data_len + e->meta_len;
         if (*bytes > ES_MAX_BATCH_BYTES)
             return es__err(ES_ETOOBIG, "the append holds over %u bytes of data",
@@ -286,6 +297,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     uint8_t(*ids)[ES_ID_SIZE] = NULL;
     uint8_t(*sorted)[ES_ID_SIZE] = NULL;
     es__append_req *reqs = NULL;
+    es_event_new **sealed = NULL;
     es_append_result *outs = out;
     size_t bytes = 0, count = 0;
     int rc;
@@ -301,7 +313,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     memset(out, 0, n_ops * sizeof *out);
     if (st->flags & ES_OPEN_READONLY)
         return es__err(ES_EINVAL, "es_append: the store was opened read-only");
-    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
+    if (flags & ~(unsigned)(ES_APPEND_KEEP_TIME | ES_APPEND_RAW))
         return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
     for (size_t k = 0; k < n_ops; k++) {
         const es_append_op *op = &ops[k];
@@ -311,11 +323,10 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
             op->expected >= ES_SEQ_MAX)
             return es__err(ES_EINVAL, "es_append: expected seq %llu is out of range",
                            (unsigned long long)op->expected);
-        if ((rc = check_events(op->events, op->n, k, &bytes, &count)) < 0)
+        if ((rc = check_events(op->events, op->n, k, &bytes, &count,
+                               (flags & ES_APPEND_RAW) != 0)) < 0)
             return rc;
     }
-    if (flags & ~(unsigned)ES_APPEND_KEEP_TIME)
-        return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
     if ((flags & ES_APPEND_KEEP_TIME) && ops[0].events[0].time_us <= 0)
         return es__err(ES_EINVAL, "es_append: ES_APPEND_KEEP_TIME needs events[0].time_us > 0");
 
@@ -361,6 +372,21 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
             }
         }
     }
+    /* events under a shredding rule are written encrypted (shred.c) */
+    if (!(flags & ES_APPEND_RAW)) {
+        if ((rc = es__shred_seal_ops(&sealed, st, ops, n_ops, (const uint8_t(*)[ES_ID_SIZE])ids)) <
+            0)
+            goto done;
+        for (size_t k = 0; sealed && k < n_ops; k++) {
+            if (!sealed[k])
+                continue;
+            size_t pb = 0;
+            for (size_t i = 0; i < ops[k].n; i++)
+                pb += strlen(sealed[k][i].type) + sealed[k][i].data_len + sealed[k][i].meta_len;
+            reqs[k].events = sealed[k];
+            reqs[k].payload_bytes = pb;
+        }
+    }
     rc = st->ops->append(st->be, reqs, n_ops, outs);
     if (rc > 0)
         rc = 0;
@@ -374,6 +400,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
             ;
     }
 done:
+    es__shred_free_ops(sealed, ops, n_ops);
     free(sorted);
     free(reqs);
     free(ids);
@@ -496,6 +523,7 @@ int es_stream_cursor(es_cursor **out, es_store *st, const void *stream, size_t s
     }
     if ((rc = st->ops->stream_cursor(out, st->be, stream, stream_len, &o)) < 0)
         return rc;
+    (*out)->st = st;
     (*out)->limit = o.limit;
     (*out)->from_time_us = 0;
     (*out)->to_time_us = INT64_MAX;
@@ -574,6 +602,7 @@ int es_log_cursor(es_cursor **out, es_store *st, const es_log_options *opts)
         return rc;
     if ((rc = st->ops->log_cursor(&c, st->be, &o)) < 0)
         return rc;
+    c->st = st;
     c->limit = o.limit;
     c->from_time_us = o.from_time_us;
     c->to_time_us = o.to_time_us ? o.to_time_us : INT64_MAX;
@@ -625,7 +654,11 @@ int es_cursor_next(const es_event **out, es_cursor *c)
         if (c->type && (ev->type_len != c->type_len || memcmp(ev->type, c->type, c->type_len)))
             continue;
         c->returned++;
-        *out = ev;
+        if (es__shred_is_envelope(ev->data, ev->data_len))
+            return es__shred_open(out, c, ev);
+        c->out = *ev;
+        c->out.shred = ES_SHRED_NONE;
+        *out = &c->out;
         return 0;
     }
 }
@@ -636,6 +669,7 @@ void es_cursor_free(es_cursor *c)
         return;
     free(c->prefix);
     free(c->type);
+    es__shred_cur_free(c);
     c->ops->free(c);
 }
 

@@ -24,6 +24,7 @@ typedef struct esrc_ctx {
     int json;
     bool fake;        /* ESRC_CLOCK_START_US is set: a fake clock, for reproducible output */
     int64_t fake_now; /* its last reading; each reading adds one second */
+    const char *master_key_file; /* --master-key FILE or $ESRC_MASTER_KEY_FILE (NULL: none) */
 } esrc_ctx;
 
 /* ---- shared by the command files (defined in esrc.c) ---- */

@@ -79,6 +79,42 @@ static int64_t fake_clock(void *payload)
 }
 
 /* Open the store; `create` lets a missing lmdb store be made. */
+/* The master key of crypto-shredding: a file of 32 bytes, or of 64 hex
+ * digits (and an optional newline), e.g. `head -c 32 /dev/urandom > FILE`. */
+static int load_master_key(es_store *st, const char *path)
+{
+    uint8_t raw[80], key[ES_MASTER_KEY_SIZE];
+    size_t n, kl = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "esrc: master key %s: %s\n", path, strerror(errno));
+        return ESRC_FAIL;
+    }
+    n = fread(raw, 1, sizeof raw, f);
+    fclose(f);
+    int ok = n == ES_MASTER_KEY_SIZE;
+    if (ok) {
+        memcpy(key, raw, sizeof key);
+    } else {
+        while (n > 0 && (raw[n - 1] == '\n' || raw[n - 1] == '\r'))
+            n--;
+        ok = n == 2 * ES_MASTER_KEY_SIZE &&
+             sodium_hex2bin(key, sizeof key, (const char *)raw, n, NULL, &kl, NULL) == 0 &&
+             kl == sizeof key;
+    }
+    sodium_memzero(raw, sizeof raw);
+    if (!ok) {
+        fprintf(stderr,
+                "esrc: master key %s: not 32 bytes, nor 64 hex digits (make one with "
+                "`head -c 32 /dev/urandom > FILE`)\n",
+                path);
+        return ESRC_USAGE;
+    }
+    es_store_set_master_key(st, key);
+    sodium_memzero(key, sizeof key);
+    return 0;
+}
+
 int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
 {
     es_open_options o = ES_OPEN_OPTIONS_INIT;
@@ -93,6 +129,11 @@ int open_store(es_store **st, esrc_ctx *cx, bool create, bool readonly)
     }
     if ((rc = es_store_open(st, cx->store_uri, &o)) < 0)
         return lib_error(cx->store_uri, rc);
+    if (cx->master_key_file && (rc = load_master_key(*st, cx->master_key_file))) {
+        es_store_close(*st);
+        *st = NULL;
+        return rc;
+    }
     return 0;
 }
 
@@ -235,7 +276,11 @@ static void print_event_row(const es_event *ev, bool with_stream)
 {
     char when[64], data[84], stream[72], type[SHOW_NAME];
     esrc_format_time_us(when, sizeof when, ev->time_us);
-    show_bytes(data, sizeof data, ev->data, ev->data_len, true);
+    if (ev->shred == ES_SHRED_FORGOTTEN || ev->shred == ES_SHRED_LOCKED ||
+        ev->shred == ES_SHRED_BROKEN)
+        snprintf(data, sizeof data, "<%s>", esrc_shred_name(ev->shred));
+    else
+        show_bytes(data, sizeof data, ev->data, ev->data_len, true);
     show_bytes(type, sizeof type, (const uint8_t *)ev->type, ev->type_len, false);
     if (with_stream) {
         show_bytes(stream, sizeof stream, ev->stream, ev->stream_len, false);
@@ -817,6 +862,84 @@ static void progress_end(progress *p)
         fprintf(stderr, "\r%s: %" PRIu64 " events%30s\n", p->what, p->done, "");
 }
 
+static int print_rule(const uint8_t *prefix, size_t len, unsigned flags, void *payload)
+{
+    char shown[SHOW_NAME];
+    (void)payload;
+    show_bytes(shown, sizeof shown, prefix, len, false);
+    printf("%s%s\n", shown, (flags & ES_SHRED_META) ? " (data and metadata)" : "");
+    return 0;
+}
+
+static int cmd_shred(esrc_ctx *cx, int argc, char **argv)
+{
+    static const struct option longs[] = {
+        COMMON_OPTS, {"meta", no_argument, NULL, 'm'}, {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: esrc shred [PREFIX [--meta]]\n\n"
+        "Encrypt, from now on, the data (with --meta: and metadata) of the events of\n"
+        "every stream whose key starts with PREFIX, with a key per subject: the\n"
+        "stream key up to the first '/' after PREFIX.  Writers need the master key\n"
+        "(--master-key FILE or $ESRC_MASTER_KEY_FILE).  `esrc forget SUBJECT` destroys\n"
+        "a subject's key.  Without PREFIX: list the rules.\n";
+    unsigned flags = 0;
+    es_store *st;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
+        HANDLE_COMMON(cx, c, help);
+        if (c == 'm')
+            flags |= ES_SHRED_META;
+        else
+            return ESRC_USAGE;
+    }
+    if (argc - optind > 1)
+        return usage_error("shred takes at most one PREFIX");
+    if (optind == argc && flags)
+        return usage_error("--meta needs a PREFIX");
+    if (optind < argc && (strlen(argv[optind]) == 0 || strlen(argv[optind]) > ES_MAX_KEY))
+        return usage_error("PREFIX must be 1..%d bytes", ES_MAX_KEY);
+    if ((rc = open_store(&st, cx, optind < argc, optind == argc)))
+        return rc;
+    if (optind < argc)
+        rc = es_shred_rule_add(st, argv[optind], strlen(argv[optind]), flags);
+    else
+        rc = es_shred_rules(st, print_rule, NULL);
+    rc = rc < 0 ? lib_error("shred", rc) : ESRC_OK;
+    es_store_close(st);
+    return rc;
+}
+
+static int cmd_forget(esrc_ctx *cx, int argc, char **argv)
+{
+    static const struct option longs[] = {COMMON_OPTS, {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: esrc forget SUBJECT\n\n"
+        "Destroy the key of SUBJECT (see `esrc shred`): the data of its events can\n"
+        "never be read again; the events stay, with their hashes.  No master key is\n"
+        "needed.  See doc/crypto-shredding.md for the copies a store may keep.\n";
+    es_store *st;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":h", longs, NULL)) != -1) {
+        HANDLE_COMMON(cx, c, help);
+        return ESRC_USAGE;
+    }
+    if (argc - optind != 1)
+        return usage_error("forget needs one SUBJECT");
+    const char *subject = argv[optind];
+    if (strlen(subject) == 0 || strlen(subject) > ES_MAX_KEY)
+        return usage_error("SUBJECT must be 1..%d bytes", ES_MAX_KEY);
+    if ((rc = open_store(&st, cx, false, false)))
+        return rc;
+    rc = es_forget(st, subject, strlen(subject));
+    if (rc == 0)
+        printf("forgot %s\n", subject);
+    rc = rc < 0 ? lib_error("forget", rc) : ESRC_OK;
+    es_store_close(st);
+    return rc;
+}
+
 static int cmd_export(esrc_ctx *cx, int argc, char **argv)
 {
     static const struct option longs[] = {
@@ -855,10 +978,13 @@ static int cmd_export(esrc_ctx *cx, int argc, char **argv)
         es_store_close(st);
         return rc;
     }
+    /* as stored: encrypted events stay encrypted (and keep their hashes) */
+    es_cursor_set_raw(cur, 1);
     progress_start(&p, "exporting", s.events);
     while ((rc = es_cursor_next(&ev, cur)) == 0) {
         json_t *j = esrc_event_json(ev);
-        json_object_del(j, "time"); /* time_us says it exactly */
+        json_object_del(j, "time");  /* time_us says it exactly */
+        json_object_del(j, "shred"); /* an envelope says so itself */
         print_json(j);
         progress_step(&p, 1);
     }
@@ -1062,6 +1188,8 @@ static const command commands[] = {
     {"prove", esrc_prove, "prove that an event is in the log of a digest"},
     {"check-proof", esrc_check_proof, "check a proof offline, with no store"},
     {"key", esrc_key, "create or show a signing key for digests"},
+    {"shred", cmd_shred, "encrypt the streams of a prefix per subject (list: no args)"},
+    {"forget", cmd_forget, "destroy a subject's key: its data is gone for good"},
     {"export", cmd_export, "write every event as JSON Lines"},
     {"import", cmd_import, "append the events of an export"},
     {"demo", cmd_demo, "play the talk's users-and-groups story"},
@@ -1097,6 +1225,9 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_DFL);
     cx.store_uri = getenv("ESRC_STORE");
+    cx.master_key_file = getenv("ESRC_MASTER_KEY_FILE");
+    if (cx.master_key_file && !*cx.master_key_file)
+        cx.master_key_file = NULL;
     if (!cx.store_uri || !*cx.store_uri)
         cx.store_uri = ESRC_DEFAULT_STORE;
     const char *fake = getenv("ESRC_CLOCK_START_US");
@@ -1128,6 +1259,12 @@ int main(int argc, char **argv)
             cx.store_uri = argv[i];
         } else if (strncmp(a, "--store=", 8) == 0) {
             cx.store_uri = a + 8;
+        } else if (strcmp(a, "--master-key") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a FILE", a);
+            cx.master_key_file = argv[i];
+        } else if (strncmp(a, "--master-key=", 13) == 0) {
+            cx.master_key_file = a + 13;
         } else {
             return usage_error("unknown option '%s'", a);
         }

@@ -70,6 +70,26 @@ void esrc_format_time_us(char *out, size_t cap, int64_t us)
     snprintf(out + n, cap - n, ".%06lldZ", (long long)frac);
 }
 
+const char *esrc_shred_name(unsigned shred)
+{
+    switch (shred) {
+    case ES_SHRED_NONE:
+        return "none";
+    case ES_SHRED_OPEN:
+        return "decrypted";
+    case ES_SHRED_FORGOTTEN:
+        return "forgotten";
+    case ES_SHRED_LOCKED:
+        return "locked";
+    case ES_SHRED_BROKEN:
+        return "broken";
+    case ES_SHRED_SEALED:
+        return "sealed";
+    default:
+        return "unknown";
+    }
+}
+
 json_t *esrc_event_json(const es_event *ev)
 {
     char idh[ES_ID_SIZE * 2 + 1], hh[ES_HASH_SIZE * 2 + 1], when[64];
@@ -89,6 +109,8 @@ json_t *esrc_event_json(const es_event *ev)
     bad |= esrc_json_set_bytes(o, "data", ev->data, ev->data_len);
     bad |= esrc_json_set_bytes(o, "meta", ev->meta, ev->meta_len);
     bad |= json_object_set_new(o, "hash", json_string(hh));
+    if (ev->shred != ES_SHRED_NONE)
+        bad |= json_object_set_new(o, "shred", json_string(esrc_shred_name(ev->shred)));
     if (bad) {
         json_decref(o);
         return NULL;
@@ -503,6 +525,7 @@ static int stored_event(importer *im, const uint8_t *key, size_t len, uint64_t s
     ro.limit = 1;
     if ((rc = es_stream_cursor(&cur, im->st, key, len, &ro)) < 0)
         return store_error(im, "reading the store", rc);
+    es_cursor_set_raw(cur, 1); /* as stored: hashes cover the ciphertext */
     rc = es_cursor_next(&ev, cur);
     if (rc == 0)
         memcpy(hash, ev->hash, ES_HASH_SIZE);
@@ -530,6 +553,7 @@ static int latest_time(importer *im)
         lo.from_position = last;
         if ((rc = es_log_cursor(&cur, im->st, &lo)) < 0)
             return store_error(im, "reading the store", rc);
+        es_cursor_set_raw(cur, 1); /* as stored: hashes cover the ciphertext */
         while ((rc = es_cursor_next(&ev, cur)) == 0)
             im->store_time = ev->time_us;
         es_cursor_free(cur);
@@ -715,6 +739,7 @@ static int check_ids_in_store(importer *im)
         return 0;
     if ((rc = es_log_cursor(&cur, im->st, &lo)) < 0)
         return store_error(im, "reading the store", rc);
+    es_cursor_set_raw(cur, 1); /* as stored: hashes cover the ciphertext */
     while ((rc = es_cursor_next(&ev, cur)) == 0) {
         id_entry *e = id_find(&im->ids, ev->id);
         if (e->line && e->is_new && (!bad_line || e->line < bad_line)) {
@@ -804,7 +829,7 @@ static int batch_flush(importer *im, batch *b, esrc_import_result *res)
                                     .time_us = e->time_us};
     }
     rc = es_append_ex(&r, im->st, b->ev[0].stream, b->ev[0].stream_len, b->ev[0].seq - 1, b->news,
-                      b->n, ES_APPEND_KEEP_TIME);
+                      b->n, ES_APPEND_KEEP_TIME | ES_APPEND_RAW);
     if (rc) {
         say(im,
             "line %" PRIu64 ": writing stream %s seq %" PRIu64 "..%" PRIu64 ": %s: %s (%" PRIu64

@@ -22,6 +22,9 @@ void esrc_format_time_us(char *out, size_t cap, int64_t us);
 /* An event as a new JSON object (every field, and "time" as ISO 8601); NULL
  * when out of memory. */
 json_t *esrc_event_json(const es_event *ev);
+/* The name of an es_event.shred value ("forgotten", "locked" …); the JSON of an
+ * encrypted event carries it as "shred". */
+const char *esrc_shred_name(unsigned shred);
 
 /* One decoded line of an export.  Zero it before the first decode; free
  * with esrc_line_event_free. */
