@@ -59,7 +59,7 @@ esac
 cat >"$T/kill.proj" <<'EOF'
 name kill
 schema
-    CREATE TABLE ev (position INTEGER, stream TEXT, seq INTEGER, n INTEGER);
+    CREATE TABLE ev (position BIGINT, stream TEXT, seq INTEGER, n INTEGER);
     CREATE TABLE per_stream (stream TEXT PRIMARY KEY, events INTEGER, last_seq INTEGER);
 on *
     INSERT INTO ev VALUES (:position, :stream, :seq, :data.n);
