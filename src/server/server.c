@@ -30,6 +30,8 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -64,7 +66,9 @@
     X(SUB_DELETE, "subscription_delete")                                                           \
     X(SUB_PARKED, "subscription_parked")                                                           \
     X(SUB_PARKED_RETRY, "subscription_parked_retry")                                               \
-    X(SUB_PARKED_DROP, "subscription_parked_drop")
+    X(SUB_PARKED_DROP, "subscription_parked_drop")                                                 \
+    X(SUB_FEED, "subscription_feed")                                                               \
+    X(SUB_ACK, "subscription_ack")
 
 enum {
 #define X(id, name) R_##id,
@@ -1002,6 +1006,9 @@ static json_t *body_object(req *r, struct MHD_Connection *c, enum MHD_Result *ok
     return o;
 }
 
+static enum MHD_Result route_sub_feed(req *r, struct MHD_Connection *c, const char *name);
+static enum MHD_Result route_sub_ack(req *r, struct MHD_Connection *c, const char *name);
+
 static enum MHD_Result route_subs(req *r, struct MHD_Connection *c)
 {
     char name[ES_MAX_SUB_NAME + 1], err[300];
@@ -1013,6 +1020,11 @@ static enum MHD_Result route_subs(req *r, struct MHD_Connection *c)
     r->route = R_SUBS;
     if (!srv_token_global(&r->tok, SRV_RIGHT_ADMIN))
         return forbidden(r, c);
+    if (t->n_seg == 3 && srv_seg_is(t, 2, "feed")) {
+        if (!sub_name(name, &t->seg[1]))
+            return fail(r, c, 404, "not_found", "no such subscription");
+        return route_sub_feed(r, c, name);
+    }
     if (t->n_param)
         return fail(r, c, 400, "bad_request", "this route takes no query parameters");
     if (t->n_seg == 1) {
@@ -1090,6 +1102,8 @@ static enum MHD_Result route_subs(req *r, struct MHD_Connection *c)
         json_decref(body);
         return ok;
     }
+    if (t->n_seg == 3 && srv_seg_is(t, 2, "ack"))
+        return route_sub_ack(r, c, name);
     if (srv_seg_is(t, 2, "parked") && t->n_seg == 3) {
         r->route = R_SUB_PARKED;
         if (!method_is(r, "GET"))
@@ -1127,6 +1141,297 @@ static enum MHD_Result route_subs(req *r, struct MHD_Connection *c)
         return ok;
     }
     return fail(r, c, 404, "not_found", "no such route");
+}
+
+/* ---- subscription feeds (Server-Sent Events with acknowledgements) ---- */
+
+/*
+ * GET /subscriptions/{name}/feed[?group=G&member=M&ack=auto|manual] consumes
+ * a subscription as its consumer (or as a member of its group G) for as long
+ * as the connection lasts: a first `session` event names the feed's session,
+ * then each batch comes as events (`id:` the position) and a `batch` event
+ * with its last position.  With ack=manual (the default) the next batch
+ * comes once the last position of this one is acknowledged by
+ * POST /subscriptions/{name}/ack {"session","position"} (or failed:
+ * {"session","position","error"}, retried and parked as the subscription
+ * says); with ack=auto each batch is acknowledged once it is handed to the
+ * connection.  The subscription's checkpoint, not Last-Event-ID, says where
+ * a new feed starts.  Closing the connection closes the consumer (final
+ * checkpoint, lease given back).
+ *
+ * The feed's thread and the acknowledging requests share the es_sub under
+ * the session's lock; sessions are found through one list, whose lock is
+ * taken before a session's.
+ */
+typedef struct sfeed {
+    server *s;
+    es_sub *sub;
+    char name[ES_MAX_SUB_NAME + 1];
+    char session[33];
+    bool auto_ack;
+    pthread_mutex_t lock;
+    pthread_cond_t acked;
+    uint64_t waiting_for; /* manual: the last position of the batch out (0: none) */
+    uint64_t pending_ack; /* auto: acknowledge this once the batch is out */
+    bool ended;           /* an error event was written: end after it */
+    int64_t renewed_us;
+    es_buf out;
+    size_t off;
+    int64_t last_write;
+    struct sfeed *next;
+} sfeed;
+
+static pthread_mutex_t sfeeds_lock = PTHREAD_MUTEX_INITIALIZER;
+static sfeed *sfeeds;
+
+#define SFEED_RENEW_US (3 * 1000000) /* the lease is 10 s */
+#define SFEED_KEEPALIVE_US 1000000
+
+/* An `error` event, after which the feed ends. */
+static void sfeed_error(sfeed *f, int rc)
+{
+    const char *msg = es_error_last_code() == rc ? es_error_last() : es_strerror(rc);
+    json_t *o = json_pack("{s:s,s:s}", "error", err_name(rc), "message", msg);
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (t && !es_buf_put(&f->out, "event: error\ndata: ", 19) && !es_buf_put(&f->out, t, strlen(t)))
+        es_buf_put(&f->out, "\n\n", 2);
+    free(t);
+    f->ended = true;
+}
+
+/* The next batch into f->out (or nothing), with the session's lock held. */
+static int sfeed_fill(sfeed *f)
+{
+    const es_event *const *evs;
+    size_t n;
+    int rc = es_sub_next(&evs, &n, f->sub, 250);
+    if (rc == ES_ETIMEDOUT)
+        return 0;
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        char head[48];
+        snprintf(head, sizeof head, "id: %" PRIu64 "\ndata: ", evs[i]->position);
+        if (es_buf_put(&f->out, head, strlen(head)) || srv_event_json(&f->out, evs[i]) ||
+            es_buf_put(&f->out, "\n\n", 2))
+            return ES_ENOMEM;
+    }
+    char tail[96];
+    snprintf(tail, sizeof tail, "event: batch\ndata: {\"last\":%" PRIu64 ",\"events\":%zu}\n\n",
+             evs[n - 1]->position, n);
+    if (es_buf_put(&f->out, tail, strlen(tail)))
+        return ES_ENOMEM;
+    if (f->auto_ack)
+        f->pending_ack = evs[n - 1]->position;
+    else
+        f->waiting_for = evs[n - 1]->position;
+    f->renewed_us = mono_us();
+    return 0;
+}
+
+static ssize_t sfeed_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    sfeed *f = cls;
+    (void)pos;
+    for (;;) {
+        if (f->off < f->out.len) {
+            size_t n = f->out.len - f->off;
+            if (n > max)
+                n = max;
+            memcpy(buf, f->out.data + f->off, n);
+            f->off += n;
+            f->last_write = mono_us();
+            return (ssize_t)n;
+        }
+        es_buf_reset(&f->out);
+        f->off = 0;
+        if (f->ended || atomic_load(&f->s->stopping))
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        int rc = 0;
+        pthread_mutex_lock(&f->lock);
+        if (f->pending_ack) { /* auto: the batch is out */
+            rc = es_sub_ack(f->sub, f->pending_ack);
+            f->pending_ack = 0;
+        }
+        if (rc == 0 && f->waiting_for) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 250 * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&f->acked, &f->lock, &until);
+            if (f->waiting_for && mono_us() - f->renewed_us > SFEED_RENEW_US) {
+                rc = es_sub_commit(f->sub); /* keep the lease while the client works */
+                f->renewed_us = mono_us();
+            }
+        } else if (rc == 0) {
+            rc = sfeed_fill(f);
+        }
+        if (rc)
+            sfeed_error(f, rc);
+        pthread_mutex_unlock(&f->lock);
+        /* a comment every second while idle: a client that went away is
+         * then seen (the write fails) within a second, and the consumer
+         * closes, giving its lease back */
+        if (!f->out.len && mono_us() - f->last_write > SFEED_KEEPALIVE_US &&
+            es_buf_put(&f->out, ": keepalive\n\n", 13))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+}
+
+static void sfeed_free(void *cls)
+{
+    sfeed *f = cls;
+    pthread_mutex_lock(&sfeeds_lock);
+    for (sfeed **p = &sfeeds; *p; p = &(*p)->next)
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    pthread_mutex_unlock(&sfeeds_lock);
+    /* nobody can find it now; an acknowledgement in progress holds its lock */
+    pthread_mutex_lock(&f->lock);
+    es_sub_close(f->sub);
+    pthread_mutex_unlock(&f->lock);
+    pthread_mutex_destroy(&f->lock);
+    pthread_cond_destroy(&f->acked);
+    es_buf_free(&f->out);
+    free(f);
+}
+
+static enum MHD_Result route_sub_feed(req *r, struct MHD_Connection *c, const char *name)
+{
+    static const char *const known[] = {"group", "member", "ack", NULL};
+    char err[300], group[ES_MAX_SUB_NAME + 1] = "", member[ES_MAX_SUB_NAME + 1] = "";
+    r->route = R_SUB_FEED;
+    if (!method_is(r, "GET"))
+        return not_allowed(r, c, "GET");
+    if (!srv_params_known(&r->target, known, err, sizeof err))
+        return fail(r, c, 400, "bad_request", "%s", err);
+    const srv_bytes *g = srv_param(&r->target, "group"), *m = srv_param(&r->target, "member"),
+                    *a = srv_param(&r->target, "ack");
+    bool auto_ack = false;
+    if (a && a->len == 4 && memcmp(a->p, "auto", 4) == 0)
+        auto_ack = true;
+    else if (a && !(a->len == 6 && memcmp(a->p, "manual", 6) == 0))
+        return fail(r, c, 400, "bad_request", "ack is auto or manual");
+    if ((g && (g->len == 0 || g->len > ES_MAX_SUB_NAME)) ||
+        (m && (m->len == 0 || m->len > ES_MAX_SUB_NAME)))
+        return fail(r, c, 400, "bad_request", "group and member are 1..%d bytes", ES_MAX_SUB_NAME);
+    if (m && !g)
+        return fail(r, c, 400, "bad_request", "member needs group");
+    if (g)
+        memcpy(group, g->p, g->len);
+    if (m)
+        memcpy(member, m->p, m->len);
+    if ((g && strlen(group) != g->len) || (m && strlen(member) != m->len))
+        return fail(r, c, 400, "bad_request", "group and member hold no NUL byte");
+    sfeed *f = calloc(1, sizeof *f);
+    if (!f)
+        return fail(r, c, 500, "out_of_memory", "out of memory");
+    es_sub_open_options oo = ES_SUB_OPEN_OPTIONS_INIT;
+    oo.group = g ? group : NULL;
+    oo.member = m ? member : NULL;
+    int rc = es_sub_open(&f->sub, r->s->st, name, &oo);
+    if (rc) {
+        free(f);
+        return fail_lib(r, c, rc);
+    }
+    f->s = r->s;
+    f->auto_ack = auto_ack;
+    snprintf(f->name, sizeof f->name, "%s", name);
+    uint8_t rnd[16];
+    randombytes_buf(rnd, sizeof rnd);
+    sodium_bin2hex(f->session, sizeof f->session, rnd, sizeof rnd);
+    pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->acked, NULL);
+    f->last_write = f->renewed_us = mono_us();
+    char head[320];
+    snprintf(head, sizeof head,
+             ": esrc subscription feed\nretry: 1000\nevent: session\ndata: "
+             "{\"session\":\"%s\",\"subscription\":\"%s\",\"ack\":\"%s\"}\n\n",
+             f->session, f->name, auto_ack ? "auto" : "manual");
+    es_buf_put(&f->out, head, strlen(head));
+    pthread_mutex_lock(&sfeeds_lock);
+    f->next = sfeeds;
+    sfeeds = f;
+    pthread_mutex_unlock(&sfeeds_lock);
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sfeed_read, f, sfeed_free);
+    if (!resp) {
+        sfeed_free(f);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    r->status = 200;
+    enum MHD_Result ok = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+static enum MHD_Result route_sub_ack(req *r, struct MHD_Connection *c, const char *name)
+{
+    enum MHD_Result ok = MHD_NO;
+    json_t *body;
+    r->route = R_SUB_ACK;
+    if (!method_is(r, "POST"))
+        return not_allowed(r, c, "POST");
+    if (!(body = body_object(r, c, &ok)))
+        return ok;
+    json_t *js = json_object_get(body, "session"), *jp = json_object_get(body, "position"),
+           *je = json_object_get(body, "error");
+    size_t want = 2 + (je ? 1 : 0);
+    if (!json_is_string(js) || !json_is_integer(jp) || json_integer_value(jp) <= 0 ||
+        (je && !json_is_string(je)) || json_object_size(body) != want) {
+        json_decref(body);
+        return fail(r, c, 400, "bad_request",
+                    "the body is {\"session\": S, \"position\": N} (and \"error\": TEXT for a "
+                    "failure)");
+    }
+    uint64_t pos = (uint64_t)json_integer_value(jp);
+    int rc = 0;
+    bool found = false, waiting = false;
+    pthread_mutex_lock(&sfeeds_lock);
+    for (sfeed *f = sfeeds; f; f = f->next) {
+        if (strcmp(f->session, json_string_value(js)) != 0 || strcmp(f->name, name) != 0)
+            continue;
+        found = true;
+        pthread_mutex_lock(&f->lock);
+        waiting = f->waiting_for != 0;
+        if (waiting) {
+            if (je) {
+                rc = es_sub_nack(f->sub, pos, json_string_value(je));
+                if (rc == 0 || rc == ES_EPOISON)
+                    f->waiting_for = 0; /* the batch is given up: the next one comes */
+            } else {
+                rc = es_sub_ack(f->sub, pos);
+                if (rc == 0 && pos >= f->waiting_for)
+                    f->waiting_for = 0;
+            }
+            pthread_cond_signal(&f->acked);
+        }
+        pthread_mutex_unlock(&f->lock);
+        break;
+    }
+    pthread_mutex_unlock(&sfeeds_lock);
+    if (!found)
+        ok = fail(r, c, 404, "not_found", "no feed session '%s' of subscription '%s'",
+                  json_string_value(js), name);
+    else if (!waiting)
+        ok = fail(r, c, 409, "conflict", "the feed has no batch waiting for an acknowledgement");
+    else if (rc)
+        ok = fail_lib(r, c, rc);
+    else
+        ok = reply(r, c, 200,
+                   json_pack("{s:s,s:I,s:b}", "session", json_string_value(js), "position",
+                             (json_int_t)pos, "failed", je != NULL));
+    json_decref(body);
+    return ok;
 }
 
 /* ---- operations ---- */

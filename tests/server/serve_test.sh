@@ -249,6 +249,46 @@ has "  s1" '"subscriptions":[{"name":"s1",'
 req "info" 200 - -- -H "$A" "$U/subscriptions/s1"
 has "  partitions" '"partition_table":[{"partition":0,'
 req "reset" 200 - -- -H "$A" -X POST -d '{"start":"end"}' "$U/subscriptions/s1/reset"
+# a subscription as a feed: batches out, acknowledgements in by POST
+req "reset to the beginning" 200 - -- -H "$A" -X POST -d '{"start":"beginning"}' "$U/subscriptions/s1/reset"
+curl -s -N --max-time 3 -H "$A" "$U/subscriptions/s1/feed" >"$T/sfeed" &
+sfpid=$!
+i=0
+while ! grep -q '^event: batch' "$T/sfeed" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+sess=$(sed -n 's/^data: {"session":"\([0-9a-f]*\)".*/\1/p' "$T/sfeed")
+last=$(sed -n 's/^data: {"last":\([0-9]*\),.*/\1/p' "$T/sfeed" | head -1)
+[ ${#sess} = 32 ] && [ -n "$last" ] && ok "feed: a session, then a batch" || bad "feed: a session, then a batch" "$(cat "$T/sfeed")"
+grep -q '"subscription":"s1","ack":"manual"' "$T/sfeed" && ok "  manual acknowledgement by default" || bad "  manual acknowledgement by default"
+sleep 0.3
+[ "$(grep -c '^event: batch' "$T/sfeed")" = 1 ] && ok "  no second batch before the acknowledgement" || bad "  no second batch before the acknowledgement" "$(cat "$T/sfeed")"
+req "  a second consumer is refused while the feed holds the lease" 409 - -- -H "$A" "$U/subscriptions/s1/feed"
+req "  an acknowledgement for no session" 404 - -- -H "$A" -X POST -d '{"session":"00","position":1}' "$U/subscriptions/s1/ack"
+req "  a bad acknowledgement body" 400 - -- -H "$A" -X POST -d '{"session":"'"$sess"'"}' "$U/subscriptions/s1/ack"
+req "  an acknowledgement of what was not delivered" 400 - -- -H "$A" -X POST -d '{"session":"'"$sess"'","position":999999999999}' "$U/subscriptions/s1/ack"
+req "  the acknowledgement of the batch" 200 "{\"session\":\"$sess\",\"position\":$last,\"failed\":false}" -- -H "$A" -X POST -d '{"session":"'"$sess"'","position":'"$last"'}' "$U/subscriptions/s1/ack"
+req "  moves the checkpoint" 200 - -- -H "$A" "$U/subscriptions/s1"
+has "  (checkpoint)" "\"checkpoint\":$last,"
+req "  the acknowledgements need admin" 403 - -- -H "$A1" -X POST -d '{"session":"'"$sess"'","position":1}' "$U/subscriptions/s1/ack"
+wait $sfpid
+# the server sees the client gone at its next keepalive (a second)
+i=0
+while curl -s -H "$A" "$U/subscriptions/s1" | grep -q '"members":1' && [ $i -lt 60 ]; do sleep 0.1; i=$((i + 1)); done
+req "  its consumer closed with the connection" 200 - -- -H "$A" "$U/subscriptions/s1"
+has "  (no member)" '"members":0'
+req "feed: ack=auto" 201 - -- -H "$A" -X POST -d '{"name":"s3","prefixes":["tenant/1/"],"start":"beginning"}' "$U/subscriptions"
+curl -s -N --max-time 1 -H "$A" "$U/subscriptions/s3/feed?ack=auto" >"$T/sfeed3"
+req "  acknowledges what it sends" 200 - -- -H "$A" "$U/subscriptions/s3"
+has "  (nothing behind)" '"behind":0,'
+has "  (acknowledged)" '"acked":'"$(grep -c '^id: ' "$T/sfeed3")"','
+req "feed: a bad ack mode" 400 - -- -H "$A" "$U/subscriptions/s3/feed?ack=sometimes"
+req "feed: member without group" 400 - -- -H "$A" "$U/subscriptions/s3/feed?member=m1"
+req "feed: a group member" 201 - -- -H "$A" -X POST -d '{"name":"s4","partitions":2}' "$U/subscriptions"
+curl -s -N --max-time 1 -H "$A" "$U/subscriptions/s4/feed?group=g&member=web-1&ack=auto" >"$T/sfeed4" &
+sf4=$!
+sleep 0.5
+req "  shows in the partition table" 200 - -- -H "$A" "$U/subscriptions/s4"
+has "  (its label)" '"owner":"web-1"'
+wait $sf4
 req "parked" 200 '{"name":"s1","parked":[]}' -- -H "$A" "$U/subscriptions/s1/parked"
 req "parked retry: nothing parked" 404 - -- -H "$A" -X POST -d '{"position":1}' "$U/subscriptions/s1/parked/retry"
 req "delete" 200 '{"deleted":"s1"}' -- -H "$A" -X DELETE "$U/subscriptions/s1"
