@@ -6,11 +6,13 @@
  *       W3's log (as `esrc bench` W3 writes it): N events in 1000-event
  *       commits (es_append_multi), one event for each of 1000 streams
  *       "stream-%09u", type "Bench", 150 bytes of letters as data.
- *   es_proj_bench hand STORE sqlite:PATH
+ *   es_proj_bench hand STORE sqlite:PATH [EVERY]
  *       the hand-written baseline: reads the log with es_log_cursor and does
  *       the projection's INSERT for every event with one prepared statement
  *       in ONE SQLite transaction (same pragmas as the projector's target:
- *       journal_mode=DELETE, synchronous=FULL).
+ *       journal_mode=DELETE, synchronous=FULL); with EVERY, a commit every
+ *       EVERY events instead (the projector's durability, without its
+ *       checkpoint).
  *   es_proj_bench lib STORE sqlite:PATH FILE BATCH
  *       es_proj_run of the projection file FILE with batch_events = BATCH.
  *
@@ -81,14 +83,15 @@ static int sq(sqlite3 *db, const char *sql)
     return 0;
 }
 
-static int hand(es_store *st, const char *path)
+static int hand(es_store *st, const char *path, uint64_t every)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *ins = NULL;
     es_cursor *cur = NULL;
     es_log_options lo = ES_LOG_OPTIONS_INIT;
     const es_event *ev;
-    uint64_t n = 0;
+    uint64_t n = 0, commits = 0;
+    char mode[80];
     int rc = 1, r;
     double t0 = now_s();
 
@@ -122,6 +125,11 @@ static int hand(es_store *st, const char *path)
         }
         sqlite3_reset(ins);
         n++;
+        if (every && n % every == 0) {
+            if (sq(db, "COMMIT") || sq(db, "BEGIN"))
+                goto out;
+            commits++;
+        }
     }
     if (r != ES_ITEROVER) {
         fprintf(stderr, "es_proj_bench: log: %s\n", es_error_last());
@@ -129,7 +137,10 @@ static int hand(es_store *st, const char *path)
     }
     if (sq(db, "COMMIT"))
         goto out;
-    report("hand (es_log_cursor + one SQLite transaction)", n, now_s() - t0);
+    if (!every || n % every) /* the last commit had rows to commit */
+        commits++;
+    snprintf(mode, sizeof mode, "hand (es_log_cursor + SQLite, %" PRIu64 " commits)", commits);
+    report(mode, n, now_s() - t0);
     rc = 0;
 out:
     es_cursor_free(cur);
@@ -171,10 +182,11 @@ int main(int argc, char **argv)
     int rc = 2;
     const char *mode = argc > 1 ? argv[1] : "";
     bool ok = (strcmp(mode, "load") == 0 && argc == 4) ||
-              (strcmp(mode, "hand") == 0 && argc == 4 && strncmp(argv[3], "sqlite:", 7) == 0) ||
+              (strcmp(mode, "hand") == 0 && (argc == 4 || (argc == 5 && atol(argv[4]) > 0)) &&
+               strncmp(argv[3], "sqlite:", 7) == 0) ||
               (strcmp(mode, "lib") == 0 && argc == 6 && atol(argv[5]) > 0);
     if (!ok) {
-        fprintf(stderr, "usage: es_proj_bench load STORE N | hand STORE sqlite:PATH |"
+        fprintf(stderr, "usage: es_proj_bench load STORE N | hand STORE sqlite:PATH [EVERY] |"
                         " lib STORE sqlite:PATH FILE BATCH\n");
         return 2;
     }
@@ -185,7 +197,7 @@ int main(int argc, char **argv)
     if (strcmp(mode, "load") == 0)
         rc = load(st, strtoull(argv[3], NULL, 10));
     else if (strcmp(mode, "hand") == 0)
-        rc = hand(st, argv[3] + 7);
+        rc = hand(st, argv[3] + 7, argc == 5 ? (uint64_t)atol(argv[4]) : 0);
     else
         rc = lib(st, argv[3], argv[4], (size_t)atol(argv[5]));
     es_store_close(st);

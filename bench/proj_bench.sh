@@ -4,12 +4,13 @@
 #  1. Projecting W3's log into SQLite: `esrc project` and es_proj_run (batch
 #     1000, the default: one durable commit + checkpoint per 1000 events; and
 #     one batch for the whole log, the machinery alone) against a
-#     hand-written loop doing the same INSERTs in ONE SQLite transaction.
+#     hand-written loop doing the same INSERTs in ONE SQLite transaction (and
+#     the same loop committing every 1000 events, the projector's commits).
 #  2. `esrc replicate` lmdb -> lmdb against `esrc import` of `esrc export` of
 #     the same store, and lmdb -> pg against W3's pg append rate
 #     (`esrc bench --only W3 --systems eventsrc-pg` at the same scale).
 #
-#   bench/proj_bench.sh [--scale F] [--import-lines N] [--pg] [--keep]
+#   bench/proj_bench.sh [--scale F] [--import-lines N] [--runs R] [--pg] [--keep]
 #
 # --scale F         W3 at F x 1M events (default 1); pg W3 is F x 200k, as
 #                   in esrc bench
@@ -17,19 +18,21 @@
 #                   N lines of the export (default 20000): it commits once
 #                   per event on W3's interleaved export (see BENCHMARKS.md);
 #                   the whole export is imported into a nosync store as well
+# --runs R          part 1 runs R times in turn, medians reported (default 3)
 # --pg              also part 2's lmdb -> pg (starts a throwaway cluster
 #                   with scripts/pg-temp.sh)
 # Needs a built ./build (esrc, es_proj_bench) and sqlite3.
 set -eu
 cd "$(dirname "$0")/.."
-scale=1 lines=20000 pg=0 keep=0
+scale=1 lines=20000 pg=0 keep=0 runs=3
 while [ $# -gt 0 ]; do
     case $1 in
     --scale) scale=$2; shift 2 ;;
     --import-lines) lines=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
     --pg) pg=1; shift ;;
     --keep) keep=1; shift ;;
-    *) echo "usage: bench/proj_bench.sh [--scale F] [--import-lines N] [--pg] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: bench/proj_bench.sh [--scale F] [--import-lines N] [--runs R] [--pg] [--keep]" >&2; exit 2 ;;
     esac
 done
 esrc=$PWD/build/esrc pb=$PWD/build/es_proj_bench
@@ -51,6 +54,8 @@ rate() {
 }
 # value of the last "…: R events/s" line of a file
 ev_s() { sed -n 's/.*: \([0-9]*\) events\/s$/\1/p' "$1" | tail -n 1; }
+# median of the "…: R events/s" lines of a file
+med() { sed -n 's/.*: \([0-9]*\) events\/s$/\1/p' "$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$2" -v b="$3" -v l="$1" 'BEGIN { printf "%s: %.2fx\n", l, a / b }'; }
 
 echo "proj_bench: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), scale $scale ($n events), data in $d"
@@ -67,24 +72,40 @@ schema
 on Bench
     INSERT INTO ev (stream, seq, position, payload) VALUES (:stream, :seq, :position, :data);
 EOF
-"$pb" hand "lmdb:$d/w3" "sqlite:$d/hand.db" | tee "$d/hand.out"
-"$pb" lib "lmdb:$d/w3" "sqlite:$d/lib1000.db" "$d/w3.proj" 1000 | tee "$d/lib1000.out"
-"$pb" lib "lmdb:$d/w3" "sqlite:$d/libbig.db" "$d/w3.proj" 1000000 | tee "$d/libbig.out"
-for b in 1000 1000000; do
-    t0=$(now)
-    "$esrc" --store "lmdb:$d/w3" project "$d/w3.proj" --to "sqlite:$d/cli$b.db" --batch "$b" >/dev/null 2>"$d/cli$b.err"
-    t1=$(now)
-    rate "esrc project --batch $b (process included)" "$n" "$t0" "$t1" | tee "$d/cli$b.out"
+# each measurement `runs` times, in turn; the median of each is reported
+r=1
+while [ "$r" -le "$runs" ]; do
+    echo "proj_bench: projection round $r of $runs"
+    rm -f "$d"/*.db
+    "$pb" hand "lmdb:$d/w3" "sqlite:$d/hand.db" | tee -a "$d/hand.out"
+    "$pb" hand "lmdb:$d/w3" "sqlite:$d/hand1000.db" 1000 | tee -a "$d/hand1000.out"
+    "$pb" lib "lmdb:$d/w3" "sqlite:$d/lib1000.db" "$d/w3.proj" 1000 | tee -a "$d/lib1000.out"
+    "$pb" lib "lmdb:$d/w3" "sqlite:$d/libbig.db" "$d/w3.proj" 1000000 | tee -a "$d/libbig.out"
+    for b in 1000 1000000; do
+        t0=$(now)
+        "$esrc" --store "lmdb:$d/w3" project "$d/w3.proj" --to "sqlite:$d/cli$b.db" --batch "$b" \
+            >/dev/null 2>"$d/cli$b.err"
+        t1=$(now)
+        rate "esrc project --batch $b (process included)" "$n" "$t0" "$t1" | tee -a "$d/cli$b.out"
+    done
+    q='SELECT count(*), sum(seq), sum(position), sum(length(payload)), min(stream) FROM ev'
+    want=$(sqlite3 "$d/hand.db" "$q")
+    for f in hand1000 lib1000 libbig cli1000 cli1000000; do
+        got=$(sqlite3 "$d/$f.db" "$q")
+        [ "$got" = "$want" ] ||
+            { echo "proj_bench: $f.db differs from hand.db: $got vs $want" >&2; exit 1; }
+    done
+    r=$((r + 1))
 done
-q='SELECT count(*), sum(seq), sum(position), sum(length(payload)), min(stream) FROM ev'
-want=$(sqlite3 "$d/hand.db" "$q")
+echo "proj_bench: the six tables hold the same rows ($want)"
+h=$(med "$d/hand.out")
+echo "median of $runs: hand $h events/s"
 for f in lib1000 libbig cli1000 cli1000000; do
-    got=$(sqlite3 "$d/$f.db" "$q")
-    [ "$got" = "$want" ] || { echo "proj_bench: $f.db differs from hand.db: $got vs $want" >&2; exit 1; }
+    echo "median of $runs: $f $(med "$d/$f.out") events/s"
+    ratio "$f / hand (medians)" "$(med "$d/$f.out")" "$h"
 done
-echo "proj_bench: the five tables hold the same rows ($want)"
-h=$(ev_s "$d/hand.out")
-for f in lib1000 libbig cli1000 cli1000000; do ratio "$f / hand" "$(ev_s "$d/$f.out")" "$h"; done
+echo "median of $runs: hand1000 $(med "$d/hand1000.out") events/s"
+ratio "lib1000 / hand1000 (same commits; medians)" "$(med "$d/lib1000.out")" "$(med "$d/hand1000.out")"
 
 # ---- 2. replicas ----
 t0=$(now)
