@@ -329,6 +329,12 @@ ES_EXTERN int es_append(es_append_result *out, es_store *store, const void *stre
                                     no shredding rule applies, and encrypted
                                     envelopes (from a raw cursor) are accepted
                                     as they are (replicas, imports) */
+#define ES_APPEND_TO_REPLICA 0x4u /* append to a replica (a store es_replicate
+                                    writes into): refused (ES_EINVAL) without
+                                    this flag, so that only its replicator (and
+                                    a deliberate override) writes there.  A
+                                    handle learns that its store is a replica
+                                    at its first append. */
 /* How far past its clock a kept time may be: a day.  A time far in the
  * future would pin every later commit time of the store to it. */
 #define ES_MAX_TIME_AHEAD_US ((int64_t)86400 * 1000000)

@@ -45,6 +45,9 @@ struct es_store {
     _Atomic uint64_t max_acked;
     /* crypto-shredding (shred.c): master key and cached rules, under shred_mu */
     struct es__shred_state *shred;
+    /* is the store a replica (es_replicate's record in its kv table)?
+     * 0 not known yet, 1 no, 2 yes: learnt at the first append */
+    _Atomic int replica;
 };
 
 /* shred.c */

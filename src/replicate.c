@@ -311,7 +311,8 @@ static int flush(repl *r)
         }
         r->ops[nops++] = (es_append_op){e->stream, e->stream_len, e->seq - 1, &r->news[i], 1};
     }
-    rc = es_append_multi(r->outs, r->dst, r->ops, nops, ES_APPEND_KEEP_TIME | ES_APPEND_RAW);
+    rc = es_append_multi(r->outs, r->dst, r->ops, nops,
+                         ES_APPEND_KEEP_TIME | ES_APPEND_RAW | ES_APPEND_TO_REPLICA);
     if (rc == 0) {
         for (size_t j = 0; j < nops; j++) {
             if (r->outs[j].replayed)

@@ -291,6 +291,33 @@ static int check_events(const es_event_new *events, size_t n, size_t op, size_t 
     return 0;
 }
 
+static int found_one(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                     uint64_t version, void *payload)
+{
+    (void)key, (void)klen, (void)val, (void)vlen, (void)version, (void)payload;
+    return 1; /* one is enough */
+}
+
+/* ES_EINVAL on a replica (a "replica/" record in the kv table, which
+ * es_replicate keeps in its target); looked up once per handle. */
+static int check_not_replica(es_store *st)
+{
+    int known = atomic_load(&st->replica);
+    if (known == 0) {
+        int rc = 0;
+        if (st->ops->kv_list)
+            rc = st->ops->kv_list(st->be, (const uint8_t *)"replica/", 8, found_one, NULL);
+        if (rc < 0 && rc != ES_EUSER)
+            return rc;
+        known = rc == ES_EUSER || rc == 1 ? 2 : 1;
+        atomic_store(&st->replica, known);
+    }
+    if (known == 2)
+        return es__err(ES_EINVAL, "the store is a replica (esrc replicate writes it): write to "
+                                  "its source, or append with ES_APPEND_TO_REPLICA");
+    return 0;
+}
+
 int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops, size_t n_ops,
                     unsigned flags)
 {
@@ -313,7 +340,7 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
     memset(out, 0, n_ops * sizeof *out);
     if (st->flags & ES_OPEN_READONLY)
         return es__err(ES_EINVAL, "es_append: the store was opened read-only");
-    if (flags & ~(unsigned)(ES_APPEND_KEEP_TIME | ES_APPEND_RAW))
+    if (flags & ~(unsigned)(ES_APPEND_KEEP_TIME | ES_APPEND_RAW | ES_APPEND_TO_REPLICA))
         return es__err(ES_EINVAL, "es_append: unknown flags 0x%x", flags);
     for (size_t k = 0; k < n_ops; k++) {
         const es_append_op *op = &ops[k];
@@ -372,6 +399,9 @@ int es_append_multi(es_append_result *out, es_store *st, const es_append_op *ops
             }
         }
     }
+    /* a replica is written by its replicator only */
+    if (!(flags & ES_APPEND_TO_REPLICA) && (rc = check_not_replica(st)) < 0)
+        goto done;
     /* events under a shredding rule are written encrypted (shred.c) */
     if (!(flags & ES_APPEND_RAW)) {
         if ((rc = es__shred_seal_ops(&sealed, st, ops, n_ops, (const uint8_t(*)[ES_ID_SIZE])ids)) <

@@ -143,6 +143,11 @@ static void test_copies_every_field_and_a_rerun_copies_nothing(void **state)
     TU_EXPECT_OK(es_replicate(&r, p.d.st, p.s.st, NULL, NULL));
     uint64_t n = same_events(p.s.st, p.d.st, NULL);
     assert_int_equal(r.copied, n);
+    /* the replica takes appends from its replicator only */
+    es_event_new other = {.type = "Other", .data = "x", .data_len = 1};
+    assert_int_equal(es_append(NULL, p.d.st, "other/1", 7, ES_EXPECT_ANY, &other, 1), ES_EINVAL);
+    assert_non_null(strstr(es_error_last(), "replica"));
+    assert_int_equal(same_events(p.s.st, p.d.st, NULL), n);
     assert_int_equal(r.present, 0);
     assert_true(r.position > 0);
     /* again: nothing new, nothing written */

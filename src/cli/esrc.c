@@ -434,7 +434,8 @@ static int cmd_append(esrc_ctx *cx, int argc, char **argv)
         goto done;
     char shown[SHOW_NAME];
     show_bytes(shown, sizeof shown, (const uint8_t *)stream, strlen(stream), false);
-    rc = es_append(&r, st, stream, strlen(stream), expected, &ev, 1);
+    /* a replica was refused above unless --force */
+    rc = es_append_ex(&r, st, stream, strlen(stream), expected, &ev, 1, ES_APPEND_TO_REPLICA);
     if (rc == ES_ECONFLICT) {
         fprintf(stderr, "esrc: append: conflict: stream %s is at seq %" PRIu64 "\n", shown, r.head);
         rc = ESRC_CONFLICT;

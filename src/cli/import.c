@@ -829,7 +829,7 @@ static int batch_flush(importer *im, batch *b, esrc_import_result *res)
                                     .time_us = e->time_us};
     }
     rc = es_append_ex(&r, im->st, b->ev[0].stream, b->ev[0].stream_len, b->ev[0].seq - 1, b->news,
-                      b->n, ES_APPEND_KEEP_TIME | ES_APPEND_RAW);
+                      b->n, ES_APPEND_KEEP_TIME | ES_APPEND_RAW | ES_APPEND_TO_REPLICA);
     if (rc) {
         say(im,
             "line %" PRIu64 ": writing stream %s seq %" PRIu64 "..%" PRIu64 ": %s: %s (%" PRIu64
