@@ -1160,6 +1160,11 @@ static int cmd_demo(esrc_ctx *cx, int argc, char **argv)
     o.clock_payload = &clock;
     if ((rc = es_store_open(&st, cx->store_uri, &o)) < 0)
         return lib_error(cx->store_uri, rc);
+    /* (its own handle, for its clock: the master key too, for shredded streams) */
+    if (cx->master_key_file && (rc = load_master_key(st, cx->master_key_file))) {
+        es_store_close(st);
+        return rc;
+    }
     rc = esrc_demo(st, &clock, stdout);
     es_store_close(st);
     return rc < 0 ? lib_error("demo", rc) : ESRC_OK;

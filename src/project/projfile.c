@@ -933,6 +933,9 @@ static int pick_json(es_proj_file *f, const stmt *s, const param *p, evctx *x, j
     json_t *j = NULL;
     int rc;
     *out = NULL;
+    /* a forgotten event's data (and its metadata, if it was inside) is gone: NULL */
+    if (x->ev->shred == ES_SHRED_FORGOTTEN && (p->kind == P_DATA || x->ev->meta_len == 0))
+        return 0;
     if ((rc = load_json(f, s, x, p->kind == P_META, &j)) < 0)
         return rc;
     for (size_t k = 0; k < p->n_steps && j; k++)
@@ -1039,6 +1042,36 @@ done:
     return rc;
 }
 
+/*
+ * Crypto-shredding (doc/crypto-shredding.md): an event whose subject was
+ * forgotten runs only the statements of `on *` sections (its data binds as
+ * empty text, its :data.PATH as NULL), so a rebuilt model keeps one audit
+ * row per event and loses what the typed statements would have made of the
+ * data.  An event that is encrypted but cannot be read (no master key, or
+ * not the store's; damaged) stops the run: the model would be wrong.
+ */
+static int shred_check(const es_proj_file *f, const es_event *ev)
+{
+    if (ev->shred != ES_SHRED_LOCKED && ev->shred != ES_SHRED_BROKEN)
+        return 0;
+    return es_proj__err(ES_EINVAL,
+                        "%s: the event at position %" PRIu64 " (type %s) is encrypted and %s",
+                        f->filename, ev->position, ev->type,
+                        ev->shred == ES_SHRED_LOCKED
+                            ? "cannot be read without the store's master key (--master-key)"
+                            : "does not authenticate (damaged)");
+}
+
+static bool stmt_runs(const es_proj_file *f, const es_event *ev, size_t idx)
+{
+    if (ev->shred != ES_SHRED_FORGOTTEN)
+        return true;
+    for (size_t i = 0; i < f->n_secs; i++)
+        if (f->secs[i].all && idx >= f->secs[i].first && idx < f->secs[i].first + f->secs[i].n)
+            return true;
+    return false;
+}
+
 static int pf_apply(const es_proj_db *db, const es_event *ev, size_t n, void *payload)
 {
     es_proj_file *f = payload;
@@ -1056,10 +1089,11 @@ static int pf_apply(const es_proj_db *db, const es_event *ev, size_t n, void *pa
     for (size_t i = 0; i < n; i++) {
         const route *r = NULL;
         evctx x = {.ev = &ev[i]};
-        if ((rc = route_for(&r, f, ev[i].type)) < 0)
+        if ((rc = shred_check(f, &ev[i])) < 0 || (rc = route_for(&r, f, ev[i].type)) < 0)
             return rc;
         for (size_t k = 0; k < r->n && rc == 0; k++)
-            rc = run_stmt(f, conn, &f->stmts[r->idx[k]], &x);
+            if (stmt_runs(f, &ev[i], r->idx[k]))
+                rc = run_stmt(f, conn, &f->stmts[r->idx[k]], &x);
         json_decref(x.data);
         json_decref(x.meta);
         if (rc < 0)
@@ -1264,9 +1298,11 @@ static int pg_apply(es_proj_file *f, PGconn *conn, const es_event *ev, size_t n)
     for (size_t i = 0; i < n; i++) {
         const route *r = NULL;
         evctx x = {.ev = &ev[i]};
-        if ((rc = route_for(&r, f, ev[i].type)) < 0)
+        if ((rc = shred_check(f, &ev[i])) < 0 || (rc = route_for(&r, f, ev[i].type)) < 0)
             return rc;
         for (size_t k = 0; k < r->n && rc == 0; k++) {
+            if (!stmt_runs(f, &ev[i], r->idx[k]))
+                continue;
             const stmt *s = &f->stmts[r->idx[k]];
             for (size_t v = 0; v < s->n_params && rc == 0; v++)
                 rc = pg_value(f, s, v, &x);
