@@ -164,23 +164,23 @@ static int read_rules(es_store *st, rule_list *l)
     return rc;
 }
 
-/* Load the rules into the handle (mu held). */
+/* Load the rules into the handle.  The store is read without mu held (a
+ * reader holding a store lock may wait for mu: no lock order to invert),
+ * then mu is taken to swap them in. */
 static int load_rules(es_store *st)
 {
     struct es__shred_state *s = st->shred;
-    rule_list l;
+    rule_list l = {0};
     int rc;
-    if (!st->ops->kv_list) {
-        s->rules_loaded = true; /* no records: no rules */
-        return 0;
-    }
-    if ((rc = read_rules(st, &l)) < 0)
-        return rc;
+    if (st->ops->kv_list && (rc = read_rules(st, &l)) < 0)
+        return rc; /* no records at all: no rules */
+    pthread_mutex_lock(&s->mu);
     free(s->rules);
     s->rules = l.r;
     s->n_rules = l.n;
     s->cap_rules = l.cap;
     s->rules_loaded = true;
+    pthread_mutex_unlock(&s->mu);
     return 0;
 }
 
@@ -213,10 +213,7 @@ int es_shred_rule_add(es_store *st, const void *prefix, size_t prefix_len, unsig
     es_buf_free(&b);
     if (rc < 0)
         return rc;
-    pthread_mutex_lock(&st->shred->mu);
-    rc = load_rules(st);
-    pthread_mutex_unlock(&st->shred->mu);
-    return rc;
+    return load_rules(st);
 }
 
 int es_shred_rules(es_store *st, es_shred_rule_fn fn, void *payload)
@@ -477,10 +474,11 @@ int es__shred_seal_ops(es_event_new ***enc_out, es_store *st, const es_append_op
 
     *enc_out = NULL;
     pthread_mutex_lock(&s->mu);
-    if (!s->rules_loaded && (rc = load_rules(st)) < 0) {
-        pthread_mutex_unlock(&s->mu);
+    bool loaded = s->rules_loaded;
+    pthread_mutex_unlock(&s->mu);
+    if (!loaded && (rc = load_rules(st)) < 0)
         return rc;
-    }
+    pthread_mutex_lock(&s->mu);
     if (s->n_rules == 0) {
         pthread_mutex_unlock(&s->mu);
         return 0;

@@ -70,12 +70,19 @@ static int lib_error(const char *what, int rc)
                                                                         : ESRC_FAIL;
 }
 
+/* The test clock: a second per reading.  `esrc serve` reads it from many
+ * threads, so it is one atomic step. */
 static int64_t fake_clock(void *payload)
 {
     esrc_ctx *cx = payload;
-    if (cx->fake_now <= INT64_MAX - 1000000) /* never reached from a valid start */
-        cx->fake_now += 1000000;
-    return cx->fake_now;
+    int64_t now = __atomic_load_n(&cx->fake_now, __ATOMIC_RELAXED);
+    for (;;) {
+        if (now > INT64_MAX - 1000000) /* never reached from a valid start */
+            return now;
+        if (__atomic_compare_exchange_n(&cx->fake_now, &now, now + 1000000, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            return now + 1000000;
+    }
 }
 
 /* Open the store; `create` lets a missing lmdb store be made. */
