@@ -1,5 +1,5 @@
 /*
- * bench_pg.c — the PostgreSQL baselines of `esrc bench`, on the same
+ * bench_pg.c — the PostgreSQL baselines of es_bench, on the same
  * server as eventsrc-pg:
  *
  *   pg-raw      what a user would hand-roll: an events table (bigserial

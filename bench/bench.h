@@ -1,9 +1,9 @@
 /*
- * bench.h — what the parts of `esrc bench` share: the workload's shape, a
+ * bench.h — what the parts of es_bench share: the workload's shape, a
  * result row, the run's settings, and small helpers.
  */
-#ifndef ESRC_BENCH_H
-#define ESRC_BENCH_H
+#ifndef ES_BENCH_BENCH_H
+#define ES_BENCH_BENCH_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -73,6 +73,10 @@ int run_w8g(const bench *b, const char *sys, result *r);
 int es_open_bench(es_store **st, const bench *b, const char *system, const char *name, result *r);
 /* eventsrc-mem with W3's data (and W4's stream) loaded (bench.c). */
 int mem_prepare(const bench *b, es_store **st, result *r);
+
+/* W1–W9 on eventsrc-lmdb, eventsrc-mem, eventsrc-pg, lmdb-raw and sqlite
+ * (bench.c; W8g and W9 in bench_group.c and bench_live.c). */
+int emb_run(const bench *b, const char *w, const char *sys, result *r);
 
 /* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
