@@ -135,32 +135,6 @@ int es_open_bench(es_store **st, const bench *b, const char *system, const char 
     return 0;
 }
 
-/* W3's data: n events in batches of 1000, one per stream of 1000 streams. */
-static int es_load_interleaved(es_store *st, uint64_t n, double *lat, size_t *n_lat, result *r)
-{
-    es_append_op ops[BATCH];
-    es_event_new evs[BATCH];
-    es_append_result outs[BATCH];
-    uint8_t keys[BATCH][16], data[BATCH][PAYLOAD];
-    uint64_t seq = 0;
-    for (unsigned i = 0; i < BATCH; i++)
-        stream_id(keys[i], i % STREAMS);
-    for (uint64_t done = 0; done < n; done += BATCH, seq++) {
-        for (unsigned i = 0; i < BATCH; i++) {
-            payload(data[i], done + i);
-            evs[i] = (es_event_new){.type = "Bench", .data = data[i], .data_len = PAYLOAD};
-            ops[i] = (es_append_op){keys[i], 16, seq, &evs[i], 1};
-        }
-        double t0 = now_s();
-        int rc = es_append_multi(outs, st, ops, BATCH, 0);
-        if (rc)
-            return fail(r, "append: %s", es_error_last());
-        if (lat)
-            lat[(*n_lat)++] = now_s() - t0;
-    }
-    return 0;
-}
-
 static int es_load_one_stream(es_store *st, const char *key, uint64_t n, result *r)
 {
     es_event_new evs[BATCH];
@@ -175,35 +149,6 @@ static int es_load_one_stream(es_store *st, const char *key, uint64_t n, result 
             return fail(r, "append: %s", es_error_last());
     }
     return 0;
-}
-
-typedef struct w2_arg {
-    es_store *st;
-    MDB_env *env;
-    MDB_dbi dbi;
-    const char *sqlite_path;
-    int id;
-    uint64_t n;
-    double *lat;
-    int err;
-} w2_arg;
-
-static void *es_w2_thread(void *p)
-{
-    w2_arg *a = p;
-    uint8_t key[16], data[PAYLOAD];
-    stream_id(key, 5000 + (unsigned)a->id);
-    for (uint64_t i = 0; i < a->n; i++) {
-        payload(data, i);
-        es_event_new ev = {.type = "Bench", .data = data, .data_len = PAYLOAD};
-        double t0 = now_s();
-        if (es_append(NULL, a->st, key, 16, i, &ev, 1)) {
-            a->err = 1;
-            return NULL;
-        }
-        a->lat[i] = now_s() - t0;
-    }
-    return NULL;
 }
 
 /* A view for W6: the sum of the first payload byte, as a counter. */
@@ -332,23 +277,6 @@ static int raw_put_batch(MDB_env *env, MDB_dbi dbi, const unsigned *streams, con
     return 0;
 }
 
-static void *raw_w2_thread(void *p)
-{
-    w2_arg *a = p;
-    unsigned s = 5000 + (unsigned)a->id;
-    for (uint64_t i = 0; i < a->n; i++) {
-        result r;
-        uint64_t seq = i + 1;
-        double t0 = now_s();
-        if (raw_put_batch(a->env, a->dbi, &s, &seq, 1, i, &r)) {
-            a->err = 1;
-            return NULL;
-        }
-        a->lat[i] = now_s() - t0;
-    }
-    return NULL;
-}
-
 /* ---- SQLite ---- */
 
 static int sq_open(sqlite3 **db, const char *path, result *r)
@@ -400,32 +328,6 @@ static int sq_insert_batch(sqlite3 *db, sqlite3_stmt *ins, const unsigned *strea
 }
 
 static const char *SQ_INSERT = "INSERT INTO events(stream, seq, type, data) VALUES (?, ?, ?, ?)";
-
-static void *sq_w2_thread(void *p)
-{
-    w2_arg *a = p;
-    sqlite3 *db;
-    sqlite3_stmt *ins;
-    result r;
-    unsigned s = 5000 + (unsigned)a->id;
-    if (sq_open(&db, a->sqlite_path, &r) ||
-        sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK) {
-        a->err = 1;
-        return NULL;
-    }
-    for (uint64_t i = 0; i < a->n; i++) {
-        uint64_t seq = i + 1;
-        double t0 = now_s();
-        if (sq_insert_batch(db, ins, &s, &seq, 1, i, &r)) {
-            a->err = 1;
-            break;
-        }
-        a->lat[i] = now_s() - t0;
-    }
-    sqlite3_finalize(ins);
-    sqlite3_close(db);
-    return NULL;
-}
 
 static void *sq_w7_thread(void *p)
 {
@@ -486,6 +388,390 @@ static void *raw_w7_thread(void *p)
     return NULL;
 }
 
+/* ---- one interface per embedded system ----
+ *
+ * W1–W5 are written once over these operations; each system implements
+ * them once.  Streams are numbers (stream_id); ONE_STREAM is W3's extra
+ * stream of 10,000 events that W4 reads.  Seqs are the new events' own
+ * (1-based); the payload of the i-th event of a call is payload(base + i).
+ */
+
+#define ONE_STREAM 999999u
+
+typedef struct emb emb;
+typedef struct emb_ops {
+    /* `set` names the data set (its file in --dir); `reading`: W3's data is
+     * wanted (eventsrc-mem, which keeps nothing, loads it) */
+    int (*open)(emb *h, const bench *b, const char *sys, const char *set, bool reading, result *r);
+    /* a handle for one more writer thread (SQLite: its own connection) */
+    int (*thread)(emb **out, emb *h, result *r);
+    /* n events, one on each of streams[0..n), all with seq `seq` */
+    int (*append_spread)(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                         result *r);
+    /* n events on one stream, seqs first, first + 1, … */
+    int (*append_run)(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r);
+    /* read one stream whole: its count and a sum of a byte of each event */
+    int (*read_stream)(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r);
+    /* scan every event in log order; `every` is called each 65,536 events */
+    int (*scan)(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg, result *r);
+    void (*close)(emb *h);
+} emb_ops;
+
+struct emb {
+    const emb_ops *ops;
+    bool thread; /* a handle of emb_ops.thread: shares the parent's store */
+    es_store *st;
+    MDB_env *env;
+    MDB_dbi dbi;
+    sqlite3 *db;
+    sqlite3_stmt *ins, *rd, *sc; /* insert, read a stream, scan */
+    char path[600];
+};
+
+/* eventsrc: stream n is the 16-byte stream_id(n); ONE_STREAM is "one-stream" */
+static size_t es_key(uint8_t out[16], unsigned stream)
+{
+    if (stream == ONE_STREAM) {
+        memcpy(out, "one-stream", 10);
+        return 10;
+    }
+    stream_id(out, stream);
+    return 16;
+}
+
+static int es_h_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
+                     result *r)
+{
+    char name[32];
+    if (reading && strcmp(sys, "eventsrc-mem") == 0)
+        return mem_prepare(b, &h->st, r);
+    snprintf(name, sizeof name, "%s-es", set);
+    return es_open_bench(&h->st, b, sys, name, r);
+}
+
+static int same_thread(emb **out, emb *h, result *r)
+{
+    (void)r;
+    *out = h;
+    return 0;
+}
+
+static int es_h_spread(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                       result *r)
+{
+    es_append_op ops[BATCH];
+    es_event_new evs[BATCH];
+    es_append_result outs[BATCH];
+    uint8_t keys[BATCH][16], data[BATCH][PAYLOAD];
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = es_key(keys[i], streams[i]);
+        payload(data[i], base + i);
+        evs[i] = (es_event_new){.type = "Bench", .data = data[i], .data_len = PAYLOAD};
+        ops[i] = (es_append_op){keys[i], kl, seq - 1, &evs[i], 1};
+    }
+    if (es_append_multi(outs, h->st, ops, n, 0))
+        return fail(r, "append: %s", es_error_last());
+    return 0;
+}
+
+static int es_h_run(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r)
+{
+    es_event_new evs[BATCH];
+    uint8_t key[16], data[BATCH][PAYLOAD];
+    size_t kl = es_key(key, stream);
+    for (size_t i = 0; i < n; i++) {
+        payload(data[i], base + i);
+        evs[i] = (es_event_new){.type = "Bench", .data = data[i], .data_len = PAYLOAD};
+    }
+    if (es_append(NULL, h->st, key, kl, first - 1, evs, n))
+        return fail(r, "append: %s", es_error_last());
+    return 0;
+}
+
+static int es_h_read(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r)
+{
+    es_cursor *c;
+    const es_event *ev;
+    uint8_t key[16];
+    size_t kl = es_key(key, stream);
+    if (es_stream_cursor(&c, h->st, key, kl, NULL))
+        return fail(r, "read: %s", es_error_last());
+    while (es_cursor_next(&ev, c) == 0) {
+        *sum += ev->data[0];
+        ++*cnt;
+    }
+    es_cursor_free(c);
+    return 0;
+}
+
+static int es_h_scan(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg,
+                     result *r)
+{
+    es_cursor *c;
+    const es_event *ev;
+    if (es_log_cursor(&c, h->st, NULL))
+        return fail(r, "log: %s", es_error_last());
+    while (es_cursor_next(&ev, c) == 0) {
+        *sum += ev->data_len + ev->seq;
+        if ((++*cnt & 65535) == 0)
+            every(arg);
+    }
+    es_cursor_free(c);
+    return 0;
+}
+
+static void es_h_close(emb *h)
+{
+    es_store_close(h->st);
+}
+
+static const emb_ops ES_OPS = {es_h_open, same_thread, es_h_spread, es_h_run,
+                               es_h_read, es_h_scan,   es_h_close};
+
+/* raw LMDB */
+
+static int raw_h_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
+                      result *r)
+{
+    char name[32];
+    snprintf(name, sizeof name, "%s-raw", set);
+    path_of(h->path, sizeof h->path, b, name);
+    return raw_open(&h->env, &h->dbi, h->path, r);
+}
+
+static int raw_h_spread(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                        result *r)
+{
+    uint64_t seqs[BATCH];
+    for (size_t i = 0; i < n; i++)
+        seqs[i] = seq;
+    return raw_put_batch(h->env, h->dbi, streams, seqs, n, base, r);
+}
+
+static int raw_h_run(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r)
+{
+    unsigned streams[BATCH];
+    uint64_t seqs[BATCH];
+    for (size_t i = 0; i < n; i++) {
+        streams[i] = stream;
+        seqs[i] = first + i;
+    }
+    return raw_put_batch(h->env, h->dbi, streams, seqs, n, base, r);
+}
+
+static int raw_h_read(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    uint8_t from[24];
+    raw_key(from, stream, 0);
+    int rc = mdb_txn_begin(h->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    if ((rc = mdb_cursor_open(txn, h->dbi, &c))) {
+        mdb_txn_abort(txn);
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    }
+    MDB_val key = {24, from}, val;
+    rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+    while (rc == 0 && memcmp(key.mv_data, from, 16) == 0) {
+        *sum += ((uint8_t *)val.mv_data)[0];
+        ++*cnt;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    return 0;
+}
+
+static int raw_h_scan(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg,
+                      result *r)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_txn_begin(h->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    if ((rc = mdb_cursor_open(txn, h->dbi, &c))) {
+        mdb_txn_abort(txn);
+        return fail(r, "lmdb: %s", mdb_strerror(rc));
+    }
+    rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    while (rc == 0) {
+        *sum += v.mv_size + ((uint8_t *)k.mv_data)[23];
+        if ((++*cnt & 65535) == 0)
+            every(arg);
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    return 0;
+}
+
+static void raw_h_close(emb *h)
+{
+    if (h->env)
+        mdb_env_close(h->env);
+}
+
+static const emb_ops RAW_OPS = {raw_h_open, same_thread, raw_h_spread, raw_h_run,
+                                raw_h_read, raw_h_scan,  raw_h_close};
+
+/* SQLite: a connection per handle, the insert prepared once */
+
+static int sq_h_connect(emb *h, result *r)
+{
+    if (sq_open(&h->db, h->path, r))
+        return -1;
+    if (sqlite3_prepare_v2(h->db, SQ_INSERT, -1, &h->ins, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(h->db,
+                           "SELECT seq, type, data FROM events WHERE stream = ? ORDER BY seq", -1,
+                           &h->rd, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(h->db, "SELECT stream, seq, type, data FROM events ORDER BY rowid", -1,
+                           &h->sc, NULL) != SQLITE_OK)
+        return fail(r, "sqlite: %s", sqlite3_errmsg(h->db));
+    return 0;
+}
+
+static int sq_h_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
+                     result *r)
+{
+    char name[32];
+    snprintf(name, sizeof name, "%s.sqlite", set);
+    path_of(h->path, sizeof h->path, b, name);
+    return sq_h_connect(h, r);
+}
+
+static int sq_h_thread(emb **out, emb *h, result *r)
+{
+    emb *t = calloc(1, sizeof *t);
+    if (!t)
+        return fail(r, "out of memory");
+    *t = (emb){.ops = h->ops, .thread = true};
+    memcpy(t->path, h->path, sizeof t->path);
+    *out = t;
+    return sq_h_connect(t, r);
+}
+
+static int sq_h_spread(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                       result *r)
+{
+    uint64_t seqs[BATCH];
+    for (size_t i = 0; i < n; i++)
+        seqs[i] = seq;
+    return sq_insert_batch(h->db, h->ins, streams, seqs, n, base, r);
+}
+
+static int sq_h_run(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r)
+{
+    unsigned streams[BATCH];
+    uint64_t seqs[BATCH];
+    for (size_t i = 0; i < n; i++) {
+        streams[i] = stream;
+        seqs[i] = first + i;
+    }
+    return sq_insert_batch(h->db, h->ins, streams, seqs, n, base, r);
+}
+
+static int sq_h_read(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r)
+{
+    sqlite3_stmt *q = h->rd;
+    uint8_t key[16];
+    stream_id(key, stream);
+    sqlite3_bind_blob(q, 1, key, 16, SQLITE_STATIC);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        const uint8_t *d = sqlite3_column_blob(q, 2);
+        *sum += d ? d[0] : 0;
+        ++*cnt;
+    }
+    sqlite3_reset(q);
+    return 0;
+}
+
+static int sq_h_scan(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg,
+                     result *r)
+{
+    sqlite3_stmt *q = h->sc;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        *sum += (uint64_t)sqlite3_column_bytes(q, 3) + (uint64_t)sqlite3_column_int64(q, 1);
+        if ((++*cnt & 65535) == 0)
+            every(arg);
+    }
+    sqlite3_reset(q);
+    return 0;
+}
+
+static void sq_h_close(emb *h)
+{
+    sqlite3_finalize(h->ins);
+    sqlite3_finalize(h->rd);
+    sqlite3_finalize(h->sc);
+    sqlite3_close(h->db);
+}
+
+static const emb_ops SQ_OPS = {sq_h_open, sq_h_thread, sq_h_spread, sq_h_run,
+                               sq_h_read, sq_h_scan,   sq_h_close};
+
+/* Open system `sys`'s data set `set`; on failure *h is still closable. */
+static int emb_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
+                    result *r)
+{
+    *h = (emb){.ops = strncmp(sys, "eventsrc", 8) == 0 ? &ES_OPS
+                      : strcmp(sys, "lmdb-raw") == 0   ? &RAW_OPS
+                                                       : &SQ_OPS};
+    return h->ops->open(h, b, sys, set, reading, r);
+}
+
+/* Close a handle of emb_open, or of emb_ops.thread (which frees it). */
+static void emb_close(emb *h)
+{
+    if (h->thread) {
+        h->ops->close(h);
+        free(h);
+    } else if (h->ops) {
+        h->ops->close(h);
+    }
+}
+
+/* W3's log: n events in commits of 1000, one on each of 1000 streams
+ * (latency per commit into lat, when given). */
+static int load_spread(emb *h, uint64_t n, double *lat, size_t *nl, result *r)
+{
+    unsigned streams[BATCH];
+    for (unsigned i = 0; i < BATCH; i++)
+        streams[i] = i % STREAMS;
+    for (uint64_t k = 0; k < n / BATCH && r->ok; k++) {
+        double s0 = now_s();
+        if (h->ops->append_spread(h, streams, BATCH, k + 1, k * BATCH, r))
+            return -1;
+        if (lat)
+            lat[(*nl)++] = now_s() - s0;
+    }
+    return r->ok ? 0 : -1;
+}
+
+/* W3's extra stream, for W4: 10,000 events in commits of 1000. */
+static int load_one(emb *h, result *r)
+{
+    for (uint64_t done = 0; done < ONE_STREAM_EVENTS; done += BATCH)
+        if (h->ops->append_run(h, ONE_STREAM, BATCH, done + 1, done, r))
+            return -1;
+    return 0;
+}
+
+/* eventsrc-mem keeps nothing between processes: build W3's data first. */
+int mem_prepare(const bench *b, es_store **st, result *r)
+{
+    uint64_t n = scaled(b, 1000000, 10000);
+    emb h = {.ops = &ES_OPS};
+    n -= n % BATCH;
+    if (es_open_bench(&h.st, b, "eventsrc-mem", "", r))
+        return -1;
+    *st = h.st;
+    return load_spread(&h, n, NULL, NULL, r) || load_one(&h, r) ? -1 : 0;
+}
+
 /* ---- workloads ---- */
 
 uint64_t scaled(const bench *b, double full, uint64_t min)
@@ -498,69 +784,52 @@ static int run_w1(const bench *b, const char *sys, result *r)
 {
     uint64_t n = scaled(b, 3000, 100);
     double *lat = calloc(n, sizeof *lat);
-    uint8_t data[PAYLOAD], key[16];
-    double t0;
-    int rc = 0;
+    emb h;
     if (!lat)
         return fail(r, "out of memory");
-    stream_id(key, 7);
-    if (strncmp(sys, "eventsrc", 8) == 0) {
-        es_store *st;
-        if (es_open_bench(&st, b, sys, "w1-es", r))
-            goto out;
-        t0 = now_s();
-        for (uint64_t i = 0; i < n && rc == 0; i++) {
-            payload(data, i);
-            es_event_new ev = {.type = "Bench", .data = data, .data_len = PAYLOAD};
-            double s = now_s();
-            rc = es_append(NULL, st, key, 16, i, &ev, 1);
-            lat[i] = now_s() - s;
-        }
-        r->events_per_s = (double)n / (now_s() - t0);
-        if (rc)
-            fail(r, "append: %s", es_error_last());
-        es_store_close(st);
-    } else if (strcmp(sys, "lmdb-raw") == 0) {
-        MDB_env *env;
-        MDB_dbi dbi;
-        char p[600];
-        path_of(p, sizeof p, b, "w1-raw");
-        if (raw_open(&env, &dbi, p, r))
-            goto out;
-        unsigned s = 7;
-        t0 = now_s();
-        for (uint64_t i = 0; i < n && rc == 0; i++) {
-            uint64_t seq = i + 1;
-            double s0 = now_s();
-            rc = raw_put_batch(env, dbi, &s, &seq, 1, i, r);
-            lat[i] = now_s() - s0;
-        }
-        r->events_per_s = (double)n / (now_s() - t0);
-        mdb_env_close(env);
-    } else {
-        sqlite3 *db;
-        sqlite3_stmt *ins;
-        char p[600];
-        path_of(p, sizeof p, b, "w1.sqlite");
-        if (sq_open(&db, p, r) || sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK)
-            goto out;
-        unsigned s = 7;
-        t0 = now_s();
-        for (uint64_t i = 0; i < n && rc == 0; i++) {
-            uint64_t seq = i + 1;
-            double s0 = now_s();
-            rc = sq_insert_batch(db, ins, &s, &seq, 1, i, r);
-            lat[i] = now_s() - s0;
-        }
-        r->events_per_s = (double)n / (now_s() - t0);
-        sqlite3_finalize(ins);
-        sqlite3_close(db);
+    if (emb_open(&h, b, sys, "w1", false, r))
+        goto out;
+    double t0 = now_s();
+    for (uint64_t i = 0; i < n && r->ok; i++) {
+        double s0 = now_s();
+        h.ops->append_run(&h, 7, 1, i + 1, i, r);
+        lat[i] = now_s() - s0;
     }
+    r->events_per_s = (double)n / (now_s() - t0);
     percentiles(lat, n, r);
-    snprintf(r->note, sizeof r->note, "%" PRIu64 " appends", n);
+    if (r->ok)
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " appends", n);
 out:
+    emb_close(&h);
     free(lat);
     return r->ok ? 0 : -1;
+}
+
+typedef struct w2_arg {
+    emb *h; /* the run's handle: each thread asks it for its own */
+    int id;
+    uint64_t n;
+    double *lat;
+    int err;
+} w2_arg;
+
+static void *w2_thread(void *p)
+{
+    w2_arg *a = p;
+    emb *t = NULL;
+    result r = {.ok = 1};
+    unsigned s = 5000 + (unsigned)a->id;
+    if (a->h->ops->thread(&t, a->h, &r))
+        a->err = 1;
+    for (uint64_t i = 0; i < a->n && !a->err; i++) {
+        double t0 = now_s();
+        if (t->ops->append_run(t, s, 1, i + 1, i, &r))
+            a->err = 1;
+        a->lat[i] = now_s() - t0;
+    }
+    if (t && t != a->h)
+        emb_close(t);
+    return NULL;
 }
 
 static int run_w2(const bench *b, const char *sys, result *r)
@@ -570,37 +839,15 @@ static int run_w2(const bench *b, const char *sys, result *r)
     pthread_t th[T];
     w2_arg args[T];
     double *lat = calloc(per * T, sizeof *lat);
-    es_store *st = NULL;
-    MDB_env *env = NULL;
-    MDB_dbi dbi = 0;
-    char p[600];
+    emb h;
     if (!lat)
         return fail(r, "out of memory");
-    if (strncmp(sys, "eventsrc", 8) == 0) {
-        if (es_open_bench(&st, b, sys, "w2-es", r))
-            goto out;
-    } else if (strcmp(sys, "lmdb-raw") == 0) {
-        path_of(p, sizeof p, b, "w2-raw");
-        if (raw_open(&env, &dbi, p, r))
-            goto out;
-    } else {
-        sqlite3 *db;
-        path_of(p, sizeof p, b, "w2.sqlite");
-        if (sq_open(&db, p, r)) /* create the schema once */
-            goto out;
-        sqlite3_close(db);
-    }
+    if (emb_open(&h, b, sys, "w2", false, r))
+        goto out;
     double t0 = now_s();
     for (int i = 0; i < T; i++) {
-        args[i] = (w2_arg){.st = st,
-                           .env = env,
-                           .dbi = dbi,
-                           .sqlite_path = p,
-                           .id = i,
-                           .n = per,
-                           .lat = lat + per * (uint64_t)i};
-        void *(*fn)(void *) = st ? es_w2_thread : env ? raw_w2_thread : sq_w2_thread;
-        pthread_create(&th[i], NULL, fn, &args[i]);
+        args[i] = (w2_arg){.h = &h, .id = i, .n = per, .lat = lat + per * (uint64_t)i};
+        pthread_create(&th[i], NULL, w2_thread, &args[i]);
     }
     int err = 0;
     for (int i = 0; i < T; i++) {
@@ -613,9 +860,7 @@ static int run_w2(const bench *b, const char *sys, result *r)
     if (err)
         fail(r, "a writer failed");
 out:
-    es_store_close(st);
-    if (env)
-        mdb_env_close(env);
+    emb_close(&h);
     free(lat);
     return r->ok ? 0 : -1;
 }
@@ -633,100 +878,25 @@ static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
     n -= n % BATCH;
     if (strcmp(sys, "eventsrc-pg") == 0)
         n = pg_w3_events(b);
-    size_t nb = (size_t)(n / BATCH), nl = 0;
-    double *lat = calloc(nb + 1, sizeof *lat);
-    unsigned streams[BATCH];
-    uint64_t seqs[BATCH];
-    double t0;
+    size_t nl = 0;
+    double *lat = calloc(n / BATCH + 1, sizeof *lat);
+    emb h;
     if (!lat)
         return fail(r, "out of memory");
-    for (unsigned i = 0; i < BATCH; i++)
-        streams[i] = i % STREAMS;
-    if (strncmp(sys, "eventsrc", 8) == 0) {
-        es_store *st;
-        if (es_open_bench(&st, b, sys, "data-es", r))
-            goto out;
-        t0 = now_s();
-        es_load_interleaved(st, n, lat, &nl, r);
-        r->events_per_s = (double)n / (now_s() - t0);
-        if (r->ok && for_later)
-            es_load_one_stream(st, "one-stream", ONE_STREAM_EVENTS, r);
-        es_store_close(st);
-    } else if (strcmp(sys, "lmdb-raw") == 0) {
-        MDB_env *env;
-        MDB_dbi dbi;
-        char p[600];
-        path_of(p, sizeof p, b, "data-raw");
-        if (raw_open(&env, &dbi, p, r))
-            goto out;
-        t0 = now_s();
-        for (size_t k = 0; k < nb && r->ok; k++) {
-            for (unsigned i = 0; i < BATCH; i++)
-                seqs[i] = k + 1;
-            double s0 = now_s();
-            raw_put_batch(env, dbi, streams, seqs, BATCH, k * BATCH, r);
-            lat[nl++] = now_s() - s0;
-        }
-        r->events_per_s = (double)n / (now_s() - t0);
-        if (r->ok && for_later) {
-            unsigned one[BATCH];
-            for (unsigned i = 0; i < BATCH; i++)
-                one[i] = 999999;
-            for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
-                for (unsigned i = 0; i < BATCH; i++)
-                    seqs[i] = done + i + 1;
-                raw_put_batch(env, dbi, one, seqs, BATCH, done, r);
-            }
-        }
-        mdb_env_close(env);
-    } else {
-        sqlite3 *db;
-        sqlite3_stmt *ins;
-        char p[600];
-        path_of(p, sizeof p, b, "data.sqlite");
-        if (sq_open(&db, p, r) || sqlite3_prepare_v2(db, SQ_INSERT, -1, &ins, NULL) != SQLITE_OK)
-            goto out;
-        t0 = now_s();
-        for (size_t k = 0; k < nb && r->ok; k++) {
-            for (unsigned i = 0; i < BATCH; i++)
-                seqs[i] = k + 1;
-            double s0 = now_s();
-            sq_insert_batch(db, ins, streams, seqs, BATCH, k * BATCH, r);
-            lat[nl++] = now_s() - s0;
-        }
-        r->events_per_s = (double)n / (now_s() - t0);
-        if (r->ok && for_later) {
-            unsigned one[BATCH];
-            for (unsigned i = 0; i < BATCH; i++)
-                one[i] = 999999;
-            for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
-                for (unsigned i = 0; i < BATCH; i++)
-                    seqs[i] = done + i + 1;
-                sq_insert_batch(db, ins, one, seqs, BATCH, done, r);
-            }
-        }
-        sqlite3_finalize(ins);
-        sqlite3_close(db);
-    }
+    if (emb_open(&h, b, sys, "data", false, r))
+        goto out;
+    double t0 = now_s();
+    load_spread(&h, n, lat, &nl, r);
+    r->events_per_s = (double)n / (now_s() - t0);
+    if (r->ok && for_later)
+        load_one(&h, r);
     percentiles(lat, nl, r);
     if (r->ok)
         snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit", n);
 out:
+    emb_close(&h);
     free(lat);
     return r->ok ? 0 : -1;
-}
-
-/* eventsrc-mem keeps nothing between processes: build W3's data first. */
-int mem_prepare(const bench *b, es_store **st, result *r)
-{
-    uint64_t n = scaled(b, 1000000, 10000);
-    n -= n % BATCH;
-    if (es_open_bench(st, b, "eventsrc-mem", "", r))
-        return -1;
-    if (es_load_interleaved(*st, n, NULL, NULL, r) ||
-        es_load_one_stream(*st, "one-stream", ONE_STREAM_EVENTS, r))
-        return -1;
-    return 0;
 }
 
 static int run_w4(const bench *b, const char *sys, result *r)
@@ -734,179 +904,62 @@ static int run_w4(const bench *b, const char *sys, result *r)
     enum { REPS = 300 };
     double lat[REPS];
     uint64_t got = 0;
-    if (strncmp(sys, "eventsrc", 8) == 0) {
-        es_store *st;
-        if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
-                                             : es_open_bench(&st, b, sys, "data-es", r))
-            return -1;
-        for (int k = 0; k < REPS; k++) {
-            es_cursor *c;
-            const es_event *ev;
-            uint64_t sum = 0, cnt = 0;
-            double t0 = now_s();
-            if (es_stream_cursor(&c, st, "one-stream", 10, NULL))
-                return fail(r, "read: %s", es_error_last());
-            while (es_cursor_next(&ev, c) == 0) {
-                sum += ev->data[0];
-                cnt++;
-            }
-            es_cursor_free(c);
-            lat[k] = now_s() - t0;
-            got = cnt + (sum == 0);
-        }
-        es_store_close(st);
-    } else if (strcmp(sys, "lmdb-raw") == 0) {
-        MDB_env *env;
-        MDB_dbi dbi;
-        char p[600];
-        path_of(p, sizeof p, b, "data-raw");
-        if (raw_open(&env, &dbi, p, r))
-            return -1;
-        for (int k = 0; k < REPS; k++) {
-            MDB_txn *txn;
-            MDB_cursor *c;
-            uint8_t from[24];
-            uint64_t sum = 0, cnt = 0;
-            raw_key(from, 999999, 0);
-            double t0 = now_s();
-            mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
-            mdb_cursor_open(txn, dbi, &c);
-            MDB_val key = {24, from}, val;
-            int rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-            while (rc == 0 && memcmp(key.mv_data, from, 16) == 0) {
-                sum += ((uint8_t *)val.mv_data)[0];
-                cnt++;
-                rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
-            }
-            mdb_cursor_close(c);
-            mdb_txn_abort(txn);
-            lat[k] = now_s() - t0;
-            got = cnt + (sum == 0);
-        }
-        mdb_env_close(env);
-    } else {
-        sqlite3 *db;
-        sqlite3_stmt *q;
-        char p[600];
-        uint8_t key[16];
-        path_of(p, sizeof p, b, "data.sqlite");
-        if (sq_open(&db, p, r) ||
-            sqlite3_prepare_v2(db,
-                               "SELECT seq, type, data FROM events WHERE stream = ? ORDER BY seq",
-                               -1, &q, NULL) != SQLITE_OK)
-            return fail(r, "sqlite: %s", sqlite3_errmsg(db));
-        stream_id(key, 999999);
-        for (int k = 0; k < REPS; k++) {
-            uint64_t sum = 0, cnt = 0;
-            double t0 = now_s();
-            sqlite3_bind_blob(q, 1, key, 16, SQLITE_STATIC);
-            while (sqlite3_step(q) == SQLITE_ROW) {
-                const uint8_t *d = sqlite3_column_blob(q, 2);
-                sum += d ? d[0] : 0;
-                cnt++;
-            }
-            sqlite3_reset(q);
-            lat[k] = now_s() - t0;
-            got = cnt + (sum == 0);
-        }
-        sqlite3_finalize(q);
-        sqlite3_close(db);
+    emb h;
+    if (emb_open(&h, b, sys, "data", true, r))
+        goto out;
+    for (int k = 0; k < REPS; k++) {
+        uint64_t sum = 0, cnt = 0;
+        double t0 = now_s();
+        if (h.ops->read_stream(&h, ONE_STREAM, &cnt, &sum, r))
+            goto out;
+        lat[k] = now_s() - t0;
+        got = cnt + (sum == 0);
     }
-    if (got < ONE_STREAM_EVENTS)
-        return fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
+    if (got < ONE_STREAM_EVENTS) {
+        fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
+        goto out;
+    }
     percentiles(lat, REPS, r);
     r->events_per_s = ONE_STREAM_EVENTS / (r->p50_us / 1e6);
     snprintf(r->note, sizeof r->note, "latency = one read of the whole stream");
-    return 0;
+out:
+    emb_close(&h);
+    return r->ok ? 0 : -1;
+}
+
+/* W5's memory, sampled during the scan. */
+typedef struct w5_mem {
+    long peak, apeak;
+} w5_mem;
+
+static void w5_sample(void *p)
+{
+    w5_mem *m = p;
+    long now = rss_kb(), anow = anon_kb();
+    m->apeak = anow > m->apeak ? anow : m->apeak;
+    m->peak = now > m->peak ? now : m->peak;
 }
 
 static int run_w5(const bench *b, const char *sys, result *r)
 {
     uint64_t cnt = 0, sum = 0;
-    long before = 0, peak = 0, abefore = 0, apeak = 0;
-    double t0, t;
-    if (strncmp(sys, "eventsrc", 8) == 0) {
-        es_store *st;
-        es_cursor *c;
-        const es_event *ev;
-        if (strcmp(sys, "eventsrc-mem") == 0 ? mem_prepare(b, &st, r)
-                                             : es_open_bench(&st, b, sys, "data-es", r))
-            return -1;
-        before = peak = rss_kb();
-        abefore = apeak = anon_kb();
-        t0 = now_s();
-        if (es_log_cursor(&c, st, NULL))
-            return fail(r, "log: %s", es_error_last());
-        while (es_cursor_next(&ev, c) == 0) {
-            sum += ev->data_len + ev->seq;
-            if ((++cnt & 65535) == 0) {
-                long now = rss_kb(), anow = anon_kb();
-                apeak = anow > apeak ? anow : apeak;
-                peak = now > peak ? now : peak;
-            }
-        }
-        es_cursor_free(c);
-        t = now_s() - t0;
-        es_store_close(st);
-    } else if (strcmp(sys, "lmdb-raw") == 0) {
-        MDB_env *env;
-        MDB_dbi dbi;
-        MDB_txn *txn;
-        MDB_cursor *c;
-        MDB_val k, v;
-        char p[600];
-        path_of(p, sizeof p, b, "data-raw");
-        if (raw_open(&env, &dbi, p, r))
-            return -1;
-        before = peak = rss_kb();
-        abefore = apeak = anon_kb();
-        t0 = now_s();
-        mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
-        mdb_cursor_open(txn, dbi, &c);
-        int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        while (rc == 0) {
-            sum += v.mv_size + ((uint8_t *)k.mv_data)[23];
-            if ((++cnt & 65535) == 0) {
-                long now = rss_kb(), anow = anon_kb();
-                apeak = anow > apeak ? anow : apeak;
-                peak = now > peak ? now : peak;
-            }
-            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-        }
-        mdb_cursor_close(c);
-        mdb_txn_abort(txn);
-        t = now_s() - t0;
-        mdb_env_close(env);
-    } else {
-        sqlite3 *db;
-        sqlite3_stmt *q;
-        char p[600];
-        path_of(p, sizeof p, b, "data.sqlite");
-        if (sq_open(&db, p, r) ||
-            sqlite3_prepare_v2(db, "SELECT stream, seq, type, data FROM events ORDER BY rowid", -1,
-                               &q, NULL) != SQLITE_OK)
-            return fail(r, "sqlite: %s", sqlite3_errmsg(db));
-        before = peak = rss_kb();
-        abefore = apeak = anon_kb();
-        t0 = now_s();
-        while (sqlite3_step(q) == SQLITE_ROW) {
-            sum += (uint64_t)sqlite3_column_bytes(q, 3) + (uint64_t)sqlite3_column_int64(q, 1);
-            if ((++cnt & 65535) == 0) {
-                long now = rss_kb(), anow = anon_kb();
-                apeak = anow > apeak ? anow : apeak;
-                peak = now > peak ? now : peak;
-            }
-        }
-        t = now_s() - t0;
-        sqlite3_finalize(q);
-        sqlite3_close(db);
+    emb h;
+    if (emb_open(&h, b, sys, "data", true, r)) {
+        emb_close(&h);
+        return -1;
     }
-    long end = rss_kb(), aend = anon_kb();
-    apeak = aend > apeak ? aend : apeak;
-    r->anon_kb = apeak - abefore;
-    peak = end > peak ? end : peak;
+    long before = rss_kb(), abefore = anon_kb();
+    w5_mem m = {before, abefore};
+    double t0 = now_s();
+    int rc = h.ops->scan(&h, &cnt, &sum, w5_sample, &m, r);
+    double t = now_s() - t0;
+    emb_close(&h);
+    if (rc)
+        return -1;
+    w5_sample(&m);
+    r->anon_kb = m.apeak - abefore;
     r->events_per_s = (double)cnt / t;
-    r->extra_kb = peak - before;
+    r->extra_kb = m.peak - before;
     snprintf(r->note, sizeof r->note,
              "%" PRIu64 " events; scan added %ld KiB RSS, %ld KiB anonymous%s", cnt, r->extra_kb,
              r->anon_kb, sum ? "" : " ");
