@@ -388,45 +388,7 @@ static void *raw_w7_thread(void *p)
     return NULL;
 }
 
-/* ---- one interface per embedded system ----
- *
- * W1–W5 are written once over these operations; each system implements
- * them once.  Streams are numbers (stream_id); ONE_STREAM is W3's extra
- * stream of 10,000 events that W4 reads.  Seqs are the new events' own
- * (1-based); the payload of the i-th event of a call is payload(base + i).
- */
-
-#define ONE_STREAM 999999u
-
-typedef struct emb emb;
-typedef struct emb_ops {
-    /* `set` names the data set (its file in --dir); `reading`: W3's data is
-     * wanted (eventsrc-mem, which keeps nothing, loads it) */
-    int (*open)(emb *h, const bench *b, const char *sys, const char *set, bool reading, result *r);
-    /* a handle for one more writer thread (SQLite: its own connection) */
-    int (*thread)(emb **out, emb *h, result *r);
-    /* n events, one on each of streams[0..n), all with seq `seq` */
-    int (*append_spread)(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
-                         result *r);
-    /* n events on one stream, seqs first, first + 1, … */
-    int (*append_run)(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r);
-    /* read one stream whole: its count and a sum of a byte of each event */
-    int (*read_stream)(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r);
-    /* scan every event in log order; `every` is called each 65,536 events */
-    int (*scan)(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg, result *r);
-    void (*close)(emb *h);
-} emb_ops;
-
-struct emb {
-    const emb_ops *ops;
-    bool thread; /* a handle of emb_ops.thread: shares the parent's store */
-    es_store *st;
-    MDB_env *env;
-    MDB_dbi dbi;
-    sqlite3 *db;
-    sqlite3_stmt *ins, *rd, *sc; /* insert, read a stream, scan */
-    char path[600];
-};
+/* ---- the embedded systems behind the interface of bench.h ---- */
 
 /* eventsrc: stream n is the 16-byte stream_id(n); ONE_STREAM is "one-stream" */
 static size_t es_key(uint8_t out[16], unsigned stream)
@@ -525,8 +487,15 @@ static void es_h_close(emb *h)
     es_store_close(h->st);
 }
 
-static const emb_ops ES_OPS = {es_h_open, same_thread, es_h_spread, es_h_run,
-                               es_h_read, es_h_scan,   es_h_close};
+static const emb_ops ES_OPS = {.open = es_h_open,
+                               .thread = same_thread,
+                               .append_spread = es_h_spread,
+                               .append_run = es_h_run,
+                               .read_stream = es_h_read,
+                               .scan = es_h_scan,
+                               .close = es_h_close,
+                               .w4_reps = 300,
+                               .writers = "writers"};
 
 /* raw LMDB */
 
@@ -615,8 +584,15 @@ static void raw_h_close(emb *h)
         mdb_env_close(h->env);
 }
 
-static const emb_ops RAW_OPS = {raw_h_open, same_thread, raw_h_spread, raw_h_run,
-                                raw_h_read, raw_h_scan,  raw_h_close};
+static const emb_ops RAW_OPS = {.open = raw_h_open,
+                                .thread = same_thread,
+                                .append_spread = raw_h_spread,
+                                .append_run = raw_h_run,
+                                .read_stream = raw_h_read,
+                                .scan = raw_h_scan,
+                                .close = raw_h_close,
+                                .w4_reps = 300,
+                                .writers = "writers"};
 
 /* SQLite: a connection per handle, the insert prepared once */
 
@@ -710,16 +686,36 @@ static void sq_h_close(emb *h)
     sqlite3_close(h->db);
 }
 
-static const emb_ops SQ_OPS = {sq_h_open, sq_h_thread, sq_h_spread, sq_h_run,
-                               sq_h_read, sq_h_scan,   sq_h_close};
+static const emb_ops SQ_OPS = {.open = sq_h_open,
+                               .thread = sq_h_thread,
+                               .append_spread = sq_h_spread,
+                               .append_run = sq_h_run,
+                               .read_stream = sq_h_read,
+                               .scan = sq_h_scan,
+                               .close = sq_h_close,
+                               .w4_reps = 300,
+                               .writers = "writers"};
 
-/* Open system `sys`'s data set `set`; on failure *h is still closable. */
+/* Open system `sys`'s data set `set` ("w1", "w2", "data": W3's);
+ * `reading`: for W4/W5.  On failure h is still to be closed. */
 static int emb_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
                     result *r)
 {
-    *h = (emb){.ops = strncmp(sys, "eventsrc", 8) == 0 ? &ES_OPS
-                      : strcmp(sys, "lmdb-raw") == 0   ? &RAW_OPS
-                                                       : &SQ_OPS};
+    *h = (emb){.ops = NULL};
+    if (strncmp(sys, "eventsrc", 8) == 0)
+        h->ops = &ES_OPS;
+    else if (strcmp(sys, "lmdb-raw") == 0)
+        h->ops = &RAW_OPS;
+    else if (strcmp(sys, "sqlite") == 0)
+        h->ops = &SQ_OPS;
+#ifdef ES_HAVE_PG
+    else if (strcmp(sys, "pg-raw") == 0)
+        h->ops = &PGRAW_OPS;
+    else if (strcmp(sys, "message-db") == 0)
+        h->ops = &MDB_OPS;
+#endif
+    if (!h->ops)
+        return fail(r, "no system %s in this build", sys);
     return h->ops->open(h, b, sys, set, reading, r);
 }
 
@@ -856,7 +852,7 @@ static int run_w2(const bench *b, const char *sys, result *r)
     }
     r->events_per_s = (double)(per * T) / (now_s() - t0);
     percentiles(lat, per * T, r);
-    snprintf(r->note, sizeof r->note, "16 writers x %" PRIu64 " appends", per);
+    snprintf(r->note, sizeof r->note, "16 %s x %" PRIu64 " appends", h.ops->writers, per);
     if (err)
         fail(r, "a writer failed");
 out:
@@ -876,7 +872,8 @@ static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
 {
     uint64_t n = scaled(b, 1000000, 10000);
     n -= n % BATCH;
-    if (strcmp(sys, "eventsrc-pg") == 0)
+    if (strcmp(sys, "eventsrc-pg") == 0 || strcmp(sys, "pg-raw") == 0 ||
+        strcmp(sys, "message-db") == 0)
         n = pg_w3_events(b);
     size_t nl = 0;
     double *lat = calloc(n / BATCH + 1, sizeof *lat);
@@ -892,7 +889,8 @@ static int run_w3(const bench *b, const char *sys, result *r, bool for_later)
         load_one(&h, r);
     percentiles(lat, nl, r);
     if (r->ok)
-        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit", n);
+        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit%s", n,
+                 h.ops->w3_note ? h.ops->w3_note : "");
 out:
     emb_close(&h);
     free(lat);
@@ -904,10 +902,12 @@ static int run_w4(const bench *b, const char *sys, result *r)
     enum { REPS = 300 };
     double lat[REPS];
     uint64_t got = 0;
+    int reps = REPS;
     emb h;
     if (emb_open(&h, b, sys, "data", true, r))
         goto out;
-    for (int k = 0; k < REPS; k++) {
+    reps = h.ops->w4_reps < REPS ? h.ops->w4_reps : REPS;
+    for (int k = 0; k < reps; k++) {
         uint64_t sum = 0, cnt = 0;
         double t0 = now_s();
         if (h.ops->read_stream(&h, ONE_STREAM, &cnt, &sum, r))
@@ -919,9 +919,10 @@ static int run_w4(const bench *b, const char *sys, result *r)
         fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
         goto out;
     }
-    percentiles(lat, REPS, r);
+    percentiles(lat, (size_t)reps, r);
     r->events_per_s = ONE_STREAM_EVENTS / (r->p50_us / 1e6);
-    snprintf(r->note, sizeof r->note, "latency = one read of the whole stream");
+    snprintf(r->note, sizeof r->note, "latency = one read of the whole stream%s",
+             h.ops->w4_note ? h.ops->w4_note : "");
 out:
     emb_close(&h);
     return r->ok ? 0 : -1;
@@ -944,7 +945,7 @@ static int run_w5(const bench *b, const char *sys, result *r)
 {
     uint64_t cnt = 0, sum = 0;
     emb h;
-    if (emb_open(&h, b, sys, "data", true, r)) {
+    if (emb_open(&h, b, sys, "data", true, r) || (!h.ops->scan && fail(r, "no W5 on %s", sys))) {
         emb_close(&h);
         return -1;
     }
