@@ -20,7 +20,6 @@
 
 #include <inttypes.h>
 #include <libpq-fe.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
