@@ -9,7 +9,7 @@
 #   W10  16 connections, each POSTing one event per request (150-byte data, a
 #        unique event id, its own stream) for N seconds (default 10): requests/s,
 #        p50, p99; then the library's W2 on the same kind of store
-#        (`esrc bench --only W2`, 16 writer threads x 1000 one-event appends,
+#        (`es_bench --only W2`, 16 writer threads x 1000 one-event appends,
 #        each on its own stream) and the ratio W10 / W2 (goal >= 0.8)
 #   W11  one connection reading a 10,000-event stream, 1000 events a page,
 #        following the "next" links (median of 20 reads): events/s;
@@ -34,6 +34,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$esrc" ] || { echo "http_bench: no esrc at $esrc (build first)" >&2; exit 2; }
+bench=$(dirname "$esrc")/es_bench # W2, from the same build
+[ -x "$bench" ] || { echo "http_bench: no es_bench at $bench (build first)" >&2; exit 2; }
 T=$(mktemp -d /tmp/esrc-http-bench-XXXXXX)
 pid=
 cleanup() {
@@ -87,7 +89,7 @@ run_store() { # KIND STORE-URI W2-ARGS...
     feed_n=100000
     f=$(sse $feed_n)
     stop
-    w2=$("$esrc" bench --only W2 "$@" | awk -F'|' '$2 ~ /W2/ { gsub(/ /, "", $4); gsub(/ /, "", $5); gsub(/ /, "", $6); print $4, $5, $6 }')
+    w2=$("$bench" --only W2 "$@" | awk -F'|' '$2 ~ /W2/ { gsub(/ /, "", $4); gsub(/ /, "", $5); gsub(/ /, "", $6); print $4, $5, $6 }')
     set -- $w10
     w10_rps=$8 w10_p50=${10} w10_p99=${12} w10_n=$2
     set -- $w2

@@ -3,7 +3,7 @@
  * "Projections"), driven by bench/proj_bench.sh.  Not installed.
  *
  *   es_proj_bench load STORE N
- *       W3's log (as `esrc bench` W3 writes it): N events in 1000-event
+ *       W3's log (as es_bench W3 writes it): N events in 1000-event
  *       commits (es_append_multi), one event for each of 1000 streams
  *       "stream-%09u", type "Bench", 150 bytes of letters as data.
  *   es_proj_bench hand STORE sqlite:PATH [EVERY]

@@ -8,12 +8,12 @@
 #     the same loop committing every 1000 events, the projector's commits).
 #  2. `esrc replicate` lmdb -> lmdb against `esrc import` of `esrc export` of
 #     the same store, and lmdb -> pg against W3's pg append rate
-#     (`esrc bench --only W3 --systems eventsrc-pg` at the same scale).
+#     (`es_bench --only W3 --systems eventsrc-pg` at the same scale).
 #
 #   bench/proj_bench.sh [--scale F] [--import-lines N] [--runs R] [--pg] [--keep]
 #
 # --scale F         W3 at F x 1M events (default 1); pg W3 is F x 200k, as
-#                   in esrc bench
+#                   in es_bench
 # --import-lines N  `esrc import` into a durable store is timed on the first
 #                   N lines of the export (default 20000): it commits once
 #                   per event on W3's interleaved export (see BENCHMARKS.md);
@@ -21,7 +21,7 @@
 # --runs R          part 1 runs R times in turn, medians reported (default 3)
 # --pg              also part 2's lmdb -> pg (starts a throwaway cluster
 #                   with scripts/pg-temp.sh)
-# Needs a built ./build (esrc, es_proj_bench) and sqlite3.
+# Needs a built ./build (esrc, es_proj_bench, es_bench) and sqlite3.
 set -eu
 cd "$(dirname "$0")/.."
 scale=1 lines=20000 pg=0 keep=0 runs=3
@@ -35,8 +35,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/proj_bench.sh [--scale F] [--import-lines N] [--runs R] [--pg] [--keep]" >&2; exit 2 ;;
     esac
 done
-esrc=$PWD/build/esrc pb=$PWD/build/es_proj_bench
-[ -x "$esrc" ] && [ -x "$pb" ] || { echo "proj_bench: build first (cmake --build build)" >&2; exit 2; }
+esrc=$PWD/build/esrc pb=$PWD/build/es_proj_bench eb=$PWD/build/es_bench
+[ -x "$esrc" ] && [ -x "$pb" ] && [ -x "$eb" ] || { echo "proj_bench: build first (cmake --build build)" >&2; exit 2; }
 n=$(awk -v s="$scale" 'BEGIN { n = int(1000000 * s); n -= n % 1000; if (n < 1000) n = 1000; print n }')
 d=$(mktemp -d "${TMPDIR:-/var/tmp}/es-proj-bench-XXXXXX")
 pgdir=
@@ -142,11 +142,11 @@ ratio "replicate (durable) / import (nosync)" "$(ev_s "$d/repl.out")" "$(ev_s "$
 if [ "$pg" = 1 ]; then
     pgdir=$(mktemp -d /tmp/es-pg-XXXXXX)
     uri=$(./scripts/pg-temp.sh start "$pgdir")
-    "$esrc" bench --only W3 --systems eventsrc-pg --pg "$uri" --scale "$scale" --json \
+    "$eb" --only W3 --systems eventsrc-pg --pg "$uri" --scale "$scale" --json \
         --dir "$d/bench" >"$d/w3pg.json"
     npg=$(sed -n 's/.*"note":"\([0-9]*\) events.*/\1/p' "$d/w3pg.json")
     w3pg=$(sed -n 's/.*"events_per_s":\([0-9.]*\).*/\1/p' "$d/w3pg.json")
-    echo "W3 eventsrc-pg append (esrc bench): $npg events: $w3pg events/s"
+    echo "W3 eventsrc-pg append (es_bench): $npg events: $w3pg events/s"
     "$pb" load "lmdb:$d/w3pg" "$npg"
     t0=$(now)
     "$esrc" replicate --from "lmdb:$d/w3pg" --to "$uri?schema=repl_bench" >/dev/null

@@ -3,16 +3,17 @@
 # the baselines (raw LMDB, SQLite, plain PostgreSQL inserts, Message DB) on
 # the same machine, the same data and the same throwaway PostgreSQL cluster.
 #
-#   scripts/bench.sh [esrc bench options…]     e.g. --scale 0.1, --only W1,W3
+#   scripts/bench.sh [es_bench options…]     e.g. --scale 0.1, --only W1,W3
 #
 # Starts a cluster with scripts/pg-temp.sh (fsync and synchronous_commit on),
 # installs Message DB (npm package 1.3.1, database 1.3.0) from the npm registry (the package
 # @eventide/message-db; cached in build/message-db) with its own
-# database/install.sh, runs `esrc bench` against both, and stops the cluster.
-# Needs a built ./build/esrc, Node.js/npm, bash and psql.
+# database/install.sh, runs es_bench (bench/main.c; built, never installed)
+# against both, and stops the cluster.  Needs a built ./build/es_bench,
+# Node.js/npm, bash and psql.
 set -eu
 cd "$(dirname "$0")/.."
-[ -x build/esrc ] || { echo "bench: build first (cmake -B build && cmake --build build)" >&2; exit 2; }
+[ -x build/es_bench ] || { echo "bench: build first (cmake -B build && cmake --build build)" >&2; exit 2; }
 pgdir=$(mktemp -d /tmp/es-bench-pg-XXXXXX)
 trap './scripts/pg-temp.sh stop "$pgdir"' EXIT INT TERM
 uri=$(./scripts/pg-temp.sh start "$pgdir")
@@ -27,4 +28,4 @@ fi
 PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres bash "$install" >"$pgdir/message-db-install.log" 2>&1 ||
     { cat "$pgdir/message-db-install.log" >&2; exit 1; }
 echo "bench: PostgreSQL at $uri, Message DB $(cat "$(dirname "$install")/VERSION.txt") installed" >&2
-./build/esrc bench --pg "$uri" --message-db "postgresql://postgres@127.0.0.1:$port/message_store" "$@"
+./build/es_bench --pg "$uri" --message-db "postgresql://postgres@127.0.0.1:$port/message_store" "$@"

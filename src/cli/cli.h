@@ -88,9 +88,6 @@ int esrc_prove(esrc_ctx *cx, int argc, char **argv);
 int esrc_check_proof(esrc_ctx *cx, int argc, char **argv);
 int esrc_verify_since(esrc_ctx *cx, es_store *st, const char *digest_path, const char *pubkey);
 
-/* `esrc bench`: argv[0] is "bench". */
-int esrc_bench(int json, int argc, char **argv);
-
 void esrc_format_time(char *out, size_t cap, int64_t us);
 
 #endif

@@ -1177,11 +1177,6 @@ static int cmd_demo(esrc_ctx *cx, int argc, char **argv)
     return rc < 0 ? lib_error("demo", rc) : ESRC_OK;
 }
 
-static int cmd_bench(esrc_ctx *cx, int argc, char **argv)
-{
-    return esrc_bench(cx->json, argc, argv);
-}
-
 typedef struct command {
     const char *name;
     int (*run)(esrc_ctx *cx, int argc, char **argv);
@@ -1212,7 +1207,6 @@ static const command commands[] = {
     {"backup", esrc_backup, "copy a live lmdb store into a new directory"},
     {"serve", esrc_serve, "serve the store over HTTP (JSON API, live feed, tokens)"},
     {"token", esrc_token, "create, list and revoke the tokens of esrc serve"},
-    {"bench", cmd_bench, "run the benchmarks against the baselines"},
 };
 
 static void print_help(void)

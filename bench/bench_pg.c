@@ -1,5 +1,5 @@
 /*
- * bench_pg.c — the PostgreSQL baselines of `esrc bench`, on the same
+ * bench_pg.c — the PostgreSQL baselines of es_bench, on the same
  * server as eventsrc-pg:
  *
  *   pg-raw      what a user would hand-roll: an events table (bigserial
@@ -11,14 +11,15 @@
  *               best: 1000 write_message calls in one transaction, sent in a
  *               libpq pipeline, so round trips do not count against it.
  *
- * Both use libpq directly with binary parameters where the types allow.
+ * Both use libpq directly with binary parameters where the types allow,
+ * and implement the interface of bench.h (W1–W4 are bench.c's loops); W8,
+ * Message DB's consumer, is here.
  */
 #define _GNU_SOURCE
 #include "bench.h"
 
 #include <inttypes.h>
 #include <libpq-fe.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,221 +351,182 @@ static int mdb_write_one(PGconn *c, const bench *b, unsigned who, uint64_t n, un
     return exec_prepared(c, "mdb_write", 4, m.v, NULL, NULL, r);
 }
 
-/* ---- W1 and W2: one durable event per commit ---- */
+/* ---- pg-raw and message-db behind the interface of bench.h ---- */
 
-typedef struct writer {
+typedef struct pgh {
     const bench *b;
-    const char *sys;
-    int id;
-    uint64_t n;
-    double *lat;
-    result r;
-} writer;
+    PGconn *c;
+    bool mdb;
+    char set[8]; /* the table of pg-raw; Message DB's category: "w1", "w2", "w3" */
+    raw_batch rb;
+} pgh;
 
-static void *write_ones(void *p)
+/* Message DB ids: 100 = W1, 200.. = W2's writers, 300/301 = W3 (see mdb_fill) */
+static unsigned mdb_who(unsigned stream)
 {
-    writer *w = p;
-    bool mdb = strcmp(w->sys, "message-db") == 0;
-    PGconn *c = connect_to(mdb ? w->b->mdb_uri : w->b->pg_uri, &w->r);
-    if (!c)
-        return NULL;
-    unsigned stream = w->id < 0 ? 7 : 5000 + (unsigned)w->id;
-    const char *table = w->id < 0 ? "w1" : "w2";
-    if (mdb ? prepare(c, "mdb_write", MDB_WRITE, 0, NULL, &w->r)
-            : raw_prepare_one(c, w->b, table, &w->r)) {
-        PQfinish(c);
-        return NULL;
-    }
-    for (uint64_t i = 0; i < w->n && w->r.ok; i++) {
-        double t0 = now_s();
-        if (mdb)
-            mdb_write_one(c, w->b, w->id < 0 ? 100 : 200 + (unsigned)w->id, i, stream,
-                          (int64_t)i - 1, &w->r);
-        else
-            raw_insert_one(c, stream, i + 1, i, &w->r);
-        w->lat[i] = now_s() - t0;
-    }
-    PQfinish(c);
-    return NULL;
+    return stream == ONE_STREAM ? 301 : stream >= 5000 ? 200 + (stream - 5000) : 100;
 }
 
-static int run_writers(const bench *b, const char *sys, int threads, uint64_t per, result *r)
+/* Connect h and prepare its statements (pg-raw: on its set's table,
+ * created first when `setup`). */
+static int pg_h_connect(emb *h, bool setup, result *r)
 {
-    writer *ws = calloc((size_t)threads, sizeof *ws);
-    pthread_t *th = calloc((size_t)threads, sizeof *th);
-    double *lat = calloc(per * (uint64_t)threads, sizeof *lat);
-    if (!ws || !th || !lat) {
-        free(ws);
-        free(th);
-        free(lat);
+    pgh *p = h->pg;
+    char sql[300], tab[64];
+    if (!(p->c = connect_to(p->mdb ? p->b->mdb_uri : p->b->pg_uri, r)))
+        return -1;
+    if (!p->mdb && setup && raw_setup(p->c, p->b, p->set, r))
+        return -1;
+    if (p->mdb)
+        return prepare(p->c, "mdb_write", MDB_WRITE, 0, NULL, r) ||
+                       /* one call for the whole stream: Message DB's best */
+                       prepare(
+                           p->c, "mdb_read",
+                           "SELECT id, stream_name, type, position, global_position, data,"
+                           " metadata, time FROM message_store.get_stream_messages($1, 0, 10000)",
+                           0, NULL, r)
+                   ? -1
+                   : 0;
+    raw_table(tab, sizeof tab, p->b, p->set);
+    snprintf(sql, sizeof sql, "SELECT seq, type, data FROM %s WHERE stream = $1 ORDER BY seq", tab);
+    Oid t[1] = {17};
+    return raw_prepare_one(p->c, p->b, p->set, r) || raw_prepare_batch(p->c, p->b, p->set, r) ||
+                   prepare(p->c, "raw_read", sql, 1, t, r)
+               ? -1
+               : 0;
+}
+
+static int pg_h_new(emb *h, const pgh *from, result *r)
+{
+    pgh *p = calloc(1, sizeof *p);
+    if (!p)
         return fail(r, "out of memory");
-    }
-    if (strcmp(sys, "pg-raw") == 0) {
-        PGconn *c = connect_to(b->pg_uri, r);
-        if (!c || raw_setup(c, b, threads == 1 ? "w1" : "w2", r)) {
-            PQfinish(c);
-            goto out;
-        }
-        PQfinish(c);
-    }
-    double t0 = now_s();
-    for (int i = 0; i < threads; i++) {
-        ws[i] = (writer){.b = b,
-                         .sys = sys,
-                         .id = threads == 1 ? -1 : i,
-                         .n = per,
-                         .lat = lat + per * (uint64_t)i};
-        ws[i].r.ok = 1;
-        pthread_create(&th[i], NULL, write_ones, &ws[i]);
-    }
-    for (int i = 0; i < threads; i++)
-        pthread_join(th[i], NULL);
-    r->events_per_s = (double)(per * (uint64_t)threads) / (now_s() - t0);
-    for (int i = 0; i < threads; i++)
-        if (!ws[i].r.ok) {
-            fail(r, "%s", ws[i].r.note);
-            goto out;
-        }
-    percentiles(lat, per * (uint64_t)threads, r);
-    if (threads == 1)
-        snprintf(r->note, sizeof r->note, "%" PRIu64 " appends", per);
-    else
-        snprintf(r->note, sizeof r->note, "%d connections x %" PRIu64 " appends", threads, per);
-out:
-    free(ws);
-    free(th);
-    free(lat);
-    return r->ok ? 0 : -1;
+    p->b = from->b;
+    p->mdb = from->mdb;
+    memcpy(p->set, from->set, sizeof p->set);
+    h->pg = p;
+    return 0;
 }
 
-/* ---- W3: 1000-event commits over 1000 streams, then one stream of 10,000 ---- */
-
-static int run_w3(const bench *b, const char *sys, result *r)
+static int pg_h_open(emb *h, const bench *b, const char *sys, const char *set, bool reading,
+                     result *r)
 {
-    uint64_t n = pg_w3_events(b);
-    size_t nb = (size_t)(n / BATCH), nl = 0;
-    double *lat = calloc(nb + 1, sizeof *lat);
-    unsigned streams[BATCH], one[BATCH];
+    pgh from = {.b = b, .mdb = strcmp(sys, "message-db") == 0};
+    if (!b->pg_uri || (from.mdb && !b->mdb_uri))
+        return fail(r, "no server given (--pg, --message-db)");
+    snprintf(from.set, sizeof from.set, "%s", strcmp(set, "data") == 0 && from.mdb ? "w3" : set);
+    return pg_h_new(h, &from, r) || pg_h_connect(h, true, r) ? -1 : 0;
+}
+
+/* a connection per writer thread */
+static int pg_h_thread(emb **out, emb *h, result *r)
+{
+    emb *t = calloc(1, sizeof *t);
+    if (!t)
+        return fail(r, "out of memory");
+    *t = (emb){.ops = h->ops, .thread = true};
+    *out = t;
+    return pg_h_new(t, h->pg, r) || pg_h_connect(t, false, r) ? -1 : 0;
+}
+
+static int pg_h_spread(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                       result *r)
+{
+    pgh *p = h->pg;
     uint64_t seqs[BATCH];
     int64_t expected[BATCH];
-    bool mdb = strcmp(sys, "message-db") == 0;
-    raw_batch rb = {{0}, {0}, {0}};
-    PGconn *c = NULL;
-    if (!lat)
-        return fail(r, "out of memory");
-    if (!(c = connect_to(mdb ? b->mdb_uri : b->pg_uri, r)))
-        goto out;
-    if (mdb ? prepare(c, "mdb_write", MDB_WRITE, 0, NULL, r)
-            : raw_setup(c, b, "data", r) || raw_prepare_batch(c, b, "data", r))
-        goto out;
-    for (unsigned i = 0; i < BATCH; i++) {
-        streams[i] = i % STREAMS;
-        one[i] = 999999;
+    for (size_t i = 0; i < n; i++) {
+        seqs[i] = seq;
+        expected[i] = (int64_t)seq - 2; /* Message DB's versions count from 0 */
     }
-    double t0 = now_s();
-    for (size_t k = 0; k < nb && r->ok; k++) {
-        for (unsigned i = 0; i < BATCH; i++) {
-            seqs[i] = k + 1;
-            expected[i] = (int64_t)k - 1;
-        }
-        double s0 = now_s();
-        if (mdb)
-            mdb_batch(c, b, 300, k * BATCH, streams, expected, BATCH, r);
-        else
-            raw_insert_batch(c, &rb, streams, seqs, BATCH, k * BATCH, r);
-        lat[nl++] = now_s() - s0;
-    }
-    r->events_per_s = (double)n / (now_s() - t0);
-    /* W4's stream */
-    for (uint64_t done = 0; done < ONE_STREAM_EVENTS && r->ok; done += BATCH) {
-        for (unsigned i = 0; i < BATCH; i++) {
-            seqs[i] = done + i + 1;
-            expected[i] = (int64_t)(done + i) - 1;
-        }
-        if (mdb)
-            mdb_batch(c, b, 301, done, one, expected, BATCH, r);
-        else
-            raw_insert_batch(c, &rb, one, seqs, BATCH, done, r);
-    }
-    percentiles(lat, nl, r);
-    if (r->ok)
-        snprintf(r->note, sizeof r->note, "%" PRIu64 " events; latency per 1000-event commit%s", n,
-                 mdb ? " (pipelined)" : "");
-out:
-    PQfinish(c);
-    free(rb.s.p);
-    free(rb.q.p);
-    free(rb.d.p);
-    free(lat);
-    return r->ok ? 0 : -1;
+    if (p->mdb)
+        return mdb_batch(p->c, p->b, 300, base, streams, expected, n, r);
+    return raw_insert_batch(p->c, &p->rb, streams, seqs, n, base, r);
 }
 
-/* ---- W4: read one stream of 10,000 ---- */
-
-static int run_w4(const bench *b, const char *sys, result *r)
+static int pg_h_run(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r)
 {
-    enum { REPS = 100 };
-    double lat[REPS];
-    bool mdb = strcmp(sys, "message-db") == 0;
-    uint64_t got = 0;
-    PGconn *c = connect_to(mdb ? b->mdb_uri : b->pg_uri, r);
-    if (!c)
-        return -1;
-    char sql[300], tab[64], name[64];
+    pgh *p = h->pg;
+    unsigned streams[BATCH];
+    uint64_t seqs[BATCH];
+    int64_t expected[BATCH];
+    if (n == 1) /* one statement, no batch */
+        return p->mdb
+                   ? mdb_write_one(p->c, p->b, mdb_who(stream), base, stream, (int64_t)first - 2, r)
+                   : raw_insert_one(p->c, stream, first, base, r);
+    for (size_t i = 0; i < n; i++) {
+        streams[i] = stream;
+        seqs[i] = first + i;
+        expected[i] = (int64_t)(first + i) - 2;
+    }
+    if (p->mdb)
+        return mdb_batch(p->c, p->b, mdb_who(stream), base, streams, expected, n, r);
+    return raw_insert_batch(p->c, &p->rb, streams, seqs, n, base, r);
+}
+
+static int pg_h_read(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r)
+{
+    pgh *p = h->pg;
+    char name[64];
     uint8_t id[16];
     const char *v[1];
     int l[1], f[1];
-    if (mdb) {
-        /* one call for the whole stream: Message DB's best */
-        if (prepare(c, "mdb_read",
-                    "SELECT id, stream_name, type, position, global_position, data, metadata, time"
-                    " FROM message_store.get_stream_messages($1, 0, 10000)",
-                    0, NULL, r))
-            goto out;
-        mdb_stream(name, b, "w3", 999999);
+    if (p->mdb) {
+        mdb_stream(name, p->b, "w3", stream);
         v[0] = name;
-        l[0] = 0;
-        f[0] = 0;
+        l[0] = f[0] = 0;
     } else {
-        raw_table(tab, sizeof tab, b, "data");
-        snprintf(sql, sizeof sql, "SELECT seq, type, data FROM %s WHERE stream = $1 ORDER BY seq",
-                 tab);
-        Oid t[1] = {17};
-        if (prepare(c, "raw_read", sql, 1, t, r))
-            goto out;
-        stream_id(id, 999999);
+        stream_id(id, stream);
         v[0] = (const char *)id;
         l[0] = 16;
         f[0] = 1;
     }
-    for (int k = 0; k < REPS && r->ok; k++) {
-        double t0 = now_s();
-        PGresult *res = PQexecPrepared(c, mdb ? "mdb_read" : "raw_read", 1, v, l, f, 1);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            pq_fail(r, "read", PQresultErrorMessage(res));
-            PQclear(res);
-            break;
-        }
-        uint64_t sum = 0;
-        int rows = PQntuples(res), col = mdb ? 5 : 2;
-        for (int i = 0; i < rows; i++)
-            sum += (uint8_t)PQgetvalue(res, i, col)[0];
+    PGresult *res = PQexecPrepared(p->c, p->mdb ? "mdb_read" : "raw_read", 1, v, l, f, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pq_fail(r, "read", PQresultErrorMessage(res));
         PQclear(res);
-        lat[k] = now_s() - t0;
-        got = (uint64_t)rows + (sum == 0);
+        return -1;
     }
-    if (r->ok && got < ONE_STREAM_EVENTS)
-        fail(r, "read %" PRIu64 " events, not %d", got, ONE_STREAM_EVENTS);
-    if (r->ok) {
-        percentiles(lat, REPS, r);
-        r->events_per_s = ONE_STREAM_EVENTS / (r->p50_us / 1e6);
-        snprintf(r->note, sizeof r->note, "latency = one read of the whole stream%s",
-                 mdb ? " (one get_stream_messages call)" : "");
-    }
-out:
-    PQfinish(c);
-    return r->ok ? 0 : -1;
+    int rows = PQntuples(res), col = p->mdb ? 5 : 2;
+    for (int i = 0; i < rows; i++)
+        *sum += (uint8_t)PQgetvalue(res, i, col)[0];
+    *cnt += (uint64_t)rows;
+    PQclear(res);
+    return 0;
 }
+
+static void pg_h_close(emb *h)
+{
+    pgh *p = h->pg;
+    if (!p)
+        return;
+    PQfinish(p->c);
+    free(p->rb.s.p);
+    free(p->rb.q.p);
+    free(p->rb.d.p);
+    free(p);
+    h->pg = NULL;
+}
+
+/* No W5 (scan: NULL): the PostgreSQL baselines run W1–W4. */
+const emb_ops PGRAW_OPS = {.open = pg_h_open,
+                           .thread = pg_h_thread,
+                           .append_spread = pg_h_spread,
+                           .append_run = pg_h_run,
+                           .read_stream = pg_h_read,
+                           .close = pg_h_close,
+                           .w4_reps = 100,
+                           .writers = "connections"};
+const emb_ops MDB_OPS = {.open = pg_h_open,
+                         .thread = pg_h_thread,
+                         .append_spread = pg_h_spread,
+                         .append_run = pg_h_run,
+                         .read_stream = pg_h_read,
+                         .close = pg_h_close,
+                         .w4_reps = 100,
+                         .writers = "connections",
+                         .w3_note = " (pipelined)",
+                         .w4_note = " (one get_stream_messages call)"};
 
 /* ---- W8: Message DB's consumer catching up over W3's category ---- */
 
@@ -692,15 +654,9 @@ int pgb_run(const bench *b, const char *w, const char *sys, result *r)
 {
     if (!b->pg_uri || (strcmp(sys, "message-db") == 0 && !b->mdb_uri))
         return fail(r, "no server given (--pg, --message-db)");
-    if (strcmp(w, "W1") == 0)
-        return run_writers(b, sys, 1, scaled(b, 3000, 100), r);
-    if (strcmp(w, "W2") == 0)
-        return run_writers(b, sys, 16, scaled(b, 1000, 20), r);
-    if (strcmp(w, "W3") == 0)
-        return run_w3(b, sys, r);
-    if (strcmp(w, "W4") == 0)
-        return run_w4(b, sys, r);
     if (strncmp(w, "W8", 2) == 0 && strcmp(sys, "message-db") == 0)
         return mdb_w8(b, w, r);
-    return fail(r, "no %s on %s", w, sys);
+    if (strcmp(w, "W1") && strcmp(w, "W2") && strcmp(w, "W3") && strcmp(w, "W4"))
+        return fail(r, "no %s on %s", w, sys);
+    return emb_run(b, w, sys, r);
 }

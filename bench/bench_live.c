@@ -1,5 +1,5 @@
 /*
- * bench_live.c — W9 of `esrc bench`: live latency, from the start of an
+ * bench_live.c — W9 of es_bench: live latency, from the start of an
  * append to a subscriber's handler, while W2's writers (16 threads, one
  * stream each) append.
  *
@@ -197,7 +197,7 @@ static void *w9_write_thread(void *p)
         int64_t start = real_ns();
         memcpy(data, &start, sizeof start);
         if (es_append(NULL, a->st, key, 16, i, &ev, 1)) {
-            fprintf(stderr, "esrc bench: W9 writer %d: %s\n", a->id, es_error_last());
+            fprintf(stderr, "es_bench: W9 writer %d: %s\n", a->id, es_error_last());
             a->err = 1;
             return NULL;
         }

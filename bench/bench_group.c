@@ -1,5 +1,5 @@
 /*
- * bench_group.c — W8g of `esrc bench`: a consumer group of 4 members
+ * bench_group.c — W8g of es_bench: a consumer group of 4 members
  * catching up over W3's log (what W8 reads), and the takeover of a member
  * killed half-way.
  *
@@ -511,7 +511,7 @@ int run_w8g(const bench *b, const char *sys, result *r)
              total, ph1.dups, ph2.victim, ph2.victim_parts, ph2.owned_ms, ph2.flowing_ms, ph2.dups,
              r->group_events_per_s);
     fprintf(stderr,
-            "esrc bench: W8g %s: phase 1 %.2f s, per member %" PRIu64 "/%" PRIu64 "/%" PRIu64
+            "es_bench: W8g %s: phase 1 %.2f s, per member %" PRIu64 "/%" PRIu64 "/%" PRIu64
             "/%" PRIu64 "; phase 2 %.2f s, per member %" PRIu64 "/%" PRIu64 "/%" PRIu64 "/%" PRIu64
             "\n",
             sys, ph1.secs, ph1.got[0], ph1.got[1], ph1.got[2], ph1.got[3], ph2.secs, ph2.got[0],

@@ -1,9 +1,9 @@
 /*
- * bench.h — what the parts of `esrc bench` share: the workload's shape, a
+ * bench.h — what the parts of es_bench share: the workload's shape, a
  * result row, the run's settings, and small helpers.
  */
-#ifndef ESRC_BENCH_H
-#define ESRC_BENCH_H
+#ifndef ES_BENCH_BENCH_H
+#define ES_BENCH_BENCH_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -74,7 +74,61 @@ int es_open_bench(es_store **st, const bench *b, const char *system, const char 
 /* eventsrc-mem with W3's data (and W4's stream) loaded (bench.c). */
 int mem_prepare(const bench *b, es_store **st, result *r);
 
-/* W1–W4 on pg-raw and message-db, W8 on message-db (bench_pg.c). */
+/*
+ * One interface per system: W1–W5 are written once over these operations
+ * (bench.c), and each system implements them once — eventsrc (every store),
+ * lmdb-raw and sqlite in bench.c, pg-raw and message-db in bench_pg.c.  Streams are numbers (stream_id); ONE_STREAM is W3's extra
+ * stream of 10,000 events that W4 reads.  Seqs are the new events' own
+ * (1-based); the payload of the i-th event of a call is payload(base + i).
+ */
+
+#define ONE_STREAM 999999u
+
+typedef struct emb emb;
+typedef struct emb_ops {
+    /* `set` names the data set (its file in --dir); `reading`: W3's data is
+     * wanted (eventsrc-mem, which keeps nothing, loads it) */
+    int (*open)(emb *h, const bench *b, const char *sys, const char *set, bool reading, result *r);
+    /* a handle for one more writer thread (SQLite: its own connection) */
+    int (*thread)(emb **out, emb *h, result *r);
+    /* n events, one on each of streams[0..n), all with seq `seq` */
+    int (*append_spread)(emb *h, const unsigned *streams, size_t n, uint64_t seq, uint64_t base,
+                         result *r);
+    /* n events on one stream, seqs first, first + 1, … */
+    int (*append_run)(emb *h, unsigned stream, size_t n, uint64_t first, uint64_t base, result *r);
+    /* read one stream whole: its count and a sum of a byte of each event */
+    int (*read_stream)(emb *h, unsigned stream, uint64_t *cnt, uint64_t *sum, result *r);
+    /* scan every event in log order; `every` is called each 65,536 events */
+    int (*scan)(emb *h, uint64_t *cnt, uint64_t *sum, void (*every)(void *), void *arg, result *r);
+    void (*close)(emb *h);
+    int w4_reps;         /* W4's reads (fewer over the network) */
+    const char *writers; /* W2's note: "writers", or "connections" */
+    const char *w3_note; /* more words for W3's and W4's notes, or NULL */
+    const char *w4_note;
+} emb_ops;
+
+struct emb {
+    const emb_ops *ops;
+    bool thread; /* a handle of emb_ops.thread: shares the parent's store */
+    es_store *st;
+    struct MDB_env *env;
+    unsigned int dbi; /* MDB_dbi */
+    struct sqlite3 *db;
+    struct sqlite3_stmt *ins, *rd, *sc; /* insert, read a stream, scan */
+    void *pg;                           /* bench_pg.c's state */
+    char path[600];
+};
+
+#ifdef ES_HAVE_PG
+extern const emb_ops PGRAW_OPS, MDB_OPS; /* pg-raw and message-db (bench_pg.c) */
+#endif
+
+/* W1–W9 on eventsrc-lmdb, eventsrc-mem, eventsrc-pg, lmdb-raw and sqlite
+ * (bench.c; W8g and W9 in bench_group.c and bench_live.c). */
+int emb_run(const bench *b, const char *w, const char *sys, result *r);
+
+/* W1–W4 on pg-raw and message-db (through emb_run), W8 on message-db
+ * (bench_pg.c). */
 int pgb_run(const bench *b, const char *w, const char *sys, result *r);
 
 #endif
