@@ -34,6 +34,7 @@ typedef struct pg_target {
     char live[PG_SCHEMA_MAX + 1];    /* the model's schema */
     bool rebuilding;                 /* schema is a rebuild not swapped in yet */
     bool meta_ok;                    /* the schema and its checkpoint table exist */
+    bool retryable; /* the last failure was a deadlock or a serialization failure */
 } pg_target;
 
 static void no_notices(void *arg, const char *message)
@@ -58,6 +59,8 @@ static const char *pg_msg(PGconn *conn, const PGresult *res, char *buf, size_t c
 static int pg_fail(pg_target *t, const PGresult *res, const char *what)
 {
     char m[512];
+    const char *code = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    t->retryable = code && (!strcmp(code, "40P01") || !strcmp(code, "40001"));
     return es_proj__err(ES_EIO, "%s: %s: %s", t->base.label, what,
                         pg_msg(t->conn, res, m, sizeof m));
 }
@@ -301,7 +304,7 @@ static int pgt_commit(es_proj__target *base)
  * live schema holds only this projection, drop it and rename the rebuild's
  * schema to its name, in one transaction.
  */
-static int pgt_swap(es_proj__target *base)
+static int pgt_swap_once(es_proj__target *base)
 {
     pg_target *t = (pg_target *)base;
     PGresult *res = NULL;
@@ -361,6 +364,23 @@ fail:
     PQclear(res);
     pgt_rollback(base);
     return rc;
+}
+
+/* The swap drops the live schema while readers may hold its tables: the
+ * server may pick the swap as a deadlock's victim.  Readers come and go, so
+ * it is tried again (the transaction was rolled back whole). */
+static int pgt_swap(es_proj__target *base)
+{
+    pg_target *t = (pg_target *)base;
+    int rc;
+    for (int tries = 1;; tries++) {
+        t->retryable = false;
+        rc = pgt_swap_once(base);
+        if (rc == 0 || !t->retryable || tries == 5)
+            return rc;
+        struct timespec nap = {0, 20L * 1000000 * tries};
+        nanosleep(&nap, NULL);
+    }
 }
 
 static void pgt_close(es_proj__target *base)

@@ -174,6 +174,8 @@ rw=$!
 rr=$!
 check "rebuild while appending" 0 "" "" -- sh -c \
     "'$ESRC' --store '$R' project '$T/r2.proj' --to '$(to r)' --rebuild --batch 40 >/dev/null 2>'$T/rerr'"
+# what the rebuild said, but its progress lines (a failure shows why)
+tr '\r' '\n' <"$T/rerr" | grep -v '^rebuilding\|^$' | sed 's/^/# rebuild: /'
 sleep 0.3
 touch "$T/rstop"
 wait $rw $rr
